@@ -1,0 +1,198 @@
+"""The `harness` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import platformdirs
+import yaml
+
+from harness.errors import UserError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake as one line and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def runs_home(cli_home: str | None) -> Path:
+    """--home, else $KD_HARNESS_HOME, else a per-user data directory."""
+    home = cli_home or os.environ.get("KD_HARNESS_HOME") or platformdirs.user_data_dir("kd-harness")
+    home = Path(home).expanduser()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the runs home {home}: {e.strerror}") from None
+    return home
+
+
+def parse_overrides(items: list[str], method_id: str) -> dict[str, dict]:
+    """--set NAME=VALUE or --set METHOD.NAME=VALUE; values are YAML scalars."""
+    from harness.spec import method_parts
+
+    parts = method_parts(method_id)
+    out: dict[str, dict] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UserError(f"--set {item!r}: expected NAME=VALUE or METHOD.NAME=VALUE")
+        method, _, key = name.rpartition(".")
+        if not method:
+            if len(parts) > 1:
+                raise UserError(f"--set {item!r}: {method_id!r} combines methods; write METHOD.{name}=VALUE")
+            method = parts[0]
+        try:
+            out.setdefault(method, {})[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"--set {item!r}: the value is not a valid scalar") from None
+    return out
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="harness", description="Reproducible knowledge-distillation benchmarks: "
+                    "run cells DATASET/TEACHER-STUDENT/METHOD, tracked in MLflow.")
+    parser.add_argument("--spec", help="benchmarks yaml (default: $KD_HARNESS_SPEC or the repository's benchmarks.yaml)")
+    parser.add_argument("--home", help="runs home: MLflow store, teachers, checkpoints "
+                        "(default: $KD_HARNESS_HOME or a user data dir)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
+                        "sqlite:///HOME/mlflow.db)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    p = sub.add_parser("list", help="list cells from benchmarks.yaml", description="Print cells, one per line.")
+    p.add_argument("--suite")
+    p.add_argument("--dataset")
+    p.add_argument("--method")
+
+    def training_options(p, teacher_only=False):
+        p.add_argument("--data-root", help="dataset directory (default: $KD_HARNESS_DATA or a user cache dir)")
+        p.add_argument("--download", action="store_true", help="let torchvision download missing datasets")
+        p.add_argument("--smoke", action="store_true", help="tiny subset, 1 epoch: for CI and quick checks")
+        p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+        p.add_argument("--amp", choices=["off", "bf16"], default="off", help="autocast mixed precision")
+        det = p.add_mutually_exclusive_group()
+        det.add_argument("--deterministic", dest="deterministic", action="store_true", default=None,
+                         help="deterministic algorithms (default on CPU)")
+        det.add_argument("--no-deterministic", dest="deterministic", action="store_false")
+        p.add_argument("--force", action="store_true", help="train again even if a finished run exists")
+        p.add_argument("--teacher-seed", type=int, default=0)
+        p.add_argument("--teacher-epochs", type=int, help="shorten the teacher's recipe")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("run", help="train and track one cell (or a suite)",
+                       description="Train the cell's teacher (or reuse the cached one), distil the student, "
+                       "log everything to MLflow. Finished cells are skipped; interrupted ones resume.")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--cell", help="DATASET/TEACHER-STUDENT/METHOD, e.g. digits/resnet20-resnet8/kd")
+    target.add_argument("--suite", help="every cell of a suite in benchmarks.yaml")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, nargs="+", default=[0], help="one or more seeds (default 0)")
+    seeds.add_argument("--seeds", type=int, help="N seeds: 0..N-1")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="[METHOD.]NAME=VALUE",
+                   help="override a method hyperparameter (repeatable)")
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs (logged)")
+    training_options(p)
+
+    p = sub.add_parser("teacher", help="train and cache a teacher", description="Train (or find cached) the "
+                       "teacher DATASET/MODEL with the dataset's teacher recipe.")
+    p.add_argument("target", metavar="DATASET/MODEL")
+    p.add_argument("--seed", type=int, default=0, help="the teacher's seed")
+    p.add_argument("--epochs", type=int, help="override the teacher recipe's epochs")
+    training_options(p)
+    return parser
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value <= 0:
+        raise UserError(f"{name} must be a positive integer, got {value}")
+
+
+def command_list(args, spec) -> int:
+    for cell in spec.cells(suite=args.suite, dataset=args.dataset, method=args.method):
+        print(cell.id)
+    return 0
+
+
+def _options(args, **extra):
+    from harness.runner import RunOptions
+
+    _positive("--teacher-epochs", args.teacher_epochs)
+    return RunOptions(smoke=args.smoke, data_root=args.data_root, download=args.download, device=args.device,
+                      amp=args.amp, deterministic=args.deterministic, force=args.force,
+                      teacher_seed=args.teacher_seed, teacher_epochs=args.teacher_epochs,
+                      progress=not args.no_progress, **extra)
+
+
+def command_run(args, spec, runner) -> int:
+    from dataclasses import replace
+
+    _positive("--epochs", args.epochs)
+    _positive("--seeds", args.seeds)
+    seeds = list(range(args.seeds)) if args.seeds else args.seed
+    cells = spec.cells(suite=args.suite) if args.suite else [spec.cell(args.cell)]
+    base = _options(args, epochs=args.epochs, suite=args.suite)
+    plans = [(cell, replace(base, seed=seed, overrides=parse_overrides(args.overrides, cell.method)))
+             for cell in cells for seed in seeds]
+    for cell, opts in plans:  # validate every cell before training any
+        runner.prepare(cell, opts)
+    for cell, opts in plans:
+        outcome = runner.run_cell(cell, opts)
+        s = outcome.summary
+        verb = "already finished" if outcome.status == "SKIPPED" else "finished"
+        print(f"{cell.id} seed {opts.seed}: {verb}; test top-1 {s.get('test_top1_last', float('nan')):.2f}% "
+              f"(last epoch), {s.get('test_top1_best_val', float('nan')):.2f}% (best val epoch); "
+              f"MLflow run {outcome.run_id}")
+    return 0
+
+
+def command_teacher(args, spec, runner) -> int:
+    dataset, sep, model = args.target.partition("/")
+    if not sep or not dataset or not model or "/" in model:
+        raise UserError(f"teacher {args.target!r} is malformed: expected DATASET/MODEL, e.g. mnist/hinton1200")
+    from harness.spec import require_known
+
+    require_known(dataset, spec.datasets, "dataset")
+    _positive("--epochs", args.epochs)
+    opts = _options(args)
+    opts.teacher_seed, opts.teacher_epochs = args.seed, args.epochs or args.teacher_epochs
+    _, info = runner.teacher(dataset, model, opts)
+    print(f"teacher {dataset}/{model} seed {args.seed}: {info['teacher.path']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", module="mlflow")
+    try:
+        from harness.spec import load_spec
+        from methods import validate_defaults
+
+        spec = load_spec(args.spec)
+        validate_defaults(spec)
+        if args.command == "list":
+            return command_list(args, spec)
+        from harness.runner import Runner
+        from harness.tracking import default_tracking_uri
+
+        home = runs_home(args.home)
+        runner = Runner(spec, home, args.tracking_uri or default_tracking_uri(home))
+        return {"run": command_run, "teacher": command_teacher}[args.command](args, spec, runner)
+    except UserError as e:
+        print(f"harness: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        from harness.engine import Interrupted
+        from harness.runner import TrainingFailed
+
+        if isinstance(e, TrainingFailed):
+            print(f"harness: training failed: {e}", file=sys.stderr)
+            return 1
+        if isinstance(e, Interrupted):
+            print(f"harness: interrupted: {e}; run the same command again to resume", file=sys.stderr)
+            return 130
+        raise

@@ -1,0 +1,171 @@
+"""Datasets, the fixed train/validation split, and device-side batching.
+
+Small datasets (digits, MNIST, CIFAR) are held as uint8 tensors on the training device.
+Every epoch draws all of its randomness (sample order, crop offsets, flips) at its start
+from one torch.Generator, so an epoch is a pure function of that generator's state: a run
+resumed mid-epoch replays exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import platformdirs
+import torch
+
+from harness.errors import UserError
+from harness.spec import DatasetSpec
+
+SMOKE_SIZES = {"train": 256, "val": 128, "test": 128}
+CROP_PADDING = 4
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8, N x C x H x W
+    labels: torch.Tensor  # int64, N
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def head(self, n: int) -> "Split":
+        return Split(self.images[:n], self.labels[:n])
+
+    def to(self, device) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class Data:
+    name: str
+    spec: DatasetSpec
+    train: Split
+    val: Split
+    test: Split
+    pixel_max: float
+    split_fingerprint: str  # sha256 prefix of the validation indices, logged with every run
+
+    def params(self) -> dict:
+        return {"data.train_size": len(self.train), "data.val_size": len(self.val), "data.test_size": len(self.test),
+                "data.split_seed": self.spec.split_seed, "data.val_fingerprint": self.split_fingerprint,
+                "data.augment": self.spec.augment}
+
+
+def data_root(cli_root: str | None) -> Path:
+    """--data-root, else $KD_HARNESS_DATA, else a per-user cache directory."""
+    root = cli_root or os.environ.get("KD_HARNESS_DATA") or platformdirs.user_cache_dir("kd-harness") + "/data"
+    return Path(root).expanduser()
+
+
+def _load_digits() -> tuple[Split, None, float]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images.astype(np.uint8)).unsqueeze(1)  # values 0..16
+    return Split(images, torch.from_numpy(bunch.target.astype(np.int64))), None, 16.0
+
+
+def _load_torchvision(source: str, root: Path, download: bool) -> tuple[Split, Split, float]:
+    import torchvision.datasets as tvd
+
+    cls = {"torchvision_mnist": tvd.MNIST, "torchvision_cifar10": tvd.CIFAR10,
+           "torchvision_cifar100": tvd.CIFAR100}[source]
+    splits = []
+    for train in (True, False):
+        try:
+            ds = cls(root=str(root), train=train, download=download)
+        except RuntimeError as e:
+            raise UserError(f"{cls.__name__} files not found or corrupted under {root} ({e}); "
+                            f"put torchvision's layout there, pass --data-root or set KD_HARNESS_DATA, "
+                            f"or add --download where the internet is reachable") from None
+        except OSError as e:
+            raise UserError(f"cannot read {cls.__name__} under {root}: {e}") from None
+        images = torch.as_tensor(np.asarray(ds.data))
+        images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+        splits.append(Split(images.contiguous(), torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)))
+    return splits[0], splits[1], 255.0
+
+
+def load_data(name: str, spec: DatasetSpec, root: Path, download: bool = False, smoke: bool = False) -> Data:
+    if spec.source == "sklearn_digits":
+        pool, test, pixel_max = _load_digits()
+    else:
+        pool, test, pixel_max = _load_torchvision(spec.source, root, download)
+    generator = torch.Generator().manual_seed(spec.split_seed)
+    if test is None:  # no official test split: carve one, with the split seed
+        if spec.test_size is None or spec.test_size + spec.val_size >= len(pool):
+            raise UserError(f"datasets.{name}: set test_size, and leave training data after val_size and test_size")
+        order = torch.randperm(len(pool), generator=generator)
+        test_idx, order = order[:spec.test_size].sort().values, order[spec.test_size:]
+        test = Split(pool.images[test_idx], pool.labels[test_idx])
+        pool = Split(pool.images[order.sort().values], pool.labels[order.sort().values])
+    if spec.val_size >= len(pool):
+        raise UserError(f"datasets.{name}.val_size={spec.val_size} leaves no training data ({len(pool)} images)")
+    order = torch.randperm(len(pool), generator=generator)
+    val_idx, train_idx = order[:spec.val_size].sort().values, order[spec.val_size:].sort().values
+    fingerprint = hashlib.sha256(val_idx.numpy().tobytes()).hexdigest()[:12]
+    train = Split(pool.images[train_idx], pool.labels[train_idx])
+    val = Split(pool.images[val_idx], pool.labels[val_idx])
+    if smoke:  # the splits were permuted by index above, so a head is a fair sample
+        train, val, test = (s.head(SMOKE_SIZES[k]) for k, s in (("train", train), ("val", val), ("test", test)))
+    return Data(name, spec, train, val, test, pixel_max, fingerprint)
+
+
+class Batches:
+    """Normalised (and for training, augmented) batches from a device-resident split."""
+
+    def __init__(self, data: Data, device: torch.device):
+        self.device = device
+        self.pixel_max = data.pixel_max
+        self.mean = torch.tensor(data.spec.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(data.spec.std, device=device).view(1, -1, 1, 1)
+        self.augment = data.spec.augment
+        self.splits = {"train": data.train.to(device), "val": data.val.to(device), "test": data.test.to(device)}
+
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() / self.pixel_max - self.mean) / self.std
+
+    def epoch_plan(self, batch_size: int, generator: torch.Generator) -> dict:
+        """Everything random about one training epoch, drawn at once from `generator`."""
+        n = len(self.splits["train"])
+        plan = {"order": torch.randperm(n, generator=generator), "batch_size": batch_size}
+        if self.augment == "crop_flip":
+            plan["offsets"] = torch.randint(0, 2 * CROP_PADDING + 1, (n, 2), generator=generator)
+            plan["flips"] = torch.rand(n, generator=generator) < 0.5
+        return plan
+
+    @staticmethod
+    def steps(plan: dict) -> int:
+        return len(plan["order"]) // plan["batch_size"]  # drop the last partial batch, as in most recipes
+
+    def train_batch(self, plan: dict, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sl = slice(step * plan["batch_size"], (step + 1) * plan["batch_size"])
+        idx = plan["order"][sl].to(self.device)
+        split = self.splits["train"]
+        images, labels = split.images[idx], split.labels[idx]
+        if self.augment == "crop_flip":
+            images = crop_flip(images, plan["offsets"][sl].to(self.device), plan["flips"][sl].to(self.device))
+        return self._normalise(images), labels
+
+    def eval_batches(self, split: str, batch_size: int):
+        data = self.splits[split]
+        for start in range(0, len(data), batch_size):
+            yield self._normalise(data.images[start:start + batch_size]), data.labels[start:start + batch_size]
+
+
+def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Batched random crop from a zero-padded image, then horizontal flip (He et al. 2016).
+
+    offsets: (N, 2) top-left corners in the padded image; flips: (N,) bool.
+    """
+    n, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (CROP_PADDING,) * 4)
+    rows = offsets[:, 0, None] + torch.arange(h, device=images.device)  # N x H
+    cols = offsets[:, 1, None] + torch.arange(w, device=images.device)  # N x W
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    batch = torch.arange(n, device=images.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)

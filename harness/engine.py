@@ -1,0 +1,272 @@
+"""The one training loop, for teachers (objective = CE only, no teacher) and students.
+
+It knows no method by name: it asks the Objective which features to compute, computes the
+teacher's once per batch under inference_mode, sums the returned loss terms, and logs each.
+State is checkpointed after every epoch and when a stop is requested (SIGTERM/SIGINT);
+a resumed run continues bit-for-bit where the checkpoint left it, mid-epoch included.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import resource
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from harness.checkpoint import CheckpointStore
+from harness.data import Batches
+from harness.models import count_parameters, extract_features
+from harness.spec import RecipeSpec
+from methods import Objective
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, epoch: int, step: int, term: str, value: float):
+        self.epoch, self.step, self.term, self.value = epoch, step, term, value
+        super().__init__(f"loss term {term!r} became {value} at epoch {epoch}, step {step}")
+
+
+class Interrupted(Exception):
+    """A stop was requested (SIGTERM/SIGINT); a checkpoint of the current step was written."""
+
+
+@dataclass
+class TrainConfig:
+    recipe: RecipeSpec
+    seed: int
+    teacher_stages: list[int]
+    student_stages: list[int]
+    amp: str = "off"  # "off" | "bf16"
+    label: str = "train"
+    progress: bool = True
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def configure_determinism(enabled: bool, device: torch.device) -> None:
+    torch.use_deterministic_algorithms(enabled, warn_only=device.type == "cuda")
+    torch.backends.cudnn.benchmark = not enabled
+    torch.backends.cudnn.deterministic = enabled
+
+
+def build_optimizer(recipe: RecipeSpec, params) -> torch.optim.Optimizer:
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
+                               weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    return torch.optim.RMSprop(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+
+
+def lr_factor(recipe: RecipeSpec, epoch: int) -> float:
+    """Multiplier of the base lr during `epoch` (per-epoch schedules)."""
+    s = recipe.schedule
+    if s.kind == "multistep":
+        return s.gamma ** sum(epoch >= round(m * recipe.epochs) for m in s.milestones)
+    if s.kind == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * epoch / recipe.epochs))
+    return 1.0
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, batches: Batches, split: str, batch_size: int, amp: str) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy (percent) of `model` on a split."""
+    model.eval()
+    correct1 = correct5 = total = 0
+    for x, y in batches.eval_batches(split, batch_size):
+        with _autocast(x.device, amp):
+            logits = model(x)
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top == y[:, None]
+        correct1 += hits[:, 0].sum().item()
+        correct5 += hits.any(dim=1).sum().item()
+        total += len(y)
+    return 100.0 * correct1 / total, 100.0 * correct5 / total
+
+
+def _autocast(device: torch.device, amp: str):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class Trainer:
+    def __init__(self, student: nn.Module, objective: Objective, batches: Batches, config: TrainConfig,
+                 device: torch.device, teacher: nn.Module | None = None,
+                 log: Callable[[dict, int], None] | None = None, checkpoints: CheckpointStore | None = None,
+                 stop: threading.Event | None = None):
+        if objective.needs_teacher and teacher is None:
+            raise ValueError("this objective reads teacher features but no teacher was given")
+        self.student, self.objective, self.batches, self.config = student, objective, batches, config
+        self.device, self.teacher = device, teacher
+        self.log = log or (lambda metrics, step: None)
+        self.checkpoints, self.stop = checkpoints, stop or threading.Event()
+        self.recipe = config.recipe
+        self.optimizer = build_optimizer(self.recipe, list(student.parameters()) + list(objective.parameters()))
+        self.generator = torch.Generator()
+        self.history: list[dict] = []
+        self.epoch, self.step = 0, 0
+        self.epoch_start_generator: torch.Tensor | None = None
+        self.partial: dict = {}
+        self.resumed = False
+
+    # ---- state -----------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "epoch": self.epoch, "step": self.step,
+            "student": self.student.state_dict(), "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch_start_generator": self.epoch_start_generator,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python_rng": random.getstate(),
+            "numpy_rng": {k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                          for k, v in np.random.get_state(legacy=False).items()},
+            "history": self.history, "partial": self.partial,
+        }
+
+    def restore(self, state: dict) -> None:
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.student.load_state_dict(state["student"])
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch_start_generator = state["epoch_start_generator"]
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        random.setstate(_as_tuple(state["python_rng"]))
+        numpy_state = dict(state["numpy_rng"])
+        numpy_state["state"] = {k: np.asarray(v, dtype=np.uint64) if k == "key" else v
+                                for k, v in numpy_state["state"].items()}
+        np.random.set_state(numpy_state)
+        self.history, self.partial = state["history"], state["partial"]
+        self.resumed = True
+
+    def _save(self) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.save(self.state())
+
+    # ---- the loop --------------------------------------------------------------------------
+    def run(self) -> dict:
+        state = self.checkpoints.load_latest() if self.checkpoints is not None else None
+        if state is not None:
+            self.restore(state)
+        else:
+            self.generator.manual_seed(self.config.seed)
+            self.epoch_start_generator = self.generator.get_state()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        steps_per_epoch = Batches.steps(self.batches.epoch_plan(self.recipe.batch_size, torch.Generator()))
+        if steps_per_epoch == 0:
+            raise ValueError(f"batch size {self.recipe.batch_size} is larger than the training set")
+        bar = tqdm(total=self.recipe.epochs * steps_per_epoch, initial=self.epoch * steps_per_epoch + self.step,
+                   desc=self.config.label, disable=None if self.config.progress else True, leave=False, dynamic_ncols=True)
+        started = time.perf_counter()
+        try:
+            while self.epoch < self.recipe.epochs:
+                self._train_epoch(bar)
+        finally:
+            bar.close()
+        return self.summary(time.perf_counter() - started)
+
+    def _train_epoch(self, bar) -> None:
+        epoch_started = time.perf_counter() - self.partial.get("seconds", 0.0)
+        self.generator.set_state(self.epoch_start_generator)
+        plan = self.batches.epoch_plan(self.recipe.batch_size, self.generator)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.recipe.lr * lr_factor(self.recipe, self.epoch)
+        sums = {k: torch.tensor(v, device=self.device) for k, v in self.partial.get("sums", {}).items()}
+        correct = torch.tensor(self.partial.get("correct", 0), device=self.device)
+        self.student.train()
+        if self.teacher is not None:
+            self.teacher.eval()
+        for step in range(self.step, Batches.steps(plan)):
+            losses, batch_correct = self._train_step(*self.batches.train_batch(plan, step), step)
+            for term, value in losses.items():
+                sums[term] = sums.get(term, 0) + value.detach().float()
+            correct += batch_correct
+            self.step = step + 1
+            bar.update(1)
+            if self.stop.is_set() and self.step < Batches.steps(plan):
+                self.partial = {"sums": {k: v.item() for k, v in sums.items()}, "correct": correct.item(),
+                                "seconds": time.perf_counter() - epoch_started}
+                self._save()
+                raise Interrupted(f"stopped at epoch {self.epoch}, step {self.step}; checkpoint written")
+        n_steps = Batches.steps(plan)
+        metrics = {f"train/loss_{k}": v.item() / n_steps for k, v in sums.items()}
+        metrics["train/loss"] = sum(v.item() for v in sums.values()) / n_steps
+        metrics["train/top1"] = 100.0 * correct.item() / (n_steps * self.recipe.batch_size)
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        bs = self.recipe.eval_batch_size
+        metrics["val/top1"], metrics["val/top5"] = evaluate(self.student, self.batches, "val", bs, self.config.amp)
+        metrics["test/top1"], metrics["test/top5"] = evaluate(self.student, self.batches, "test", bs, self.config.amp)
+        metrics["epoch_seconds"] = time.perf_counter() - epoch_started
+        metrics["epoch"] = self.epoch
+        bar.set_postfix(epoch=self.epoch, val=f"{metrics['val/top1']:.2f}")
+        self.history.append(metrics)
+        self.epoch, self.step = self.epoch + 1, 0
+        self.epoch_start_generator = self.generator.get_state()
+        self.partial = {}
+        self._save()
+        self.log(metrics, self.epoch - 1)
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, step: int):
+        with _autocast(self.device, self.config.amp):
+            teacher_features = None
+            if self.objective.needs_teacher:
+                with torch.inference_mode():
+                    teacher_features = extract_features(self.teacher, x, self.objective.teacher_features,
+                                                        self.config.teacher_stages)
+                teacher_features = _clone_tree(teacher_features)  # inference tensors cannot enter autograd
+            student_features = extract_features(self.student, x, self.objective.student_features,
+                                                self.config.student_stages)
+            losses = self.objective(student_features, teacher_features, y)
+        total = sum(losses.values())
+        if not torch.isfinite(total):
+            term = next((k for k, v in losses.items() if not torch.isfinite(v)), "total")
+            raise NonFiniteLoss(self.epoch, step, term, float(losses.get(term, total)))
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        return losses, (student_features["logits"].argmax(dim=1) == y).sum()
+
+    def summary(self, wall_seconds: float) -> dict:
+        best = max(range(len(self.history)), key=lambda i: (self.history[i]["val/top1"], -i))
+        last = self.history[-1]
+        return {
+            "test_top1_best_val": self.history[best]["test/top1"],
+            "test_top5_best_val": self.history[best]["test/top5"],
+            "best_val_epoch": best,
+            "val_top1_best": self.history[best]["val/top1"],
+            "test_top1_last": last["test/top1"],
+            "test_top5_last": last["test/top5"],
+            "mean_epoch_seconds": float(np.mean([h["epoch_seconds"] for h in self.history])),
+            "extra_parameters": self.objective.extra_parameters(),
+            "student_parameters": count_parameters(self.student),
+            "peak_memory_mb": peak_memory_mb(self.device),
+            "wall_seconds": wall_seconds,
+        }
+
+
+def _clone_tree(features: dict) -> dict:
+    return {k: [t.clone() for t in v] if isinstance(v, list) else v.clone() for k, v in features.items()}
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value

@@ -1,0 +1,44 @@
+"""Backbones: timm-registered models (importing this package registers ours) and the
+feature taps distillation methods read."""
+
+from __future__ import annotations
+
+import timm
+import torch
+from torch import nn
+
+from harness.errors import UserError
+from harness.models import cifar_resnet, mlp  # noqa: F401  (registers the models with timm)
+from harness.spec import DatasetSpec, ModelSpec
+
+
+def build_model(model: ModelSpec, dataset: DatasetSpec) -> nn.Module:
+    kwargs = dict(model.kwargs, num_classes=dataset.num_classes, in_chans=dataset.in_chans)
+    if model.takes_img_size:
+        kwargs["img_size"] = dataset.img_size
+    try:
+        return timm.create_model(model.timm, pretrained=False, **kwargs)
+    except RuntimeError as e:  # timm's "Unknown model"
+        raise UserError(f"timm cannot build model {model.timm!r}: {e}") from None
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def extract_features(model: nn.Module, x: torch.Tensor, want: frozenset[str], stages: list[int]) -> dict:
+    """One forward pass returning the named features a method asked for.
+
+    Names: 'logits', 'pre_logits' (the penultimate vector), 'stages' (the list of
+    forward_intermediates outputs at the pair's stage indices). Only logits means a plain
+    forward; anything else goes through timm's forward_intermediates + forward_head.
+    """
+    if want <= {"logits"}:
+        return {"logits": model(x)}
+    final, intermediates = model.forward_intermediates(x, indices=stages)
+    features = {"stages": intermediates}
+    pre_logits = model.forward_head(final, pre_logits=True)
+    if "pre_logits" in want:
+        features["pre_logits"] = pre_logits
+    features["logits"] = model.get_classifier()(pre_logits)
+    return features

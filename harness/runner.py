@@ -1,0 +1,358 @@
+"""Running a cell: resolve it, get its teacher (cached), train the student, track both.
+
+Teacher and student trainings share one wrapper, `Runner._execute`: a lock per run key so
+that two processes never train the same thing; a FINISHED run is skipped (unless forced);
+an interrupted one is resumed in the same MLflow run from its last checkpoint; the run ends
+FINISHED, FAILED (with the reason as tags) or KILLED (stopped by a signal, resumable).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import platform
+import signal
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from harness import __version__
+from harness.checkpoint import CheckpointStore, atomic_write
+from harness.data import Batches, Data, data_root, load_data
+from harness.engine import (Interrupted, NonFiniteLoss, TrainConfig, Trainer, configure_determinism,
+                            seed_everything)
+from harness.errors import UserError
+from harness.models import build_model, extract_features
+from harness.spec import Cell, RecipeSpec, Spec, require_known
+from harness.tracking import Tracker
+from methods import Objective, build_objective
+from methods.base import Probe
+
+ALL_FEATURES = frozenset({"logits", "pre_logits", "stages"})
+
+
+class TrainingFailed(Exception):
+    """The training itself failed (e.g. the loss diverged); its MLflow run is FAILED."""
+
+
+@dataclass
+class RunOptions:
+    seed: int = 0
+    teacher_seed: int = 0
+    smoke: bool = False
+    data_root: str | None = None
+    download: bool = False
+    device: str = "auto"
+    amp: str = "off"
+    deterministic: bool | None = None  # None: on for CPU, off for CUDA
+    force: bool = False
+    overrides: dict[str, dict] = field(default_factory=dict)
+    suite: str | None = None
+    epochs: int | None = None
+    teacher_epochs: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class Job:
+    """One training to run under the lock/skip/resume/status rules."""
+
+    run_key: str
+    run_name: str
+    tags: dict
+    params: dict
+    config: dict
+    make_trainer: Callable[[CheckpointStore, Callable, threading.Event], Trainer]
+    on_success: Callable[[Trainer, str], None] = lambda trainer, run_id: None
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    status: str  # "FINISHED" (trained now), "SKIPPED" (already finished)
+    summary: dict
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} requested but CUDA is not available here")
+    return device
+
+
+def smoke_recipe(recipe: RecipeSpec) -> RecipeSpec:
+    return recipe.model_copy(update={"epochs": 1, "batch_size": min(recipe.batch_size, 32), "eval_batch_size": 128})
+
+
+def config_key(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def environment_params(device: torch.device) -> dict:
+    def version(pkg):
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return "absent"
+
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or "unknown"
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "unknown", False
+    return {
+        "env.git_commit": commit, "env.git_dirty": dirty, "env.harness": __version__,
+        "env.python": platform.python_version(), "env.torch": torch.__version__,
+        "env.timm": version("timm"), "env.mlflow": version("mlflow"), "env.torchvision": version("torchvision"),
+        "env.device": str(device),
+        "env.device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+        or platform.machine(),
+        "env.threads": torch.get_num_threads(),
+    }
+
+
+@contextmanager
+def run_lock(path: Path):
+    """An exclusive lock per run key: a second process waits, then finds the run finished."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"another process is training this run ({path.parent.name}); waiting for it", file=sys.stderr)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event):
+    """SIGTERM and SIGINT ask the trainer to checkpoint and stop after the current step."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    for s in previous:
+        signal.signal(s, lambda signum, frame: stop.set())
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+class Runner:
+    def __init__(self, spec: Spec, home: Path, tracking_uri: str):
+        self.spec, self.home, self.tracking_uri = spec, Path(home), tracking_uri
+        self._tracker: Tracker | None = None
+        self._data: dict[tuple, Data] = {}
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            self._tracker = Tracker(self.tracking_uri)
+        return self._tracker
+
+    def data(self, dataset: str, opts: RunOptions) -> Data:
+        key = (dataset, opts.smoke)
+        if key not in self._data:
+            self._data[key] = load_data(dataset, self.spec.datasets[dataset], data_root(opts.data_root),
+                                        opts.download, opts.smoke)
+        return self._data[key]
+
+    # ---- the shared wrapper -----------------------------------------------------------------
+    def _execute(self, job: Job, force: bool) -> Outcome:
+        run_dir = self.home / "runs" / job.run_key
+        with run_lock(run_dir / "lock"):
+            runs = self.tracker.find(job.run_key)
+            latest = runs[0] if runs else None
+            if latest is not None and latest.info.status == "FINISHED" and not force:
+                return Outcome(latest.info.run_id, "SKIPPED", latest.data.metrics)
+            checkpoints = CheckpointStore(run_dir / "checkpoints")
+            if latest is not None and latest.info.status in ("RUNNING", "KILLED") and not force:
+                run_id = latest.info.run_id
+                self.tracker.client.update_run(run_id, status="RUNNING")
+            else:
+                checkpoints.clear()
+                run_id = self.tracker.create(job.run_name, job.tags | {"run_key": job.run_key})
+                self.tracker.log_params(run_id, job.params)
+                self.tracker.log_dict(run_id, job.config, "config.json")
+            stop = threading.Event()
+            trainer = job.make_trainer(checkpoints, lambda m, step: self.tracker.log_metrics(run_id, m, step), stop)
+            try:
+                with stop_on_signals(stop):
+                    summary = trainer.run()
+                if trainer.resumed:
+                    self.tracker.ensure_history(run_id, trainer.history)
+                job.on_success(trainer, run_id)
+            except NonFiniteLoss as e:
+                self.tracker.set_tags(run_id, {"failure": "non_finite_loss", "failure_reason": str(e),
+                                               "failure_term": e.term, "failure_epoch": e.epoch,
+                                               "failure_step": e.step})
+                self.tracker.finish(run_id, "FAILED")
+                raise TrainingFailed(f"{job.run_name}: {e}; MLflow run {run_id} marked FAILED") from None
+            except Interrupted as e:
+                self.tracker.set_tags(run_id, {"interrupted": str(e)})
+                self.tracker.finish(run_id, "KILLED")
+                raise
+            except torch.OutOfMemoryError:
+                self.tracker.set_tags(run_id, {"failure": "out_of_memory"})
+                self.tracker.finish(run_id, "FAILED")
+                raise UserError("out of memory: lower the recipe's batch_size or try --amp bf16") from None
+            except BaseException as e:
+                self.tracker.set_tags(run_id, {"failure": type(e).__name__, "failure_reason": str(e)[:5000]})
+                self.tracker.finish(run_id, "FAILED")
+                raise
+            self.tracker.log_metrics(run_id, summary, step=len(trainer.history))
+            self.tracker.finish(run_id, "FINISHED")
+            return Outcome(run_id, "FINISHED", summary)
+
+    # ---- teachers ---------------------------------------------------------------------------
+    def teacher(self, dataset: str, model_name: str, opts: RunOptions) -> tuple[torch.nn.Module, dict]:
+        """The cached teacher for (dataset, model, recipe, seed), trained first if needed."""
+        spec = self.spec
+        require_known(model_name, spec.models, "model")
+        recipe_name, recipe = spec.recipe_for(Cell(dataset, "", ""), teacher=True)
+        if opts.teacher_epochs is not None:
+            recipe = recipe.model_copy(update={"epochs": opts.teacher_epochs})
+        if opts.smoke:
+            recipe = smoke_recipe(recipe)
+        config = {"role": "teacher", "dataset": dataset, "dataset_spec": spec.datasets[dataset].model_dump(),
+                  "model": model_name, "model_spec": spec.models[model_name].model_dump(),
+                  "recipe_name": recipe_name, "recipe": recipe.model_dump(), "seed": opts.teacher_seed,
+                  "smoke": opts.smoke, "amp": opts.amp}
+        key = config_key(config)
+        path = self.home / "teachers" / f"{dataset}-{model_name}-{key}.safetensors"
+        device = resolve_device(opts.device)
+        data = self.data(dataset, opts)
+        seed_everything(opts.teacher_seed)
+        model = build_model(spec.models[model_name], spec.datasets[dataset]).to(device)
+        info = {"teacher.key": key, "teacher.path": str(path)}
+        if path.exists():
+            model.load_state_dict(load_file(path, device=str(device)))
+            return model.eval(), info
+
+        def save(trainer: Trainer, run_id: str) -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
+                      metadata={"run_id": run_id, "config": json.dumps(config, default=str)})
+            tmp.replace(path)
+
+        self._configure(device, opts)
+        job = Job(
+            run_key=key, run_name=f"teacher {dataset}/{model_name} seed {opts.teacher_seed}",
+            tags={"role": "teacher", "dataset": dataset, "teacher": model_name, "model": model_name,
+                  "seed": opts.teacher_seed, "smoke": opts.smoke},
+            params=flatten(config) | data.params() | environment_params(device), config=config,
+            make_trainer=lambda ckpts, log, stop: Trainer(
+                model, Objective({}), Batches(data, device),
+                TrainConfig(recipe, opts.teacher_seed, [], [], opts.amp, f"teacher {model_name}", opts.progress),
+                device, log=log, checkpoints=ckpts, stop=stop),
+            on_success=save)
+        # the MLflow run may be FINISHED while the file is gone (another home dir): retrain then
+        self._execute(job, force=True if not path.exists() else opts.force)
+        return model.eval(), info
+
+    # ---- students ---------------------------------------------------------------------------
+    def prepare(self, cell: Cell, opts: RunOptions):
+        """Resolve and validate everything a student run needs; no run is created here."""
+        spec = self.spec
+        pair = spec.pairs[cell.pair]
+        recipe_name, recipe = spec.recipe_for(cell, suite=opts.suite)
+        if opts.epochs is not None:
+            recipe = recipe.model_copy(update={"epochs": opts.epochs})
+        if opts.smoke:
+            recipe = smoke_recipe(recipe)
+        device = resolve_device(opts.device)
+        data = self.data(cell.dataset, opts)
+        teacher_arch = build_model(spec.models[pair.teacher], spec.datasets[cell.dataset])
+        seed_everything(opts.seed)
+        student = build_model(spec.models[pair.student], spec.datasets[cell.dataset])
+        probe = self._probe(teacher_arch, student, data, pair.stages.teacher, pair.stages.student, cell)
+        objective = build_objective(spec, cell.method, opts.overrides, probe)
+        config = {
+            "role": "student", "cell": cell.id, "dataset": cell.dataset, "pair": cell.pair,
+            "teacher": pair.teacher, "student": pair.student, "method": cell.method, "seed": opts.seed,
+            "suite": opts.suite or "", "smoke": opts.smoke, "amp": opts.amp,
+            "method_params": {name: part.params.model_dump() for name, part in objective.parts.items()},
+            "recipe_name": recipe_name, "recipe": recipe.model_dump(),
+            "dataset_spec": spec.datasets[cell.dataset].model_dump(),
+            "models": {"teacher": spec.models[pair.teacher].model_dump(),
+                       "student": spec.models[pair.student].model_dump()},
+            "stages": pair.stages.model_dump(), "hint": pair.hint, "teacher_seed": opts.teacher_seed,
+        }
+        return config, recipe, device, data, student, objective
+
+    def run_cell(self, cell: Cell, opts: RunOptions) -> Outcome:
+        config, recipe, device, data, student, objective = self.prepare(cell, opts)
+        pair = self.spec.pairs[cell.pair]
+        teacher, teacher_info = (self.teacher(cell.dataset, pair.teacher, opts) if objective.needs_teacher
+                                 else (None, {}))
+        config["teacher_key"] = teacher_info.get("teacher.key", "")
+        student.to(device)
+        objective.to(device)
+        self._configure(device, opts)
+        job = Job(
+            run_key=config_key(config), run_name=f"{cell.id} seed {opts.seed}",
+            tags={"role": "student", "cell": cell.id, "dataset": cell.dataset, "teacher": pair.teacher,
+                  "student": pair.student, "method": cell.method, "suite": opts.suite or "", "seed": opts.seed,
+                  "smoke": opts.smoke},
+            params=flatten(config) | data.params() | teacher_info | environment_params(device),
+            config=config,
+            make_trainer=lambda ckpts, log, stop: Trainer(
+                student, objective, Batches(data, device),
+                TrainConfig(recipe, opts.seed, pair.stages.teacher, pair.stages.student, opts.amp,
+                            cell.id, opts.progress),
+                device, teacher=teacher, log=log, checkpoints=ckpts, stop=stop))
+        return self._execute(job, opts.force)
+
+    def _configure(self, device: torch.device, opts: RunOptions) -> None:
+        deterministic = opts.deterministic if opts.deterministic is not None else device.type == "cpu"
+        configure_determinism(deterministic, device)
+
+    @staticmethod
+    def _probe(teacher, student, data: Data, t_stages, s_stages, cell: Cell) -> Probe:
+        x = (data.train.images[:2].float() / data.pixel_max - torch.tensor(data.spec.mean).view(1, -1, 1, 1)) \
+            / torch.tensor(data.spec.std).view(1, -1, 1, 1)
+        features = {}
+        for role, model, stages in (("teacher", teacher, t_stages), ("student", student, s_stages)):
+            model.eval()
+            try:
+                with torch.inference_mode():
+                    features[role] = extract_features(model, x, ALL_FEATURES, stages)
+            except (AssertionError, IndexError) as e:
+                raise UserError(f"pair {cell.pair}: the {role}'s stage taps {stages} do not fit the model ({e})") \
+                    from None
+            model.train()
+        return Probe(features["teacher"], features["student"])

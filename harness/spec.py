@@ -1,0 +1,285 @@
+"""benchmarks.yaml: the validated schema, and cell ids.
+
+Everything a run needs is resolved from this file: datasets, models, pairs, methods (class,
+defaults with their paper source, search space), recipes and suites (cells with the papers'
+numbers as labelled references).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.errors import UserError
+
+DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "benchmarks.yaml"
+NAME = r"[a-z0-9][a-z0-9_.]*"
+NAME_RE = re.compile(rf"^{NAME}$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class DatasetSpec(Strict):
+    source: Literal["sklearn_digits", "torchvision_mnist", "torchvision_cifar10", "torchvision_cifar100"]
+    num_classes: PositiveInt
+    in_chans: PositiveInt
+    img_size: PositiveInt
+    mean: list[float]
+    std: list[float]
+    val_size: PositiveInt = Field(description="images held out of the training set for validation")
+    test_size: PositiveInt | None = Field(
+        None, description="only for sources without an official test split (digits)")
+    split_seed: int = 0
+    augment: Literal["none", "crop_flip"] = "none"
+    recipe: str
+    teacher_recipe: str | None = None
+
+    @model_validator(mode="after")
+    def _channels(self):
+        if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
+            raise ValueError(f"mean and std need {self.in_chans} values (one per channel)")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        return self
+
+
+class ModelSpec(Strict):
+    timm: str = Field(description="name passed to timm.create_model")
+    kwargs: dict[str, Any] = {}
+    takes_img_size: bool = Field(False, description="pass the dataset's img_size (MLPs, ViTs)")
+
+
+class StageTaps(Strict):
+    teacher: list[int]
+    student: list[int]
+
+    @model_validator(mode="after")
+    def _paired(self):
+        if len(self.teacher) != len(self.student):
+            raise ValueError("teacher and student stage lists must have the same length (they are paired)")
+        return self
+
+
+class PairSpec(Strict):
+    teacher: str
+    student: str
+    datasets: list[str]
+    stages: StageTaps = Field(description="paired forward_intermediates indices that feature methods compare")
+    hint: int = Field(-1, description="which entry of `stages` is FitNet's hint/guided pair")
+
+
+class Default(Strict):
+    value: Any
+    source: str = Field(description="paper and section the default comes from, or why it was chosen")
+
+
+class MethodSpec(Strict):
+    class_: str = Field(alias="class", description="import path module.Class of the Distiller")
+    paper: str
+    defaults: dict[str, Default] = {}
+    search_space: dict[str, str] = {}
+
+
+class ScheduleSpec(Strict):
+    kind: Literal["constant", "multistep", "cosine"] = "constant"
+    milestones: list[float] = Field([], description="fractions of the epochs at which lr is multiplied by gamma")
+    gamma: float = 0.1
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions(cls, v):
+        if any(not 0 < m < 1 for m in v) or v != sorted(v):
+            raise ValueError("milestones are increasing fractions of the training, each in (0, 1)")
+        return v
+
+
+class RecipeSpec(Strict):
+    optimizer: Literal["sgd", "adam", "rmsprop"] = "sgd"
+    lr: Annotated[float, Field(gt=0)]
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    nesterov: bool = False
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    schedule: ScheduleSpec = ScheduleSpec()
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    eval_batch_size: PositiveInt = 1000
+    source: str = ""
+
+
+class Reference(Strict):
+    cell: str
+    value: float
+    metric: Literal["top1", "top5", "top1_error", "top5_error"]
+    source: str
+    note: str = ""
+
+
+class SuiteSpec(Strict):
+    title: str
+    source: str
+    recipe: str | None = None
+    cells: list[str]
+    references: list[Reference] = []
+
+
+class Spec(Strict):
+    datasets: dict[str, DatasetSpec]
+    models: dict[str, ModelSpec]
+    pairs: dict[str, PairSpec]
+    methods: dict[str, MethodSpec]
+    recipes: dict[str, RecipeSpec]
+    suites: dict[str, SuiteSpec] = {}
+
+    @model_validator(mode="after")
+    def _cross_references(self):
+        for section in ("datasets", "models", "methods", "recipes", "suites"):
+            for name in getattr(self, section):
+                if not NAME_RE.match(name):
+                    raise ValueError(f"{section}.{name}: names use lowercase letters, digits, '_' and '.'")
+        for name, d in self.datasets.items():
+            for key in ("recipe", "teacher_recipe"):
+                ref = getattr(d, key)
+                if ref is not None and ref not in self.recipes:
+                    raise ValueError(f"datasets.{name}.{key}: unknown recipe {ref!r}")
+        for name, p in self.pairs.items():
+            if name != f"{p.teacher}-{p.student}":
+                raise ValueError(f"pairs.{name}: a pair is named TEACHER-STUDENT, here {p.teacher}-{p.student}")
+            for role in ("teacher", "student"):
+                if getattr(p, role) not in self.models:
+                    raise ValueError(f"pairs.{name}.{role}: unknown model {getattr(p, role)!r}")
+            for d in p.datasets:
+                if d not in self.datasets:
+                    raise ValueError(f"pairs.{name}.datasets: unknown dataset {d!r}")
+        for name, s in self.suites.items():
+            if s.recipe is not None and s.recipe not in self.recipes:
+                raise ValueError(f"suites.{name}.recipe: unknown recipe {s.recipe!r}")
+            for cell in s.cells:
+                try:
+                    self.cell(cell)
+                except UserError as e:
+                    raise ValueError(f"suites.{name}.cells: {e}") from None
+            for ref in s.references:
+                if ref.cell not in s.cells:
+                    raise ValueError(f"suites.{name}.references: {ref.cell!r} is not one of the suite's cells")
+        return self
+
+    # ---- cells ---------------------------------------------------------------------------
+    def cell(self, cell_id: str) -> Cell:
+        """Parse DATASET/TEACHER-STUDENT/METHOD strictly; suggest close names on error."""
+        parts = cell_id.split("/")
+        if len(parts) != 3 or not all(parts):
+            raise UserError(f"cell id {cell_id!r} is malformed: expected DATASET/TEACHER-STUDENT/METHOD, "
+                            "e.g. mnist/hinton1200-hinton800/kd")
+        dataset, pair, method = parts
+        require_known(dataset, self.datasets, "dataset")
+        require_known(pair, self.pairs, "teacher-student pair")
+        if dataset not in self.pairs[pair].datasets:
+            raise UserError(f"pair {pair!r} is not defined for dataset {dataset!r} "
+                            f"(it runs on: {', '.join(self.pairs[pair].datasets)})")
+        for part in method_parts(method):
+            require_known(part, self.methods, "method")
+        return Cell(dataset, pair, method)
+
+    def cells(self, suite: str | None = None, dataset: str | None = None, method: str | None = None) -> list[Cell]:
+        if suite is not None:
+            require_known(suite, self.suites, "suite")
+            found = [self.cell(c) for c in self.suites[suite].cells]
+        else:
+            found = [Cell(d, p, m) for p, pair in self.pairs.items() for d in pair.datasets for m in self.methods]
+        if dataset is not None:
+            require_known(dataset, self.datasets, "dataset")
+            found = [c for c in found if c.dataset == dataset]
+        if method is not None:
+            found = [c for c in found if c.method == method]
+        return found
+
+    def recipe_for(self, cell: Cell, suite: str | None = None, teacher: bool = False) -> tuple[str, RecipeSpec]:
+        d = self.datasets[cell.dataset]
+        if teacher:
+            name = d.teacher_recipe or d.recipe
+        elif suite is not None and self.suites[suite].recipe is not None:
+            name = self.suites[suite].recipe
+        else:
+            name = d.recipe
+        return name, self.recipes[name]
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    pair: str
+    method: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.dataset}/{self.pair}/{self.method}"
+
+    @property
+    def teacher(self) -> str:
+        return self.pair.split("-")[0]
+
+    @property
+    def student(self) -> str:
+        return self.pair.split("-")[1]
+
+    def __str__(self) -> str:
+        return self.id
+
+
+def method_parts(method: str) -> list[str]:
+    """A method id may join registered methods with '+': 'kd+nst_poly'."""
+    parts = method.split("+")
+    if not all(parts):
+        raise UserError(f"method {method!r} is malformed: join method names with single '+'")
+    if len(set(parts)) != len(parts):
+        raise UserError(f"method {method!r} names a method twice")
+    return parts
+
+
+def require_known(name: str, table: dict, what: str) -> None:
+    if name in table:
+        return
+    close = difflib.get_close_matches(name, list(table), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(table))}"
+    raise UserError(f"unknown {what} {name!r}{hint}")
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    more = f" (and {err.error_count() - 1} more problems)" if err.error_count() > 1 else ""
+    return f"{loc}: {message}{more}" if loc else f"{message}{more}"
+
+
+def load_spec(path: str | os.PathLike | None = None) -> Spec:
+    """Read and validate benchmarks.yaml (path, else $KD_HARNESS_SPEC, else the repo's file)."""
+    path = Path(path or os.environ.get("KD_HARNESS_SPEC") or DEFAULT_SPEC)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise UserError(f"cannot read benchmarks file {path}: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: the top level must be a mapping with datasets, models, pairs, methods, recipes")
+    try:
+        return Spec.model_validate(raw)
+    except ValidationError as e:
+        raise UserError(f"{path}: {_format_validation_error(e)}") from None

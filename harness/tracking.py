@@ -1,0 +1,79 @@
+"""MLflow tracking: one run per cell and seed (and one per teacher), found again by its
+`run_key` tag so that finished cells are skipped and interrupted ones resumed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from harness.errors import UserError
+
+EXPERIMENT = "kd-harness"
+
+
+def default_tracking_uri(home: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+
+
+class Tracker:
+    def __init__(self, uri: str, experiment: str = EXPERIMENT):
+        for noisy in ("alembic", "mlflow"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        if uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=uri)
+        try:
+            found = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        except mlflow.exceptions.MlflowException as e:
+            raise UserError(f"tracking URI {uri!r} is not usable: {str(e).splitlines()[0]}") from None
+        except Exception as e:  # unreachable server, bad scheme, unwritable path
+            raise UserError(f"tracking URI {uri!r} is not reachable: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
+
+    def find(self, run_key: str) -> list:
+        """Runs with this key, newest first."""
+        return self.client.search_runs([self.experiment_id], filter_string=f"tags.run_key = '{run_key}'",
+                                       order_by=["attributes.start_time DESC"])
+
+    def create(self, run_name: str, tags: dict) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                     tags={k: str(v) for k, v in tags.items()})
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start:start + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict, step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def ensure_history(self, run_id: str, history: list[dict]) -> None:
+        """After a resume: log any finished epoch whose metrics did not reach the store."""
+        logged = {m.step for m in self.client.get_metric_history(run_id, "val/top1")}
+        for step, metrics in enumerate(history):
+            if step not in logged:
+                self.log_metrics(run_id, metrics, step)
+
+    def log_dict(self, run_id: str, data: dict, name: str) -> None:
+        self.client.log_text(run_id, json.dumps(data, indent=2, sort_keys=True, default=str), name)
+
+    def set_tags(self, run_id: str, tags: dict) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, str(v)[:5000])
+
+    def finish(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status=status)
