@@ -20,10 +20,11 @@ def default_tracking_uri(home: Path) -> str:
 
 class Tracker:
     def __init__(self, uri: str, experiment: str = EXPERIMENT):
-        for noisy in ("alembic", "mlflow"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
         import mlflow
         from mlflow.tracking import MlflowClient
+
+        for noisy in ("alembic", "mlflow"):  # after the import, which sets mlflow's own level
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
         self.uri = uri
         if uri.startswith("sqlite:///"):

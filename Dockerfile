@@ -1,0 +1,13 @@
+# kd-harness with CUDA: PyPI's Linux torch wheels are CUDA builds, so a plain Python base suffices.
+#   docker build -t kd-harness .
+#   docker run --gpus all -v "$PWD/data:/data" -v "$PWD/runs:/runs" kd-harness run --cell cifar100/resnet32-resnet14/kd
+FROM python:3.11-slim
+WORKDIR /opt/kd-harness
+COPY pyproject.toml README.md benchmarks.yaml ./
+COPY harness ./harness
+COPY methods ./methods
+RUN pip install --no-cache-dir -e .
+ENV KD_HARNESS_DATA=/data KD_HARNESS_HOME=/runs
+VOLUME ["/data", "/runs"]
+ENTRYPOINT ["harness"]
+CMD ["--help"]

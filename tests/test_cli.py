@@ -1,0 +1,123 @@
+"""End to end through the CLI: smoke cells per dataset kind, the MLflow record, bad input."""
+
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from harness.cli import main
+
+SUMMARY = ["test_top1_best_val", "test_top1_last", "test_top5_last", "mean_epoch_seconds", "extra_parameters",
+           "student_parameters", "peak_memory_mb", "wall_seconds"]
+EPOCH = ["train/loss_ce", "train/loss_kd", "train/loss", "train/top1", "val/top1", "val/top5", "test/top1",
+         "test/top5", "epoch_seconds"]
+
+
+def runs(home, status=None):
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    found = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return [r for r in found if status is None or r.info.status == status]
+
+
+def test_digits_kd_run_is_fully_recorded(home, capsys):
+    assert main(["run", "--cell", "digits/resnet20-resnet8/kd", "--smoke", "--no-progress"]) == 0
+    assert "finished; test top-1" in capsys.readouterr().out
+    students = [r for r in runs(home) if r.data.tags["role"] == "student"]
+    teachers = [r for r in runs(home) if r.data.tags["role"] == "teacher"]
+    assert len(students) == 1 and len(teachers) == 1
+    run = students[0]
+    assert run.info.status == "FINISHED"
+    assert {k: run.data.tags[k] for k in ("cell", "dataset", "teacher", "student", "method", "seed")} == {
+        "cell": "digits/resnet20-resnet8/kd", "dataset": "digits", "teacher": "resnet20", "student": "resnet8",
+        "method": "kd", "seed": "0"}
+    assert "suite" in run.data.tags
+    params = run.data.params
+    assert params["method_params.kd.tau"] == "4.0" and params["recipe.lr"] == "0.05"
+    assert params["recipe.epochs"] == "1" and params["smoke"] == "True"
+    for key in ("env.git_commit", "env.torch", "env.device", "data.val_fingerprint", "teacher.key"):
+        assert key in params
+    assert set(SUMMARY + EPOCH) <= set(run.data.metrics)
+    assert run.data.metrics["extra_parameters"] == 0
+    assert run.data.metrics["student_parameters"] > 0
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["config.json"]
+
+
+def test_finished_cell_is_not_retrained_and_teacher_is_reused(home, capsys):
+    args = ["run", "--cell", "digits/resnet20-resnet8/kd", "--smoke", "--no-progress"]
+    assert main(args) == 0
+    assert main(args) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert len(runs(home)) == 2  # one teacher, one student
+    assert main(["run", "--cell", "digits/resnet20-resnet8/baseline", "--smoke", "--no-progress"]) == 0
+    assert len(runs(home)) == 3  # the baseline needs no teacher
+    assert main(args + ["--force"]) == 0
+    assert len([r for r in runs(home) if r.data.tags["role"] == "student"]) == 3
+
+
+def test_cifar_fixture_smoke(home, cifar_root, capsys):
+    assert main(["run", "--cell", "cifar100/resnet32-resnet14/kd", "--smoke", "--no-progress",
+                 "--data-root", str(cifar_root)]) == 0
+    (student,) = [r for r in runs(home, "FINISHED") if r.data.tags["role"] == "student"]
+    assert student.data.params["data.train_size"] == "256"
+
+
+def test_mnist_smoke(home, mnist_root):
+    assert main(["run", "--cell", "mnist/hinton1200-hinton800/kd", "--smoke", "--no-progress",
+                 "--data-root", mnist_root]) == 0
+    assert len(runs(home, "FINISHED")) == 2
+
+
+def test_teacher_command_caches(home, capsys):
+    assert main(["teacher", "digits/resnet20", "--smoke", "--no-progress"]) == 0
+    path = capsys.readouterr().out.strip().split(": ")[-1]
+    assert path.endswith(".safetensors")
+    assert main(["teacher", "digits/resnet20", "--smoke", "--no-progress"]) == 0
+    assert len(runs(home)) == 1
+
+
+BAD = [
+    (["run", "--cell", "digits/resnet20-resnet8"], "malformed"),
+    (["run", "--cell", "digitz/resnet20-resnet8/kd"], "unknown dataset"),
+    (["run", "--cell", "digits/resnet20-resnet9/kd"], "unknown teacher-student pair"),
+    (["run", "--cell", "digits/resnet20-resnet8/kdx"], "unknown method"),
+    (["run", "--cell", "digits/resnet20-resnet8/kd", "--set", "tau=hot"], "tau"),
+    (["run", "--cell", "digits/resnet20-resnet8/kd", "--set", "tau=-1"], "tau"),
+    (["run", "--cell", "digits/resnet20-resnet8/kd", "--set", "gamma=1"], "gamma"),
+    (["run", "--cell", "digits/resnet20-resnet8/kd", "--set", "tau"], "NAME=VALUE"),
+    (["run", "--cell", "digits/resnet20-resnet8/kd", "--set", "lpl.k=3"], "not part of"),
+    (["run", "--cell", "digits/resnet20-resnet8/kd", "--epochs", "0"], "--epochs"),
+    (["run", "--cell", "digits/resnet20-resnet8/kd", "--device", "tpu"], "device"),
+    (["run", "--cell", "digits/resnet20-resnet8/kd", "--seed", "x"], "invalid int"),
+    (["run", "--suite", "nope"], "unknown suite"),
+    (["run"], "required"),
+    (["teacher", "digits"], "DATASET/MODEL"),
+    (["teacher", "digits/resnet99"], "unknown model"),
+    (["list", "--suite", "nope"], "unknown suite"),
+    (["frobnicate"], "invalid choice"),
+]
+
+
+@pytest.mark.parametrize("argv, expected", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_exits_2_with_one_line(home, capsys, argv, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        raise SystemExit(main(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    assert not runs(home, "FINISHED") if (home / "mlflow.db").exists() else True
+
+
+def test_missing_data_and_bad_spec_through_a_real_process(home, tmp_path):
+    cases = [
+        (["run", "--cell", "mnist/hinton1200-hinton800/kd", "--data-root", str(tmp_path / "none")], "MNIST"),
+        (["--spec", str(tmp_path / "missing.yaml"), "list"], "cannot read"),
+    ]
+    for argv, expected in cases:
+        proc = subprocess.run([sys.executable, "-m", "harness", *argv], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert expected in proc.stderr and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,61 @@
+"""Model registration, parameter counts and feature taps."""
+
+import pytest
+import timm
+import torch
+
+import harness.models  # noqa: F401  (registers the models)
+from harness.models import count_parameters, extract_features
+
+
+def test_registered_without_overwriting_timm():
+    for name in ["cifar_resnet8", "cifar_resnet14", "cifar_resnet20", "cifar_resnet26", "cifar_resnet32",
+                 "cifar_resnet56", "cifar_resnet110", "cifar_resnet8x4", "cifar_resnet32x4",
+                 "mlp_hinton1200", "mlp_hinton800"]:
+        assert name in timm.list_models(name)
+    # timm's own ImageNet ResNets are still timm's
+    assert type(timm.create_model("resnet26")).__module__ == "timm.models.resnet"
+
+
+@pytest.mark.parametrize("name, classes, paper_millions, tolerance", [
+    ("cifar_resnet32", 100, 0.46, 0.05),   # KR Table 2 teacher
+    ("cifar_resnet14", 100, 0.19, 0.05),   # KR Table 2 student
+    ("cifar_resnet26", 10, 0.36, 0.05),    # KR Table 1 teacher
+])
+def test_parameter_counts_near_the_kr_paper(name, classes, paper_millions, tolerance):
+    params = count_parameters(timm.create_model(name, num_classes=classes)) / 1e6
+    assert abs(params - paper_millions) / paper_millions < tolerance, params
+
+
+def test_hinton_mlp_sizes():
+    m = timm.create_model("mlp_hinton1200", num_classes=10, img_size=28, in_chans=1)
+    assert count_parameters(m) == 784 * 1200 + 1200 + 1200 * 1200 + 1200 + 1200 * 10 + 10
+
+
+@pytest.mark.parametrize("name, kwargs, shape", [
+    ("cifar_resnet20", {}, (2, 3, 32, 32)),
+    ("mlp_hinton800", {"img_size": 8}, (2, 1, 8, 8)),
+    ("resnet18", {}, (2, 3, 64, 64)),  # any timm model with forward_intermediates works
+])
+def test_features_do_not_change_the_forward_output(name, kwargs, shape):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10, in_chans=shape[1], **kwargs).eval()
+    x = torch.randn(shape)
+    with torch.no_grad():
+        plain = model(x)
+        features = extract_features(model, x, frozenset({"logits", "pre_logits", "stages"}), [0, 1])
+    assert torch.allclose(features["logits"], plain, atol=1e-5)
+    assert len(features["stages"]) == 2
+    assert features["pre_logits"].shape == (2, model.num_features)
+
+
+def test_stage_shapes_of_cifar_resnet():
+    model = timm.create_model("cifar_resnet8", num_classes=10).eval()
+    _, stages = model.forward_intermediates(torch.randn(1, 3, 32, 32), indices=[0, 1, 2, 3])
+    assert [tuple(s.shape[1:]) for s in stages] == [(16, 32, 32), (16, 32, 32), (32, 16, 16), (64, 8, 8)]
+
+
+def test_width_multiplier_shrinks_the_student():
+    full = count_parameters(timm.create_model("cifar_resnet14", num_classes=100))
+    slim = count_parameters(timm.create_model("cifar_resnet14", num_classes=100, width_mult=0.75))
+    assert slim < 0.7 * full
