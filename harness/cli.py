@@ -134,6 +134,8 @@ def command_run(args, spec, runner) -> int:
     _positive("--epochs", args.epochs)
     _positive("--seeds", args.seeds)
     seeds = list(range(args.seeds)) if args.seeds else args.seed
+    if any(seed < 0 for seed in seeds + [args.teacher_seed]):
+        raise UserError("seeds must be non-negative integers")
     cells = spec.cells(suite=args.suite) if args.suite else [spec.cell(args.cell)]
     base = _options(args, epochs=args.epochs, suite=args.suite)
     plans = [(cell, replace(base, seed=seed, overrides=parse_overrides(args.overrides, cell.method)))
@@ -158,6 +160,8 @@ def command_teacher(args, spec, runner) -> int:
 
     require_known(dataset, spec.datasets, "dataset")
     _positive("--epochs", args.epochs)
+    if args.seed < 0:
+        raise UserError("seeds must be non-negative integers")
     opts = _options(args)
     opts.teacher_seed, opts.teacher_epochs = args.seed, args.epochs or args.teacher_epochs
     _, info = runner.teacher(dataset, model, opts)

@@ -9,8 +9,10 @@ a resumed run continues bit-for-bit where the checkpoint left it, mid-epoch incl
 from __future__ import annotations
 
 import math
+import os
 import random
 import resource
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -56,6 +58,8 @@ def seed_everything(seed: int) -> None:
 
 
 def configure_determinism(enabled: bool, device: torch.device) -> None:
+    if enabled and device.type == "cuda":  # cuBLAS needs this for deterministic matmuls
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(enabled, warn_only=device.type == "cuda")
     torch.backends.cudnn.benchmark = not enabled
     torch.backends.cudnn.deterministic = enabled
@@ -125,6 +129,7 @@ class Trainer:
         self.epoch_start_generator: torch.Tensor | None = None
         self.partial: dict = {}
         self.resumed = False
+        self.meta: dict = {}  # stored with every checkpoint (the runner puts the MLflow run id here)
 
     # ---- state -----------------------------------------------------------------------------
     def state(self) -> dict:
@@ -136,9 +141,8 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "python_rng": random.getstate(),
-            "numpy_rng": {k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                          for k, v in np.random.get_state(legacy=False).items()},
-            "history": self.history, "partial": self.partial,
+            "numpy_rng": _plain(np.random.get_state(legacy=False)),
+            "history": self.history, "partial": self.partial, "meta": self.meta,
         }
 
     def restore(self, state: dict) -> None:
@@ -152,8 +156,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         random.setstate(_as_tuple(state["python_rng"]))
         numpy_state = dict(state["numpy_rng"])
-        numpy_state["state"] = {k: np.asarray(v, dtype=np.uint64) if k == "key" else v
-                                for k, v in numpy_state["state"].items()}
+        numpy_state["state"] = dict(numpy_state["state"], key=np.asarray(numpy_state["state"]["key"], np.uint32))
         np.random.set_state(numpy_state)
         self.history, self.partial = state["history"], state["partial"]
         self.resumed = True
@@ -167,6 +170,7 @@ class Trainer:
         state = self.checkpoints.load_latest() if self.checkpoints is not None else None
         if state is not None:
             self.restore(state)
+            print(f"{self.config.label}: resuming from epoch {self.epoch}, step {self.step}", file=sys.stderr)
         else:
             self.generator.manual_seed(self.config.seed)
             self.epoch_start_generator = self.generator.get_state()
@@ -240,7 +244,7 @@ class Trainer:
         total = sum(losses.values())
         if not torch.isfinite(total):
             term = next((k for k, v in losses.items() if not torch.isfinite(v)), "total")
-            raise NonFiniteLoss(self.epoch, step, term, float(losses.get(term, total)))
+            raise NonFiniteLoss(self.epoch, step, term, losses.get(term, total).item())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
@@ -266,6 +270,13 @@ class Trainer:
 
 def _clone_tree(features: dict) -> dict:
     return {k: [t.clone() for t in v] if isinstance(v, list) else v.clone() for k, v in features.items()}
+
+
+def _plain(value):
+    """NumPy's RNG state with its arrays as lists, so weights_only loading accepts it."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value.tolist() if isinstance(value, np.ndarray) else value
 
 
 def _as_tuple(value):

@@ -94,6 +94,17 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def deterministic(opts: RunOptions, device: torch.device) -> bool:
+    return opts.deterministic if opts.deterministic is not None else device.type == "cpu"
+
+
+def determinism_tags(config: dict, device: torch.device) -> dict:
+    """On CUDA some kernels have no deterministic version: there we only warn, and say so."""
+    if not config["deterministic"]:
+        return {"deterministic": "off"}
+    return {"deterministic": "warn_only" if device.type == "cuda" else "strict"}
+
+
 def smoke_recipe(recipe: RecipeSpec) -> RecipeSpec:
     return recipe.model_copy(update={"epochs": 1, "batch_size": min(recipe.batch_size, 32), "eval_batch_size": 128})
 
@@ -140,14 +151,15 @@ def environment_params(device: torch.device) -> dict:
 
 
 @contextmanager
-def run_lock(path: Path):
-    """An exclusive lock per run key: a second process waits, then finds the run finished."""
+def exclusive(path: Path, waiting_message: str | None = None):
+    """An exclusive file lock; a second process waits for it (saying so, when told what to say)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"another process is training this run ({path.parent.name}); waiting for it", file=sys.stderr)
+            if waiting_message:
+                print(waiting_message, file=sys.stderr)
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -180,7 +192,8 @@ class Runner:
     @property
     def tracker(self) -> Tracker:
         if self._tracker is None:
-            self._tracker = Tracker(self.tracking_uri)
+            with exclusive(self.home / "tracking.lock"):  # first use creates the SQLite tables: once
+                self._tracker = Tracker(self.tracking_uri)
         return self._tracker
 
     def data(self, dataset: str, opts: RunOptions) -> Data:
@@ -193,7 +206,8 @@ class Runner:
     # ---- the shared wrapper -----------------------------------------------------------------
     def _execute(self, job: Job, force: bool) -> Outcome:
         run_dir = self.home / "runs" / job.run_key
-        with run_lock(run_dir / "lock"):
+        # one lock per run key: a second process waits, then finds the run finished
+        with exclusive(run_dir / "lock", f"another process is training run {job.run_key}; waiting for it"):
             runs = self.tracker.find(job.run_key)
             latest = runs[0] if runs else None
             if latest is not None and latest.info.status == "FINISHED" and not force:
@@ -208,12 +222,14 @@ class Runner:
                 self.tracker.log_params(run_id, job.params)
                 self.tracker.log_dict(run_id, job.config, "config.json")
             stop = threading.Event()
-            trainer = job.make_trainer(checkpoints, lambda m, step: self.tracker.log_metrics(run_id, m, step), stop)
+            log = self.tracker.epoch_logger(run_id)
+            trainer = job.make_trainer(checkpoints, log, stop)
+            trainer.meta = {"mlflow_run_id": run_id, "run_key": job.run_key}
             try:
                 with stop_on_signals(stop):
                     summary = trainer.run()
-                if trainer.resumed:
-                    self.tracker.ensure_history(run_id, trainer.history)
+                for step, metrics in enumerate(trainer.history):  # epochs a crash kept from the store
+                    log(metrics, step)
                 job.on_success(trainer, run_id)
             except NonFiniteLoss as e:
                 self.tracker.set_tags(run_id, {"failure": "non_finite_loss", "failure_reason": str(e),
@@ -251,9 +267,10 @@ class Runner:
                   "model": model_name, "model_spec": spec.models[model_name].model_dump(),
                   "recipe_name": recipe_name, "recipe": recipe.model_dump(), "seed": opts.teacher_seed,
                   "smoke": opts.smoke, "amp": opts.amp}
+        device = resolve_device(opts.device)
+        config["deterministic"] = deterministic(opts, device)
         key = config_key(config)
         path = self.home / "teachers" / f"{dataset}-{model_name}-{key}.safetensors"
-        device = resolve_device(opts.device)
         data = self.data(dataset, opts)
         seed_everything(opts.teacher_seed)
         model = build_model(spec.models[model_name], spec.datasets[dataset]).to(device)
@@ -273,7 +290,7 @@ class Runner:
         job = Job(
             run_key=key, run_name=f"teacher {dataset}/{model_name} seed {opts.teacher_seed}",
             tags={"role": "teacher", "dataset": dataset, "teacher": model_name, "model": model_name,
-                  "seed": opts.teacher_seed, "smoke": opts.smoke},
+                  "seed": opts.teacher_seed, "smoke": opts.smoke} | determinism_tags(config, device),
             params=flatten(config) | data.params() | environment_params(device), config=config,
             make_trainer=lambda ckpts, log, stop: Trainer(
                 model, Objective({}), Batches(data, device),
@@ -311,6 +328,7 @@ class Runner:
             "models": {"teacher": spec.models[pair.teacher].model_dump(),
                        "student": spec.models[pair.student].model_dump()},
             "stages": pair.stages.model_dump(), "hint": pair.hint, "teacher_seed": opts.teacher_seed,
+            "deterministic": deterministic(opts, device),
         }
         return config, recipe, device, data, student, objective
 
@@ -327,7 +345,7 @@ class Runner:
             run_key=config_key(config), run_name=f"{cell.id} seed {opts.seed}",
             tags={"role": "student", "cell": cell.id, "dataset": cell.dataset, "teacher": pair.teacher,
                   "student": pair.student, "method": cell.method, "suite": opts.suite or "", "seed": opts.seed,
-                  "smoke": opts.smoke},
+                  "smoke": opts.smoke} | determinism_tags(config, device),
             params=flatten(config) | data.params() | teacher_info | environment_params(device),
             config=config,
             make_trainer=lambda ckpts, log, stop: Trainer(
@@ -338,8 +356,7 @@ class Runner:
         return self._execute(job, opts.force)
 
     def _configure(self, device: torch.device, opts: RunOptions) -> None:
-        deterministic = opts.deterministic if opts.deterministic is not None else device.type == "cpu"
-        configure_determinism(deterministic, device)
+        configure_determinism(deterministic(opts, device), device)
 
     @staticmethod
     def _probe(teacher, student, data: Data, t_stages, s_stages, cell: Cell) -> Probe:

@@ -27,10 +27,12 @@ class Tracker:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
         self.uri = uri
+        if uri.startswith(("http://", "https://")):
+            _check_reachable(uri)
         if uri.startswith("sqlite:///"):
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=uri)
         try:
+            self.client = MlflowClient(tracking_uri=uri)
             found = self.client.get_experiment_by_name(experiment)
             self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
         except mlflow.exceptions.MlflowException as e:
@@ -62,12 +64,17 @@ class Tracker:
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
-    def ensure_history(self, run_id: str, history: list[dict]) -> None:
-        """After a resume: log any finished epoch whose metrics did not reach the store."""
+    def epoch_logger(self, run_id: str):
+        """A per-epoch logger that logs each epoch once, even when a resume replays epochs
+        (after falling back to an older checkpoint) or finds epochs the store never received."""
         logged = {m.step for m in self.client.get_metric_history(run_id, "val/top1")}
-        for step, metrics in enumerate(history):
+
+        def log(metrics: dict, step: int) -> None:
             if step not in logged:
                 self.log_metrics(run_id, metrics, step)
+                logged.add(step)
+
+        return log
 
     def log_dict(self, run_id: str, data: dict, name: str) -> None:
         self.client.log_text(run_id, json.dumps(data, indent=2, sort_keys=True, default=str), name)
@@ -78,3 +85,14 @@ class Tracker:
 
     def finish(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
+
+
+def _check_reachable(uri: str) -> None:
+    """MLflow's HTTP client retries for minutes; answer an unreachable server at once."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise UserError(f"tracking server {uri} is not reachable: {getattr(e, 'reason', e)}") from None

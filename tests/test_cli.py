@@ -77,39 +77,6 @@ def test_teacher_command_caches(home, capsys):
     assert len(runs(home)) == 1
 
 
-BAD = [
-    (["run", "--cell", "digits/resnet20-resnet8"], "malformed"),
-    (["run", "--cell", "digitz/resnet20-resnet8/kd"], "unknown dataset"),
-    (["run", "--cell", "digits/resnet20-resnet9/kd"], "unknown teacher-student pair"),
-    (["run", "--cell", "digits/resnet20-resnet8/kdx"], "unknown method"),
-    (["run", "--cell", "digits/resnet20-resnet8/kd", "--set", "tau=hot"], "tau"),
-    (["run", "--cell", "digits/resnet20-resnet8/kd", "--set", "tau=-1"], "tau"),
-    (["run", "--cell", "digits/resnet20-resnet8/kd", "--set", "gamma=1"], "gamma"),
-    (["run", "--cell", "digits/resnet20-resnet8/kd", "--set", "tau"], "NAME=VALUE"),
-    (["run", "--cell", "digits/resnet20-resnet8/kd", "--set", "lpl.k=3"], "not part of"),
-    (["run", "--cell", "digits/resnet20-resnet8/kd", "--epochs", "0"], "--epochs"),
-    (["run", "--cell", "digits/resnet20-resnet8/kd", "--device", "tpu"], "device"),
-    (["run", "--cell", "digits/resnet20-resnet8/kd", "--seed", "x"], "invalid int"),
-    (["run", "--suite", "nope"], "unknown suite"),
-    (["run"], "required"),
-    (["teacher", "digits"], "DATASET/MODEL"),
-    (["teacher", "digits/resnet99"], "unknown model"),
-    (["list", "--suite", "nope"], "unknown suite"),
-    (["frobnicate"], "invalid choice"),
-]
-
-
-@pytest.mark.parametrize("argv, expected", BAD, ids=[" ".join(a) for a, _ in BAD])
-def test_bad_input_exits_2_with_one_line(home, capsys, argv, expected):
-    with pytest.raises(SystemExit) as exit_info:
-        raise SystemExit(main(argv))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert expected in err and len(err.splitlines()) == 1, err
-    assert "Traceback" not in err
-    assert not runs(home, "FINISHED") if (home / "mlflow.db").exists() else True
-
-
 def test_missing_data_and_bad_spec_through_a_real_process(home, tmp_path):
     cases = [
         (["run", "--cell", "mnist/hinton1200-hinton800/kd", "--data-root", str(tmp_path / "none")], "MNIST"),
