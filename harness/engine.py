@@ -122,7 +122,9 @@ class Trainer:
         self.log = log or (lambda metrics, step: None)
         self.checkpoints, self.stop = checkpoints, stop or threading.Event()
         self.recipe = config.recipe
-        self.optimizer = build_optimizer(self.recipe, list(student.parameters()) + list(objective.parameters()))
+        self.phases = objective.phases(self.recipe.epochs)  # [(name, epochs)], "main" last
+        self.total_epochs = sum(epochs for _, epochs in self.phases)
+        self.optimizer, self.optimizer_phase = self._new_optimizer(), 0
         self.generator = torch.Generator()
         self.history: list[dict] = []
         self.epoch, self.step = 0, 0
@@ -136,7 +138,7 @@ class Trainer:
         return {
             "epoch": self.epoch, "step": self.step,
             "student": self.student.state_dict(), "objective": self.objective.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "optimizer_phase": self.optimizer_phase,
             "epoch_start_generator": self.epoch_start_generator,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -149,6 +151,7 @@ class Trainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.student.load_state_dict(state["student"])
         self.objective.load_state_dict(state["objective"])
+        self.optimizer, self.optimizer_phase = self._new_optimizer(), state["optimizer_phase"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch_start_generator = state["epoch_start_generator"]
         torch.set_rng_state(state["torch_rng"])
@@ -160,6 +163,18 @@ class Trainer:
         np.random.set_state(numpy_state)
         self.history, self.partial = state["history"], state["partial"]
         self.resumed = True
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        return build_optimizer(self.recipe, list(self.student.parameters()) + list(self.objective.parameters()))
+
+    def phase_at(self, epoch: int) -> tuple[int, str, int]:
+        """(phase index, phase name, the phase's first epoch) of a global epoch."""
+        start = 0
+        for index, (name, epochs) in enumerate(self.phases):
+            if epoch < start + epochs:
+                return index, name, start
+            start += epochs
+        raise ValueError(f"epoch {epoch} is past the last phase")
 
     def _save(self) -> None:
         if self.checkpoints is not None:
@@ -179,11 +194,11 @@ class Trainer:
         steps_per_epoch = Batches.steps(self.batches.epoch_plan(self.recipe.batch_size, torch.Generator()))
         if steps_per_epoch == 0:
             raise ValueError(f"batch size {self.recipe.batch_size} is larger than the training set")
-        bar = tqdm(total=self.recipe.epochs * steps_per_epoch, initial=self.epoch * steps_per_epoch + self.step,
+        bar = tqdm(total=self.total_epochs * steps_per_epoch, initial=self.epoch * steps_per_epoch + self.step,
                    desc=self.config.label, disable=None if self.config.progress else True, leave=False, dynamic_ncols=True)
         started = time.perf_counter()
         try:
-            while self.epoch < self.recipe.epochs:
+            while self.epoch < self.total_epochs:
                 self._train_epoch(bar)
         finally:
             bar.close()
@@ -193,15 +208,19 @@ class Trainer:
         epoch_started = time.perf_counter() - self.partial.get("seconds", 0.0)
         self.generator.set_state(self.epoch_start_generator)
         plan = self.batches.epoch_plan(self.recipe.batch_size, self.generator)
+        phase_index, phase, phase_start = self.phase_at(self.epoch)
+        if phase_index != self.optimizer_phase:  # each phase starts with a fresh optimizer
+            self.optimizer, self.optimizer_phase = self._new_optimizer(), phase_index
+        factor = lr_factor(self.recipe, self.epoch - phase_start) if phase == "main" else 1.0
         for group in self.optimizer.param_groups:
-            group["lr"] = self.recipe.lr * lr_factor(self.recipe, self.epoch)
+            group["lr"] = self.recipe.lr * factor
         sums = {k: torch.tensor(v, device=self.device) for k, v in self.partial.get("sums", {}).items()}
         correct = torch.tensor(self.partial.get("correct", 0), device=self.device)
         self.student.train()
         if self.teacher is not None:
             self.teacher.eval()
         for step in range(self.step, Batches.steps(plan)):
-            losses, batch_correct = self._train_step(*self.batches.train_batch(plan, step), step)
+            losses, batch_correct = self._train_step(*self.batches.train_batch(plan, step), step, phase)
             for term, value in losses.items():
                 sums[term] = sums.get(term, 0) + value.detach().float()
             correct += batch_correct
@@ -222,6 +241,7 @@ class Trainer:
         metrics["test/top1"], metrics["test/top5"] = evaluate(self.student, self.batches, "test", bs, self.config.amp)
         metrics["epoch_seconds"] = time.perf_counter() - epoch_started
         metrics["epoch"] = self.epoch
+        metrics["phase"] = phase_index
         bar.set_postfix(epoch=self.epoch, val=f"{metrics['val/top1']:.2f}")
         self.history.append(metrics)
         self.epoch, self.step = self.epoch + 1, 0
@@ -230,7 +250,7 @@ class Trainer:
         self._save()
         self.log(metrics, self.epoch - 1)
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor, step: int):
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, step: int, phase: str):
         with _autocast(self.device, self.config.amp):
             teacher_features = None
             if self.objective.needs_teacher:
@@ -240,7 +260,7 @@ class Trainer:
                 teacher_features = _clone_tree(teacher_features)  # inference tensors cannot enter autograd
             student_features = extract_features(self.student, x, self.objective.student_features,
                                                 self.config.student_stages)
-            losses = self.objective(student_features, teacher_features, y)
+            losses = self.objective(student_features, teacher_features, y, phase)
         total = sum(losses.values())
         if not torch.isfinite(total):
             term = next((k for k, v in losses.items() if not torch.isfinite(v)), "total")
@@ -251,7 +271,8 @@ class Trainer:
         return losses, (student_features["logits"].argmax(dim=1) == y).sum()
 
     def summary(self, wall_seconds: float) -> dict:
-        best = max(range(len(self.history)), key=lambda i: (self.history[i]["val/top1"], -i))
+        main_epochs = [i for i, h in enumerate(self.history) if self.phases[int(h["phase"])][0] == "main"]
+        best = max(main_epochs, key=lambda i: (self.history[i]["val/top1"], -i))
         last = self.history[-1]
         return {
             "test_top1_best_val": self.history[best]["test/top1"],

@@ -316,7 +316,7 @@ class Runner:
         teacher_arch = build_model(spec.models[pair.teacher], spec.datasets[cell.dataset])
         seed_everything(opts.seed)
         student = build_model(spec.models[pair.student], spec.datasets[cell.dataset])
-        probe = self._probe(teacher_arch, student, data, pair.stages.teacher, pair.stages.student, cell)
+        probe = self._probe(teacher_arch, student, data, pair, cell, recipe.batch_size)
         objective = build_objective(spec, cell.method, opts.overrides, probe)
         config = {
             "role": "student", "cell": cell.id, "dataset": cell.dataset, "pair": cell.pair,
@@ -329,6 +329,7 @@ class Runner:
                        "student": spec.models[pair.student].model_dump()},
             "stages": pair.stages.model_dump(), "hint": pair.hint, "teacher_seed": opts.teacher_seed,
             "deterministic": deterministic(opts, device),
+            "phases": dict(objective.phases(recipe.epochs)),
         }
         return config, recipe, device, data, student, objective
 
@@ -359,11 +360,12 @@ class Runner:
         configure_determinism(deterministic(opts, device), device)
 
     @staticmethod
-    def _probe(teacher, student, data: Data, t_stages, s_stages, cell: Cell) -> Probe:
+    def _probe(teacher, student, data: Data, pair, cell: Cell, batch_size: int) -> Probe:
         x = (data.train.images[:2].float() / data.pixel_max - torch.tensor(data.spec.mean).view(1, -1, 1, 1)) \
             / torch.tensor(data.spec.std).view(1, -1, 1, 1)
         features = {}
-        for role, model, stages in (("teacher", teacher, t_stages), ("student", student, s_stages)):
+        for role, model, stages in (("teacher", teacher, pair.stages.teacher),
+                                    ("student", student, pair.stages.student)):
             model.eval()
             try:
                 with torch.inference_mode():
@@ -372,4 +374,4 @@ class Runner:
                 raise UserError(f"pair {cell.pair}: the {role}'s stage taps {stages} do not fit the model ({e})") \
                     from None
             model.train()
-        return Probe(features["teacher"], features["student"])
+        return Probe(features["teacher"], features["student"], pair.hint, batch_size)

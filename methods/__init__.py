@@ -47,11 +47,20 @@ def validate_defaults(spec: Spec) -> None:
 
 
 class Objective(nn.Module):
-    """CE on the student's logits plus the loss terms of each Distiller."""
+    """CE on the student's logits plus the loss terms of each Distiller; and the phases:
+    every part's pre-phases in order, then "main"."""
 
     def __init__(self, distillers: dict[str, Distiller]):
         super().__init__()
+        seen = {"ce": "the objective"}
+        for name, part in distillers.items():
+            for term in part.loss_terms:
+                if term in seen:
+                    raise UserError(f"methods {seen[term]} and {name} both give the loss term {term!r}; "
+                                    "drop one of them from the combination")
+                seen[term] = name
         self.parts = nn.ModuleDict(distillers)
+        self.phase_owner = {p.name: part for part in distillers.values() for p in part.pre_phases(1)}
         self.teacher_features = frozenset().union(*(d.teacher_features for d in distillers.values()))
         self.student_features = frozenset({"logits"}).union(*(d.student_features for d in distillers.values()))
 
@@ -59,13 +68,18 @@ class Objective(nn.Module):
     def needs_teacher(self) -> bool:
         return bool(self.teacher_features)
 
-    def forward(self, student: dict, teacher: dict | None, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    def phases(self, main_epochs: int) -> list[tuple[str, int]]:
+        """[(phase name, epochs)], the pre-phases of every part, then ("main", main_epochs)."""
+        pre = [(p.name, p.epochs) for part in self.parts.values() for p in part.pre_phases(main_epochs)]
+        return pre + [("main", main_epochs)]
+
+    def forward(self, student: dict, teacher: dict | None, targets: torch.Tensor,
+                phase: str = "main") -> dict[str, torch.Tensor]:
+        if phase != "main":
+            return self.phase_owner[phase].phase_losses(phase, student, teacher, targets)
         losses = {"ce": F.cross_entropy(student["logits"], targets)}
-        for name, part in self.parts.items():
-            for term, value in part(student, teacher, targets).items():
-                if term in losses:
-                    raise RuntimeError(f"method {name} returns loss term {term!r}, already given by another part")
-                losses[term] = value
+        for part in self.parts.values():
+            losses.update(part(student, teacher, targets))
         return losses
 
     def extra_parameters(self) -> int:

@@ -5,6 +5,9 @@ auxiliary (training-only) modules, and returns a dict of named, already-weighted
 The student's cross-entropy is added once by `methods.Objective`, so methods combine with
 '+' without counting it twice. Hyperparameters arrive validated by the method's `Params`
 (a pydantic model with no defaults: benchmarks.yaml is the single source of defaults).
+
+A method that needs a stage before the main training (FitNet's hint training, FSP's
+pre-training) declares it with `pre_phases`; the engine runs it, the method never loops.
 """
 
 from __future__ import annotations
@@ -23,17 +26,29 @@ class Params(BaseModel):
 
 @dataclass(frozen=True)
 class Probe:
-    """Example features of the teacher and the student (from a 2-image forward at set-up),
-    so a method can size its auxiliary modules and reject a pair it cannot use."""
+    """What a method may check at set-up: example features of the teacher and the student
+    (from a 2-image forward), the stage pairing and the training batch size."""
 
     teacher: dict
     student: dict
+    hint: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class PrePhase:
+    """Training before the main phase: `epochs` epochs on the owner's `phase_losses(name, ...)`
+    alone (no cross-entropy), at the recipe's base lr, with a fresh optimizer."""
+
+    name: str
+    epochs: int
 
 
 class Distiller(nn.Module):
     Params: ClassVar[type[Params]] = Params
     teacher_features: ClassVar[frozenset[str]] = frozenset()
     student_features: ClassVar[frozenset[str]] = frozenset()
+    loss_terms: ClassVar[frozenset[str]] = frozenset()  # the names forward() returns
 
     def __init__(self, params: Params, probe: Probe):
         super().__init__()
@@ -41,6 +56,12 @@ class Distiller(nn.Module):
 
     def forward(self, student: dict, teacher: dict, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def pre_phases(self, main_epochs: int) -> list[PrePhase]:
+        return []
+
+    def phase_losses(self, phase: str, student: dict, teacher: dict, targets: torch.Tensor) -> dict:
+        raise NotImplementedError(f"{type(self).__name__} declares no phase {phase!r}")
 
     def extra_parameters(self) -> int:
         """Parameters that exist only for training (regressors, aggregators); the shipped student has none."""

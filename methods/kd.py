@@ -34,6 +34,7 @@ class KD(Distiller):
     Params = KDParams
     teacher_features = frozenset({"logits"})
     student_features = frozenset({"logits"})
+    loss_terms = frozenset({"kd"})
 
     def forward(self, student, teacher, targets):
         return {"kd": self.params.lam * kd_loss(student["logits"], teacher["logits"], self.params.tau)}

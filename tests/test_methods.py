@@ -1,0 +1,135 @@
+"""Every method through the harness: declared loss terms, combinations, extra parameters,
+set-up errors, phases, and a smoke cell on digits and on the CIFAR fixture."""
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from harness.cli import main
+from harness.errors import UserError
+from harness.spec import load_spec
+from methods import build_objective
+from methods.base import Probe
+
+SPEC = load_spec()
+METHODS = sorted(SPEC.methods)
+COMBINATIONS = ["kd+nst_poly", "kd+fitnet_hint", "kd+at", "kd+fitnet_hint+nst_poly"]
+
+
+def probe(teacher_channels=(16, 32, 64), student_channels=(16, 32, 64), batch=64, vectors=False):
+    def features(channels, classes=10):
+        if vectors:
+            stages = [torch.randn(2, c) for c in channels]
+        else:
+            stages = [torch.randn(2, c, 32 // 2**i, 32 // 2**i) for i, c in enumerate(channels)]
+        return {"stages": stages, "logits": torch.randn(2, classes), "pre_logits": torch.randn(2, channels[-1])}
+    return Probe(features(teacher_channels), features(student_channels), hint=1, batch_size=batch)
+
+
+def batch_features(p: Probe, n=8):
+    grow = lambda t: t.repeat(n // 2, *[1] * (t.ndim - 1)) + 0.1 * torch.randn(n, *t.shape[1:])  # noqa: E731
+    return ({k: [grow(t) for t in v] if isinstance(v, list) else grow(v) for k, v in p.student.items()},
+            {k: [grow(t) for t in v] if isinstance(v, list) else grow(v) for k, v in p.teacher.items()})
+
+
+@pytest.mark.parametrize("method", METHODS + COMBINATIONS)
+def test_terms_are_exactly_the_declared_ones(method):
+    p = probe()
+    objective = build_objective(SPEC, method, {}, p)
+    student, teacher = batch_features(p)
+    losses = objective(student, teacher, torch.randint(0, 10, (8,)))
+    declared = {"ce"}.union(*(part.loss_terms for part in objective.parts.values()))
+    assert set(losses) == declared
+    assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
+    for name, _ in objective.phases(10)[:-1]:
+        assert set(objective(student, teacher, None, name)) == {name}
+
+
+def test_fitnet_two_stage_declares_its_hint_phase_and_combinations_add():
+    p = probe()
+    assert build_objective(SPEC, "fitnet", {}, p).phases(10) == [("hint", 2), ("main", 10)]
+    assert build_objective(SPEC, "fsp+kd", {}, p).phases(10) == [("fsp", 2), ("main", 10)]
+    fitnet = build_objective(SPEC, "fitnet_hint", {}, p).extra_parameters()
+    assert fitnet == 32 * 32 * 3 * 3 + 32  # the 3x3 conv regressor at the hint pair
+    assert build_objective(SPEC, "kd+fitnet_hint+nst_poly", {}, p).extra_parameters() == fitnet
+    for free in ("kd", "at", "nst_poly", "lpl", "fsp"):
+        assert build_objective(SPEC, free, {}, p).extra_parameters() == 0  # LPL's claim: no extra parameters
+
+
+def test_lpl_weights_are_the_paper_eq8():
+    p = probe()
+    objective = build_objective(SPEC, "lpl", {"lpl": {"lam": 0.0}}, p)
+    assert set(objective.parts["lpl"].params.model_dump()) >= {"k", "gamma", "sigma", "lam", "tau"}
+    student, teacher = batch_features(p)
+    assert "lpl_kd" not in objective(student, teacher, torch.zeros(8, dtype=torch.long))
+
+
+@pytest.mark.parametrize("method, make_probe, overrides, expected", [
+    ("kd+fitnet", probe, {}, "both give the loss term 'kd'"),
+    ("at", lambda: probe(vectors=True), {}, "spatial feature maps"),
+    ("fsp", lambda: probe(vectors=True), {}, "spatial feature maps"),
+    ("fsp", lambda: probe(student_channels=(8, 16, 32)), {}, "equal channel counts"),
+    ("lpl", lambda: probe(batch=4), {}, "batch larger than k"),
+    ("lpl", probe, {"lpl": {"k": 0}}, "k"),
+    ("nst_poly", probe, {"nst_poly": {"lam": -1}}, "lam"),
+    ("at", probe, {"at": {"layers": "middle"}}, "layers"),
+    ("fitnet", probe, {"fitnet": {"hint_fraction": 0}}, "hint_fraction"),
+    ("lpl", probe, {"lpl": {"sigma": 0}}, "sigma"),
+])
+def test_setup_errors(method, make_probe, overrides, expected):
+    with pytest.raises(UserError, match=expected):
+        build_objective(SPEC, method, overrides, make_probe())
+
+
+@pytest.fixture(scope="module")
+def shared_home(tmp_path_factory):
+    """One home for the smoke runs of this module, so each teacher is trained once."""
+    import os
+
+    home = tmp_path_factory.mktemp("methods_home")
+    old = os.environ.get("KD_HARNESS_HOME")
+    os.environ["KD_HARNESS_HOME"] = str(home)
+    yield home
+    if old is None:
+        del os.environ["KD_HARNESS_HOME"]
+    else:
+        os.environ["KD_HARNESS_HOME"] = old
+
+
+def _finished(home, cell, epochs="1"):
+    """The one FINISHED run of `cell` trained for `epochs` main epochs."""
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = [r for r in client.search_runs(experiments, f"tags.cell = '{cell}'")
+            if r.info.status == "FINISHED" and r.data.params["recipe.epochs"] == epochs]
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+@pytest.mark.parametrize("method", METHODS + COMBINATIONS)
+def test_smoke_on_digits(shared_home, method):
+    cell = f"digits/resnet20-resnet8/{method}"
+    assert main(["run", "--cell", cell, "--smoke", "--no-progress"]) == 0
+    _, run = _finished(shared_home, cell)
+    assert run.data.metrics["extra_parameters"] >= 0
+
+
+@pytest.mark.parametrize("method", METHODS + ["kd+nst_poly"])
+def test_smoke_on_the_cifar_fixture(shared_home, cifar_root, method):
+    cell = f"cifar100/resnet32-resnet14/{method}"
+    assert main(["run", "--cell", cell, "--smoke", "--no-progress", "--data-root", str(cifar_root)]) == 0
+    _finished(shared_home, cell)
+
+
+def test_fitnet_run_shows_both_stages(shared_home):
+    cell = "digits/resnet20-resnet8/fitnet"
+    assert main(["run", "--cell", cell, "--epochs", "5", "--no-progress"]) == 0
+    client, run = _finished(shared_home, cell, epochs="5")
+    assert (run.data.params["phases.hint"], run.data.params["phases.main"]) == ("1", "5")
+    phase = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "phase")}
+    assert phase == {0: 0, 1: 1, 2: 1, 3: 1, 4: 1, 5: 1}
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss_hint")] == [0]
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss_kd")) == [1, 2, 3, 4, 5]
+    assert run.data.metrics["best_val_epoch"] >= 1  # selection ignores the hint stage
+    assert run.data.metrics["extra_parameters"] > 0
+
