@@ -71,7 +71,8 @@ def build_optimizer(recipe: RecipeSpec, params) -> torch.optim.Optimizer:
                                weight_decay=recipe.weight_decay)
     if recipe.optimizer == "adam":
         return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    return torch.optim.RMSprop(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    return torch.optim.RMSprop(params, lr=recipe.lr, alpha=recipe.alpha, momentum=recipe.momentum,
+                               weight_decay=recipe.weight_decay)
 
 
 def lr_factor(recipe: RecipeSpec, epoch: int) -> float:

@@ -32,7 +32,7 @@ from harness.engine import (Interrupted, NonFiniteLoss, TrainConfig, Trainer, co
                             seed_everything)
 from harness.errors import UserError
 from harness.models import build_model, extract_features
-from harness.spec import Cell, RecipeSpec, Spec, require_known
+from harness.spec import Cell, RecipeSpec, Spec, method_parts, require_known
 from harness.tracking import Tracker
 from methods import Objective, build_objective
 from methods.base import Probe
@@ -258,7 +258,7 @@ class Runner:
         """The cached teacher for (dataset, model, recipe, seed), trained first if needed."""
         spec = self.spec
         require_known(model_name, spec.models, "model")
-        recipe_name, recipe = spec.recipe_for(Cell(dataset, "", ""), teacher=True)
+        recipe_name, recipe = spec.recipe_for(dataset, model_name, suite=opts.suite, teacher=True)
         if opts.teacher_epochs is not None:
             recipe = recipe.model_copy(update={"epochs": opts.teacher_epochs})
         if opts.smoke:
@@ -306,7 +306,7 @@ class Runner:
         """Resolve and validate everything a student run needs; no run is created here."""
         spec = self.spec
         pair = spec.pairs[cell.pair]
-        recipe_name, recipe = spec.recipe_for(cell, suite=opts.suite)
+        recipe_name, recipe = spec.recipe_for(cell.dataset, pair.student, suite=opts.suite)
         if opts.epochs is not None:
             recipe = recipe.model_copy(update={"epochs": opts.epochs})
         if opts.smoke:
@@ -317,11 +317,14 @@ class Runner:
         seed_everything(opts.seed)
         student = build_model(spec.models[pair.student], spec.datasets[cell.dataset])
         probe = self._probe(teacher_arch, student, data, pair, cell, recipe.batch_size)
-        objective = build_objective(spec, cell.method, opts.overrides, probe)
+        suite_overrides = spec.suites[opts.suite].overrides if opts.suite else {}
+        overrides = {m: suite_overrides.get(m, {}) | opts.overrides.get(m, {})
+                     for m in set(opts.overrides) | (set(suite_overrides) & set(method_parts(cell.method)))}
+        objective = build_objective(spec, cell.method, overrides, probe)
         config = {
             "role": "student", "cell": cell.id, "dataset": cell.dataset, "pair": cell.pair,
             "teacher": pair.teacher, "student": pair.student, "method": cell.method, "seed": opts.seed,
-            "suite": opts.suite or "", "smoke": opts.smoke, "amp": opts.amp,
+            "smoke": opts.smoke, "amp": opts.amp,
             "method_params": {name: part.params.model_dump() for name, part in objective.parts.items()},
             "recipe_name": recipe_name, "recipe": recipe.model_dump(),
             "dataset_spec": spec.datasets[cell.dataset].model_dump(),

@@ -59,6 +59,7 @@ class ModelSpec(Strict):
     timm: str = Field(description="name passed to timm.create_model")
     kwargs: dict[str, Any] = {}
     takes_img_size: bool = Field(False, description="pass the dataset's img_size (MLPs, ViTs)")
+    recipes: dict[str, str] = Field({}, description="dataset -> the recipe this architecture trains with there")
 
 
 class StageTaps(Strict):
@@ -110,6 +111,7 @@ class RecipeSpec(Strict):
     lr: Annotated[float, Field(gt=0)]
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     nesterov: bool = False
+    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.99  # RMSprop's smoothing constant
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     schedule: ScheduleSpec = ScheduleSpec()
     epochs: PositiveInt
@@ -130,6 +132,8 @@ class SuiteSpec(Strict):
     title: str
     source: str
     recipe: str | None = None
+    teacher_recipe: str | None = None
+    overrides: dict[str, dict[str, Any]] = Field({}, description="method -> hyperparameters the paper's table used")
     cells: list[str]
     references: list[Reference] = []
 
@@ -153,6 +157,10 @@ class Spec(Strict):
                 ref = getattr(d, key)
                 if ref is not None and ref not in self.recipes:
                     raise ValueError(f"datasets.{name}.{key}: unknown recipe {ref!r}")
+        for name, m in self.models.items():
+            for d, ref in m.recipes.items():
+                if d not in self.datasets or ref not in self.recipes:
+                    raise ValueError(f"models.{name}.recipes: unknown dataset {d!r} or recipe {ref!r}")
         for name, p in self.pairs.items():
             if name != f"{p.teacher}-{p.student}":
                 raise ValueError(f"pairs.{name}: a pair is named TEACHER-STUDENT, here {p.teacher}-{p.student}")
@@ -163,8 +171,13 @@ class Spec(Strict):
                 if d not in self.datasets:
                     raise ValueError(f"pairs.{name}.datasets: unknown dataset {d!r}")
         for name, s in self.suites.items():
-            if s.recipe is not None and s.recipe not in self.recipes:
-                raise ValueError(f"suites.{name}.recipe: unknown recipe {s.recipe!r}")
+            for key in ("recipe", "teacher_recipe"):
+                ref = getattr(s, key)
+                if ref is not None and ref not in self.recipes:
+                    raise ValueError(f"suites.{name}.{key}: unknown recipe {ref!r}")
+            for method in s.overrides:
+                if method not in self.methods:
+                    raise ValueError(f"suites.{name}.overrides: unknown method {method!r}")
             for cell in s.cells:
                 try:
                     self.cell(cell)
@@ -205,14 +218,14 @@ class Spec(Strict):
             found = [c for c in found if c.method == method]
         return found
 
-    def recipe_for(self, cell: Cell, suite: str | None = None, teacher: bool = False) -> tuple[str, RecipeSpec]:
-        d = self.datasets[cell.dataset]
-        if teacher:
-            name = d.teacher_recipe or d.recipe
-        elif suite is not None and self.suites[suite].recipe is not None:
-            name = self.suites[suite].recipe
-        else:
-            name = d.recipe
+    def recipe_for(self, dataset: str, model: str, suite: str | None = None,
+                   teacher: bool = False) -> tuple[str, RecipeSpec]:
+        """The suite's recipe, else the model's for this dataset, else the dataset's."""
+        d = self.datasets[dataset]
+        suite_spec = self.suites[suite] if suite is not None else None
+        suite_recipe = (suite_spec.teacher_recipe if teacher else suite_spec.recipe) if suite_spec else None
+        dataset_recipe = (d.teacher_recipe or d.recipe) if teacher else d.recipe
+        name = suite_recipe or self.models[model].recipes.get(dataset) or dataset_recipe
         return name, self.recipes[name]
 
 

@@ -121,6 +121,19 @@ def test_smoke_on_the_cifar_fixture(shared_home, cifar_root, method):
     _finished(shared_home, cell)
 
 
+@pytest.mark.parametrize("cell", ["cifar100/maxout5-fitnets1/lpl", "cifar100/maxout5-fitnets4/fitnet",
+                                  "cifar100/resnet164-incbn/nst_poly"])
+def test_paper_pairs_smoke_on_the_cifar_fixture(shared_home, cifar_root, cell):
+    assert main(["run", "--cell", cell, "--smoke", "--no-progress", "--data-root", str(cifar_root)]) == 0
+    _finished(shared_home, cell)
+
+
+def test_lpl_table3_pair_smoke(shared_home, mnist_root):
+    cell = "mnist/maxout3-maxout6/lpl"
+    assert main(["run", "--cell", cell, "--smoke", "--no-progress", "--data-root", mnist_root]) == 0
+    _finished(shared_home, cell)
+
+
 def test_fitnet_run_shows_both_stages(shared_home):
     cell = "digits/resnet20-resnet8/fitnet"
     assert main(["run", "--cell", cell, "--epochs", "5", "--no-progress"]) == 0

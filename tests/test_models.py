@@ -11,7 +11,9 @@ from harness.models import count_parameters, extract_features
 def test_registered_without_overwriting_timm():
     for name in ["cifar_resnet8", "cifar_resnet14", "cifar_resnet20", "cifar_resnet26", "cifar_resnet32",
                  "cifar_resnet56", "cifar_resnet110", "cifar_resnet8x4", "cifar_resnet32x4",
-                 "mlp_hinton1200", "mlp_hinton800"]:
+                 "mlp_hinton1200", "mlp_hinton800", "maxout_mnist_teacher", "maxout_mnist_student",
+                 "maxout_cifar_teacher", "fitnet_cifar_s1", "fitnet_cifar_s2", "fitnet_cifar_s3", "fitnet_cifar_s4",
+                 "inception_bn_small", "cifar_preact_resnet164", "cifar_preact_resnet1001"]:
         assert name in timm.list_models(name)
     # timm's own ImageNet ResNets are still timm's
     assert type(timm.create_model("resnet26")).__module__ == "timm.models.resnet"
@@ -25,6 +27,18 @@ def test_registered_without_overwriting_timm():
 def test_parameter_counts_near_the_kr_paper(name, classes, paper_millions, tolerance):
     params = count_parameters(timm.create_model(name, num_classes=classes)) / 1e6
     assert abs(params - paper_millions) / paper_millions < tolerance, params
+
+
+@pytest.mark.parametrize("name, kwargs, paper, tolerance", [
+    ("maxout_mnist_teacher", {"in_chans": 1, "img_size": 28}, 361e3, 0.05),   # LPL Table III ~361K
+    ("maxout_mnist_student", {"in_chans": 1, "img_size": 28}, 30e3, 0.05),    # LPL Table III ~30K
+    ("cifar_preact_resnet1001", {}, 10.2e6, 0.02),                             # He et al. 2016: 10.2M
+    ("fitnet_cifar_s4", {"img_size": 32}, 2.5e6, 0.05),                        # LPL Table I ~2.5M
+    ("fitnet_cifar_s1", {"img_size": 32}, 250e3, 0.30),                        # ~250K: layout approximated
+])
+def test_paper_architectures_have_about_the_papers_size(name, kwargs, paper, tolerance):
+    params = count_parameters(timm.create_model(name, num_classes=10, **kwargs))
+    assert abs(params - paper) / paper < tolerance, params
 
 
 def test_hinton_mlp_sizes():

@@ -95,7 +95,7 @@ def _mutations():
          "same length"),
         ("suite bad cell", setter(["suites", "digits", "cells"], ["digits/resnet20-resnet8/kdd"]), "kdd"),
         ("reference outside suite", setter(["suites", "nmt_table1", "references"],
-                                           [{"cell": "mnist/hinton1200-hinton800/fitnet", "value": 1,
+                                           [{"cell": "mnist/hinton1200-hinton800/lpl", "value": 1,
                                              "metric": "top1", "source": "x"}]), "not one of the suite's cells"),
         ("reference bad metric", setter(["suites", "nmt_table1", "references", 0, "metric"], "acc"), "metric"),
         ("method without class", deleter(["methods", "kd", "class"]), "class"),
