@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from harness import __version__
-from harness.checkpoint import CheckpointStore, atomic_write
+from harness.checkpoint import CheckpointStore
 from harness.data import Batches, Data, data_root, load_data
 from harness.engine import (Interrupted, NonFiniteLoss, TrainConfig, Trainer, configure_determinism,
                             seed_everything)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from timm.models import register_model
-from timm.models._features import feature_take_indices
+
+from harness.models.staged import StagedNet
 
 
 class BasicBlock(nn.Module):
@@ -31,7 +32,7 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(StagedNet):
     """Intermediates (timm indices): 0 = stem output, 1..3 = stage outputs."""
 
     def __init__(self, depth: int, widths=(16, 16, 32, 64), num_classes: int = 10, in_chans: int = 3,
@@ -58,32 +59,6 @@ class CifarResNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward_intermediates(self, x, indices=None, stop_early: bool = False, intermediates_only: bool = False):
-        take, max_index = feature_take_indices(len(self.feature_info), indices)
-        intermediates = []
-        x = self.stem(x)
-        if 0 in take:
-            intermediates.append(x)
-        for i, stage in enumerate(self.stages, start=1):
-            if stop_early and i > max_index:
-                break
-            x = stage(x)
-            if i in take:
-                intermediates.append(x)
-        return intermediates if intermediates_only else (x, intermediates)
-
-    def forward_features(self, x):
-        return self.stages(self.stem(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def forward_head(self, x, pre_logits: bool = False):
-        x = x.mean(dim=(2, 3))
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
 
 
 def _cifar_resnet(depth: int, widths=(16, 16, 32, 64), **kwargs) -> CifarResNet:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from timm.models import register_model
-from timm.models._features import feature_take_indices
+
+from harness.models.staged import StagedNet
 
 
 def conv_bn_relu(in_ch, out_ch, kernel, stride=1):
@@ -42,7 +43,7 @@ LAYOUT = [("in3a", Simple, (32, 32)), ("in3b", Simple, (32, 48)), ("in3c", Downs
           ("in5b", Simple, (176, 160))]
 
 
-class InceptionBNSmall(nn.Module):
+class InceptionBNSmall(StagedNet):
     def __init__(self, num_classes: int = 10, in_chans: int = 3, **_timm_kwargs):
         super().__init__()
         self.num_classes = num_classes
@@ -51,39 +52,12 @@ class InceptionBNSmall(nn.Module):
         for name, cls, args in LAYOUT:
             modules[name] = cls(in_ch, *args)
             in_ch = modules[name].out_ch
-        self.blocks = nn.ModuleDict(modules)
+        self.stages = nn.ModuleDict(modules)
         self.num_features = in_ch
         self.fc = nn.Linear(in_ch, num_classes)
         self.feature_info = [dict(num_chs=96, module="stem")] + [
-            dict(num_chs=m.out_ch, module=f"blocks.{n}") for n, m in modules.items()]
+            dict(num_chs=m.out_ch, module=f"stages.{n}") for n, m in modules.items()]
 
-    def forward_intermediates(self, x, indices=None, stop_early: bool = False, intermediates_only: bool = False):
-        take, max_index = feature_take_indices(len(self.feature_info), indices)
-        x = self.stem(x)
-        intermediates = [x] if 0 in take else []
-        for i, block in enumerate(self.blocks.values(), start=1):
-            if stop_early and i > max_index:
-                break
-            x = block(x)
-            if i in take:
-                intermediates.append(x)
-        return intermediates if intermediates_only else (x, intermediates)
-
-    def forward_features(self, x):
-        x = self.stem(x)
-        for block in self.blocks.values():
-            x = block(x)
-        return x
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def forward_head(self, x, pre_logits: bool = False):
-        x = x.mean(dim=(2, 3))
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
 
 
 @register_model

@@ -8,7 +8,6 @@ pool for a block's last layer).
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from timm.models import register_model
 from timm.models._features import feature_take_indices

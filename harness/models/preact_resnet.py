@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from timm.models import register_model
-from timm.models._features import feature_take_indices
+
+from harness.models.staged import StagedNet
 
 
 class PreActBottleneck(nn.Module):
@@ -34,7 +35,7 @@ class PreActBottleneck(nn.Module):
         return out + shortcut
 
 
-class PreActResNet(nn.Module):
+class PreActResNet(StagedNet):
     def __init__(self, depth: int, num_classes: int = 10, in_chans: int = 3, **_timm_kwargs):
         super().__init__()
         if (depth - 2) % 9:
@@ -55,30 +56,9 @@ class PreActResNet(nn.Module):
         self.feature_info = [dict(num_chs=16, module="stem")] + [
             dict(num_chs=4 * w, module=f"stages.{i}") for i, w in enumerate((16, 32, 64))]
 
-    def forward_intermediates(self, x, indices=None, stop_early: bool = False, intermediates_only: bool = False):
-        take, max_index = feature_take_indices(len(self.feature_info), indices)
-        x = self.stem(x)
-        intermediates = [x] if 0 in take else []
-        for i, stage in enumerate(self.stages, start=1):
-            if stop_early and i > max_index:
-                break
-            x = stage(x)
-            if i in take:
-                intermediates.append(x)
-        return intermediates if intermediates_only else (x, intermediates)
+    def pre_pool(self, x):
+        return torch.relu(self.norm(x))
 
-    def forward_features(self, x):
-        return self.stages(self.stem(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def forward_head(self, x, pre_logits: bool = False):
-        x = torch.relu(self.norm(x)).mean(dim=(2, 3))
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
 
 
 @register_model
