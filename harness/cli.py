@@ -12,6 +12,7 @@ import platformdirs
 import yaml
 
 from harness.errors import UserError
+from harness.spec import require_known
 
 
 class Parser(argparse.ArgumentParser):
@@ -104,6 +105,22 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=int, default=0, help="the teacher's seed")
     p.add_argument("--epochs", type=int, help="override the teacher recipe's epochs")
     training_options(p)
+
+    p = sub.add_parser("report", help="comparison tables and plots from MLflow, beside the papers' numbers",
+                       description="Render a suite's (or some cells') results: mean ± std over seeds, the paper's "
+                       "number and the difference, cost columns; Markdown, HTML (with plots), LaTeX, CSV.")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--suite")
+    target.add_argument("--cells", nargs="+", metavar="CELL")
+    p.add_argument("--select", choices=["last", "best-val"], default="last",
+                   help="test accuracy at the last epoch (default) or at the best validation epoch")
+    p.add_argument("--format", choices=["md", "html", "latex", "csv"], default="md")
+    p.add_argument("--out", help="a file for --format, or a directory (ending in /) for every format and the plots")
+    p.add_argument("--include-smoke", action="store_true", help="count --smoke runs too")
+
+    p = sub.add_parser("ui", help="start the MLflow UI on the runs store (127.0.0.1)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
     return parser
 
 
@@ -156,8 +173,6 @@ def command_teacher(args, spec, runner) -> int:
     dataset, sep, model = args.target.partition("/")
     if not sep or not dataset or not model or "/" in model:
         raise UserError(f"teacher {args.target!r} is malformed: expected DATASET/MODEL, e.g. mnist/hinton1200")
-    from harness.spec import require_known
-
     require_known(dataset, spec.datasets, "dataset")
     _positive("--epochs", args.epochs)
     if args.seed < 0:
@@ -167,6 +182,42 @@ def command_teacher(args, spec, runner) -> int:
     _, info = runner.teacher(dataset, model, opts)
     print(f"teacher {dataset}/{model} seed {args.seed}: {info['teacher.path']}")
     return 0
+
+
+def command_report(args, spec, tracking_uri: str) -> int:
+    from harness import report as rep
+
+    cells = None
+    if args.cells:
+        cells = [spec.cell(c).id for c in args.cells]
+    elif args.suite:
+        require_known(args.suite, spec.suites, "suite")
+    result = rep.build(spec, tracking_uri, args.suite, cells, args.select, args.include_smoke)
+    if args.out and args.out.endswith("/"):
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        images = rep.plots(result)
+        for name, png in images.items():
+            (out / name).write_bytes(png)
+        for fmt, ext in (("md", "md"), ("html", "html"), ("latex", "tex"), ("csv", "csv")):
+            (out / f"report.{ext}").write_text(rep.render(result, fmt, images))
+        print(f"wrote {out}/report.{{md,html,tex,csv}} and {', '.join(images)}")
+        return 0
+    text = rep.render(result, args.format, rep.plots(result) if args.format == "html" else None)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def command_ui(args, tracking_uri: str) -> int:
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
+        raise UserError(f"no MLflow store at {tracking_uri}; run some cells first")
+    print(f"MLflow UI on http://{args.host}:{args.port} (store: {tracking_uri}); Ctrl-C stops it", flush=True)
+    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri,
+                               "--host", args.host, "--port", str(args.port)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,7 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         from harness.tracking import default_tracking_uri
 
         home = runs_home(args.home)
-        runner = Runner(spec, home, args.tracking_uri or default_tracking_uri(home))
+        tracking_uri = args.tracking_uri or default_tracking_uri(home)
+        if args.command == "report":
+            return command_report(args, spec, tracking_uri)
+        if args.command == "ui":
+            return command_ui(args, tracking_uri)
+        runner = Runner(spec, home, tracking_uri)
         return {"run": command_run, "teacher": command_teacher}[args.command](args, spec, runner)
     except UserError as e:
         print(f"harness: error: {e}", file=sys.stderr)

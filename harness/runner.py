@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import platform
 import signal
 import subprocess
@@ -124,6 +125,16 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment_params(device: torch.device) -> dict:
     def version(pkg):
         try:
@@ -144,8 +155,7 @@ def environment_params(device: torch.device) -> dict:
         "env.python": platform.python_version(), "env.torch": torch.__version__,
         "env.timm": version("timm"), "env.mlflow": version("mlflow"), "env.torchvision": version("torchvision"),
         "env.device": str(device),
-        "env.device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-        or platform.machine(),
+        "env.device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "env.threads": torch.get_num_threads(),
     }
 

@@ -1,0 +1,253 @@
+"""Comparison tables and plots from the MLflow store, beside the papers' numbers.
+
+Runs come from `mlflow.search_runs` (FINISHED student runs of the requested cells; smoke runs
+left out unless asked; for each cell and seed the latest run). Each table cell is
+`mean ± std (n)` over seeds of the chosen accuracy; a paper's number stands beside it as a
+labelled reference with the difference, flagged when it lies outside mean ± 2·std. Cells
+without runs show as missing, never as zero.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from harness.errors import UserError
+from harness.spec import Spec, SuiteSpec
+
+SELECTIONS = {"last": ("test_top1_last", "test_top5_last", "last epoch"),
+              "best-val": ("test_top1_best_val", "test_top5_best_val", "the epoch of best validation accuracy")}
+FORMATS = ("md", "html", "latex", "csv")
+
+
+@dataclass
+class Report:
+    title: str
+    caption: str
+    table: pd.DataFrame  # paper-shaped: rows = methods, columns = dataset/pair
+    detail: pd.DataFrame  # one row per cell: every number
+    runs: pd.DataFrame  # the runs used
+    curves: dict[str, pd.DataFrame]  # cell -> epochs x seeds of test top-1
+
+
+def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False) -> pd.DataFrame:
+    """FINISHED student runs of `cells`; for each cell and seed the latest."""
+    import mlflow
+
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
+        raise UserError(f"no MLflow store at {tracking_uri}; run some cells first, or pass --tracking-uri/--home")
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment = mlflow.get_experiment_by_name("kd-harness")
+    if experiment is None:
+        raise UserError(f"the store {tracking_uri} has no kd-harness runs")
+    runs = mlflow.search_runs([experiment.experiment_id], output_format="pandas",
+                              filter_string="tags.role = 'student' and attributes.status = 'FINISHED'")
+    if runs.empty:
+        return runs
+    runs = runs[runs["tags.cell"].isin(cells)]
+    if not include_smoke:
+        runs = runs[runs["tags.smoke"] != "True"]
+    return runs.sort_values("start_time").groupby(["tags.cell", "tags.seed"]).tail(1)
+
+
+def references(suite: SuiteSpec) -> dict[tuple[str, str], tuple[float, str]]:
+    """(cell, 'top1'|'top5') -> (accuracy in %, label); errors are turned into accuracies."""
+    out = {}
+    for ref in suite.references:
+        metric = ref.metric.removesuffix("_error")
+        value = 100.0 - ref.value if ref.metric.endswith("_error") else ref.value
+        label = f"{ref.source}" + (f" (error {ref.value:g}%)" if ref.metric.endswith("_error") else "")
+        out[(ref.cell, metric)] = (value, label)
+    return out
+
+
+def _fmt(mean: float, std: float, n: int) -> str:
+    if n == 0:
+        return "missing"
+    return f"{mean:.2f} ± {std:.2f} ({n})" if n > 1 else f"{mean:.2f} (1)"
+
+
+def summarize(runs: pd.DataFrame, cells: list[str], refs: dict, select: str) -> pd.DataFrame:
+    top1_key, top5_key, _ = SELECTIONS[select]
+    rows = []
+    for cell in cells:
+        group = runs[runs["tags.cell"] == cell] if not runs.empty else runs
+        n = len(group)
+        dataset, pair, method = cell.split("/")
+        row = {"cell": cell, "dataset": dataset, "pair": pair, "method": method, "n": n}
+        for metric, key in (("top1", top1_key), ("top5", top5_key)):
+            values = group[f"metrics.{key}"].astype(float) if n else pd.Series(dtype=float)
+            mean, std = (values.mean(), values.std(ddof=1) if n > 1 else float("nan")) if n else (math.nan, math.nan)
+            row[f"{metric}_mean"], row[f"{metric}_std"] = mean, std
+            ref = refs.get((cell, metric))
+            row[f"{metric}_paper"] = ref[0] if ref else math.nan
+            row[f"{metric}_paper_source"] = ref[1] if ref else ""
+            row[f"{metric}_delta"] = mean - ref[0] if ref and n else math.nan
+            # flagged: the paper's number lies outside mean ± 2 std (needs 2 or more seeds)
+            row[f"{metric}_flag"] = bool(ref and n > 1 and abs(mean - ref[0]) > 2 * std)
+        for column, key in (("sec_per_epoch", "mean_epoch_seconds"), ("peak_memory_mb", "peak_memory_mb")):
+            row[column] = group[f"metrics.{key}"].astype(float).median() if n else math.nan
+        for column, key in (("extra_parameters", "extra_parameters"), ("student_parameters", "student_parameters")):
+            row[column] = int(group[f"metrics.{key}"].iloc[0]) if n else math.nan
+        row["epochs"] = ", ".join(sorted(set(group["params.recipe.epochs"]))) if n else ""
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paper_table(detail: pd.DataFrame) -> pd.DataFrame:
+    """Rows = methods (suite order), columns = dataset/pair; cells 'mean ± std (n) [paper p, Δ d]'."""
+    single_pair = detail["pair"].nunique() == 1
+    column = detail["dataset"] if single_pair else detail["dataset"] + " " + detail["pair"]
+    text = []
+    for _, r in detail.iterrows():
+        cell = _fmt(r.top1_mean, r.top1_std, r.n)
+        if not math.isnan(r.top1_paper):
+            delta = f", Δ {r.top1_delta:+.2f}" if r.n else ""
+            cell += f" [paper {r.top1_paper:.2f}{delta}]" + ("*" if r.top1_flag else "")
+        text.append(cell)
+    frame = pd.DataFrame({"method": detail["method"], "column": column, "text": text})
+    table = frame.pivot(index="method", columns="column", values="text")
+    table = table.reindex(index=list(dict.fromkeys(detail["method"])), columns=list(dict.fromkeys(column)))
+    table.index.name, table.columns.name = "method", None
+    return table
+
+
+def curves(tracking_uri: str, runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    out = {}
+    for cell, group in runs.groupby("tags.cell"):
+        series = {}
+        for _, run in group.iterrows():
+            history = client.get_metric_history(run["run_id"], "test/top1")
+            # align on the main phase: pre-training epochs (FitNet hints, FSP) get negative x
+            pre_epochs = len(history) - int(run.get("params.phases.main") or len(history))
+            series[run["tags.seed"]] = pd.Series({m.step - pre_epochs: m.value for m in history})
+        out[cell] = pd.DataFrame(series).sort_index()
+    return out
+
+
+def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | None, select: str,
+          include_smoke: bool = False) -> Report:
+    if suite is not None:
+        suite_spec = spec.suites[suite]
+        cells = suite_spec.cells
+    else:
+        suite_spec = SuiteSpec(title="Selected cells", source="kd-harness", cells=cells)
+    runs = load_runs(tracking_uri, cells, include_smoke)
+    if runs.empty:
+        raise UserError(f"no finished runs for {'suite ' + suite if suite else 'these cells'} in {tracking_uri}; "
+                        "run them with `harness run` first")
+    detail = summarize(runs, cells, references(suite_spec), select)
+    recipes = sorted(set(runs["params.recipe_name"]))
+    epochs = sorted(set(runs["params.recipe.epochs"]), key=int)
+    devices = sorted(set(runs["params.env.device_name"]))
+    commits = sorted(set(runs["params.env.git_commit"].str[:10]))
+    caption = (f"Test top-1 accuracy (%) at {SELECTIONS[select][2]}, mean ± sample std over seeds (n). "
+               f"Recipe(s): {', '.join(recipes)}, {', '.join(epochs)} epochs. "
+               f"Paper numbers are references from {suite_spec.source}, converted to accuracy where the paper "
+               "reports error; Δ = ours − paper; * marks a paper number outside mean ± 2·std. "
+               f"Hardware: {', '.join(devices)}. Commit(s): {', '.join(commits)}.")
+    return Report(suite_spec.title, caption, paper_table(detail), detail, runs, curves(tracking_uri, runs))
+
+
+# ---- rendering ---------------------------------------------------------------------------------
+DETAIL_COLUMNS = {"cell": "cell", "n": "n", "top1": "top-1", "top5": "top-5", "top1_paper": "paper top-1",
+                  "top1_delta": "Δ top-1", "sec_per_epoch": "s/epoch (median)", "extra_parameters": "extra params",
+                  "student_parameters": "student params", "peak_memory_mb": "peak MB", "epochs": "epochs"}
+
+
+def detail_table(report: Report) -> pd.DataFrame:
+    d = report.detail
+    frame = pd.DataFrame({
+        "cell": d["cell"], "n": d["n"],
+        "top1": [_fmt(m, s, n) for m, s, n in zip(d.top1_mean, d.top1_std, d.n)],
+        "top5": [_fmt(m, s, n) for m, s, n in zip(d.top5_mean, d.top5_std, d.n)],
+        "top1_paper": [f"{v:.2f}" if not math.isnan(v) else "" for v in d.top1_paper],
+        "top1_delta": [(f"{v:+.2f}" + ("*" if f else "")) if not math.isnan(v) else ""
+                       for v, f in zip(d.top1_delta, d.top1_flag)],
+        "sec_per_epoch": [f"{v:.2f}" if not math.isnan(v) else "" for v in d.sec_per_epoch],
+        "extra_parameters": [f"{int(v):,}" if not math.isnan(v) else "" for v in d.extra_parameters],
+        "student_parameters": [f"{int(v):,}" if not math.isnan(v) else "" for v in d.student_parameters],
+        "peak_memory_mb": [f"{v:.0f}" if not math.isnan(v) else "" for v in d.peak_memory_mb],
+        "epochs": d["epochs"],
+    })
+    return frame.rename(columns=DETAIL_COLUMNS)
+
+
+def plots(report: Report) -> dict[str, bytes]:
+    """PNG bytes: accuracy per epoch (mean and spread over seeds), final accuracy bars, accuracy vs cost."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = {}
+    d = report.detail[report.detail["n"] > 0]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for cell, frame in report.curves.items():
+        mean, std = frame.mean(axis=1), frame.std(axis=1, ddof=1).fillna(0)
+        ax.plot(mean.index, mean.values, label=cell.split("/", 1)[1])
+        ax.fill_between(mean.index, (mean - std).values, (mean + std).values, alpha=0.2)
+    ax.set(xlabel="epoch of the main phase (pre-training phases < 0)", ylabel="test top-1 (%)",
+           title="Test accuracy per epoch (mean ± std over seeds)")
+    finals = [frame.iloc[-1].min() for frame in report.curves.values() if len(frame)]
+    if finals:
+        ax.set_ylim(max(0, min(finals) - 5), 100)
+    ax.legend(fontsize=7)
+    out["curves.png"] = _png(fig)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    labels = [c.split("/", 1)[1] for c in d["cell"]]
+    ax.bar(range(len(d)), d["top1_mean"], yerr=d["top1_std"].fillna(0), capsize=4, color="tab:blue")
+    if d["top1_paper"].notna().any():
+        ax.scatter(range(len(d)), d["top1_paper"], color="tab:red", marker="_", s=400, label="paper (reference)",
+                   zorder=3)
+        ax.legend(fontsize=7)
+    ax.set_xticks(range(len(d)), labels, rotation=30, ha="right", fontsize=7)
+    low = min(v for v in list(d["top1_mean"] - d["top1_std"].fillna(0)) + list(d["top1_paper"].dropna()))
+    ax.set(ylabel="test top-1 (%)", title="Final accuracy (error bars: std over seeds)", ylim=(max(0, low - 2), 100))
+    out["accuracy.png"] = _png(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(d["sec_per_epoch"], d["top1_mean"], yerr=d["top1_std"].fillna(0), fmt="o")
+    for x, y, label in zip(d["sec_per_epoch"], d["top1_mean"], labels):
+        ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(xlabel="seconds per epoch (median)", ylabel="test top-1 (%)", title="Accuracy against training cost")
+    out["cost.png"] = _png(fig)
+    plt.close("all")
+    return out
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def render(report: Report, fmt: str, images: dict[str, bytes] | None = None) -> str:
+    details = detail_table(report)
+    if fmt == "md":
+        return (f"# {report.title}\n\n{report.caption}\n\n{report.table.to_markdown()}\n\n"
+                f"## Per cell\n\n{details.to_markdown(index=False)}\n")
+    if fmt == "csv":
+        return report.detail.to_csv(index=False)
+    if fmt == "latex":
+        body = report.table.to_latex(escape=True)
+        return f"% {report.title}\n% {report.caption}\n{body}\n{details.to_latex(index=False, escape=True)}"
+    if fmt == "html":
+        figures = "".join(
+            f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}"></figure>'
+            for name, png in (images or {}).items())
+        return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report.title)}</title>"
+                "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
+                "td,th{border:1px solid #ccc;padding:4px 8px}figure{display:inline-block;margin:1em}</style>"
+                f"</head><body><h1>{html.escape(report.title)}</h1><p>{html.escape(report.caption)}</p>"
+                f"{report.table.to_html()}<h2>Per cell</h2>{details.to_html(index=False)}{figures}</body></html>")
+    raise UserError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")

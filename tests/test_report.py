@@ -1,0 +1,174 @@
+"""The report: a store with known runs gives known numbers; every format; the HTML in a real
+browser; `harness ui` serving the runs over MLflow's REST API."""
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import yaml
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from harness import report as rep
+from harness.cli import main
+from harness.spec import DEFAULT_SPEC, load_spec
+
+A, B, C = "digits/resnet20-resnet8/baseline", "digits/resnet20-resnet8/kd", "digits/resnet20-resnet8/at"
+KNOWN = {A: [90.0, 91.0, 92.0], B: [93.0, 95.0, 94.0]}  # C has no runs
+
+
+@pytest.fixture
+def store(home, tmp_path):
+    """A store with 2 methods x 3 seeds of known results, and a suite of 3 cells over it."""
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    home.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("kd-harness")
+    for cell, values in KNOWN.items():
+        for seed, value in enumerate(values):
+            run = client.create_run(experiment, tags={"role": "student", "cell": cell, "seed": str(seed),
+                                                      "smoke": "False"})
+            params = {"recipe_name": "digits", "recipe.epochs": "3", "env.device_name": "test-cpu",
+                      "env.git_commit": "abcdef0123456789"}
+            summary = {"test_top1_last": value, "test_top5_last": 100.0, "test_top1_best_val": value - 1,
+                       "test_top5_best_val": 99.0, "mean_epoch_seconds": 2.0 + seed, "peak_memory_mb": 500,
+                       "extra_parameters": 0, "student_parameters": 1234}
+            history = [Metric("test/top1", value - 10 + 5 * e, 0, e) for e in range(3)]
+            client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()],
+                             metrics=[Metric(k, v, 0, 3) for k, v in summary.items()] + history,
+                             tags=[RunTag("mlflow.runName", cell)])
+            client.set_terminated(run.info.run_id, "FINISHED")
+    # a smoke run and a failed run that the report must ignore
+    for status, smoke in (("FINISHED", "True"), ("FAILED", "False")):
+        run = client.create_run(experiment, tags={"role": "student", "cell": A, "seed": "9", "smoke": smoke})
+        client.log_metric(run.info.run_id, "test_top1_last", 0.0)
+        client.set_terminated(run.info.run_id, status)
+    raw = yaml.safe_load(DEFAULT_SPEC.read_text())
+    raw["suites"]["known"] = {"title": "Known", "source": "Test Table", "cells": [A, B, C], "references": [
+        {"cell": A, "value": 91.0, "metric": "top1", "source": "Test Table, baseline"},
+        {"cell": B, "value": 1.0, "metric": "top1_error", "source": "Test Table, KD"},  # 99.0: outside 94 ± 2
+        {"cell": C, "value": 80.0, "metric": "top1", "source": "Test Table, AT"}]}
+    path = tmp_path / "benchmarks.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return uri, path
+
+
+def test_known_store_gives_known_table(store):
+    uri, spec_path = store
+    result = rep.build(load_spec(spec_path), uri, "known", None, "last")
+    d = result.detail.set_index("cell")
+    assert list(d["n"]) == [3, 3, 0]
+    assert d.loc[A, "top1_mean"] == pytest.approx(91.0) and d.loc[A, "top1_std"] == pytest.approx(1.0)
+    assert d.loc[B, "top1_mean"] == pytest.approx(94.0) and d.loc[B, "top1_std"] == pytest.approx(1.0)
+    assert d.loc[B, "top1_paper"] == pytest.approx(99.0)  # converted from 1.0% error
+    assert d.loc[B, "top1_delta"] == pytest.approx(-5.0) and bool(d.loc[B, "top1_flag"])
+    assert d.loc[A, "top1_delta"] == pytest.approx(0.0) and not bool(d.loc[A, "top1_flag"])
+    assert d.loc[A, "sec_per_epoch"] == pytest.approx(3.0)  # median of 2, 3, 4
+    table = result.table
+    assert table.loc["baseline", "digits"] == "91.00 ± 1.00 (3) [paper 91.00, Δ +0.00]"
+    assert table.loc["kd", "digits"] == "94.00 ± 1.00 (3) [paper 99.00, Δ -5.00]*"
+    assert table.loc["at", "digits"] == "missing [paper 80.00]"  # missing, never zero
+    best = rep.build(load_spec(spec_path), uri, "known", None, "best-val").detail.set_index("cell")
+    assert best.loc[A, "top1_mean"] == pytest.approx(90.0)
+    assert "best validation" in rep.build(load_spec(spec_path), uri, "known", None, "best-val").caption
+    assert len(result.curves[A].columns) == 3 and list(result.curves[A].index) == [0, 1, 2]
+
+
+def test_every_format_and_the_output_directory(store, tmp_path, capsys):
+    uri, spec_path = store
+    out = tmp_path / "out"
+    assert main(["--spec", str(spec_path), "report", "--suite", "known", "--out", f"{out}/"]) == 0
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["accuracy.png", "cost.png", "curves.png", "report.csv", "report.html", "report.md",
+                     "report.tex"]
+    assert "94.00 ± 1.00 (3)" in (out / "report.md").read_text()
+    assert "\\begin{tabular}" in (out / "report.tex").read_text()
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 3
+    assert "top1_mean" in (out / "report.csv").read_text().splitlines()[0]
+    assert main(["--spec", str(spec_path), "report", "--suite", "known", "--format", "csv"]) == 0
+    assert "top1_mean" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["report", "--suite", "digits"], "no MLflow store"),
+    (["report", "--suite", "nope"], "unknown suite"),
+    (["report", "--cells", "digits/resnet20-resnet8/kdd"], "unknown method"),
+    (["report", "--suite", "digits", "--format", "pdf"], "invalid choice"),
+])
+def test_report_user_errors(home, capsys, argv, expected):
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and expected in err and len(err.splitlines()) == 1
+
+
+def test_a_suite_without_runs_is_a_user_error(store, capsys):
+    uri, spec_path = store
+    assert main(["--spec", str(spec_path), "report", "--suite", "nmt_table1"]) == 2
+    assert "no finished runs for suite nmt_table1" in capsys.readouterr().err
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(not _chromium(), reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_html_report_renders_in_headless_chromium(store, tmp_path):
+    uri, spec_path = store
+    result = rep.build(load_spec(spec_path), uri, "known", None, "last")
+    page = tmp_path / "report.html"
+    page.write_text(rep.render(result, "html", rep.plots(result)))
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                           "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,2000",
+                           f"--screenshot={shot}", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert shot.exists(), proc.stderr
+    from PIL import Image
+
+    image = Image.open(shot).convert("L")
+    assert image.size == (1400, 2000)
+    dark = sum(1 for px in image.getdata() if px < 128)
+    assert dark > 5000  # text and plot lines, not a blank page
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_harness_ui_serves_runs_over_the_rest_api(store, home):
+    uri, spec_path = store
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "--home", str(home), "ui", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert f"http://127.0.0.1:{port}" in proc.stdout.readline()
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the MLflow server did not start"
+                time.sleep(0.5)
+        experiment = json.load(urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=kd-harness"))
+        body = json.dumps({"experiment_ids": [experiment["experiment"]["experiment_id"]],
+                           "filter": f"tags.cell = '{B}' and attributes.status = 'FINISHED'"}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", data=body,
+                                         headers={"Content-Type": "application/json"})
+        runs = json.load(urllib.request.urlopen(request))["runs"]
+        values = sorted(m["value"] for r in runs for m in r["data"]["metrics"] if m["key"] == "test_top1_last")
+        assert values == [93.0, 94.0, 95.0]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
