@@ -106,6 +106,28 @@ def build_parser() -> Parser:
     p.add_argument("--epochs", type=int, help="override the teacher recipe's epochs")
     training_options(p)
 
+    p = sub.add_parser("sweep", help="tune a cell's hyperparameters with Optuna on the validation split",
+                       description="Optuna study over the cell's search space (benchmarks.yaml, or --space). "
+                       "Trials see only the training and validation splits. Several processes or machines "
+                       "running the same command on one --storage and --study share the study; running it "
+                       "again resumes it. MLflow: a parent run per study, a child run per trial.")
+    p.add_argument("--cell", required=True)
+    p.add_argument("--trials", type=int, required=True, help="trials this worker runs")
+    p.add_argument("--space", action="append", default=[], metavar="[METHOD.]NAME=SPEC",
+                   help="float:LOW:HIGH[:log], int:LOW:HIGH[:log] or cat:A,B (repeatable)")
+    p.add_argument("--sampler", choices=["tpe", "grid"], default="tpe")
+    p.add_argument("--grid", help="a named grid of benchmarks.yaml (implies --sampler grid), e.g. lpl_fig3")
+    p.add_argument("--sampler-seed", type=int, default=0)
+    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
+    p.add_argument("--storage", help="Optuna storage: a SQLAlchemy URL or journal:PATH "
+                   "(default: sqlite:///HOME/optuna.db)")
+    p.add_argument("--study", help="study name (default: derived from the cell)")
+    p.add_argument("--final-seeds", type=int, default=0,
+                   help="then retrain the best configuration on train+val over N seeds and report test accuracy")
+    p.add_argument("--seed", type=int, default=0, help="the trials' training seed")
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    training_options(p)
+
     p = sub.add_parser("report", help="comparison tables and plots from MLflow, beside the papers' numbers",
                        description="Render a suite's (or some cells') results: mean ± std over seeds, the paper's "
                        "number and the difference, cost columns; Markdown, HTML (with plots), LaTeX, CSV.")
@@ -184,6 +206,38 @@ def command_teacher(args, spec, runner) -> int:
     return 0
 
 
+def command_sweep(args, spec, runner) -> int:
+    from dataclasses import replace
+
+    from harness.sweep import Sweep, SweepOptions
+
+    cell = spec.cell(args.cell)
+    for name in ("--trials", "--epochs"):
+        _positive(name, getattr(args, name.strip("-")))
+    if args.final_seeds < 0 or args.seed < 0:
+        raise UserError("--final-seeds and --seed must be non-negative")
+    if args.sampler == "grid" and not args.grid:
+        raise UserError("--sampler grid needs --grid NAME (a grid of benchmarks.yaml)")
+    opts = replace(_options(args, epochs=args.epochs), seed=args.seed, progress=False)
+    study = args.study or "sweep-" + cell.id.replace("/", "-")
+    sweep = Sweep(runner, cell, opts, SweepOptions(
+        trials=args.trials, study=study, storage=args.storage or f"sqlite:///{runner.home / 'optuna.db'}",
+        sampler=args.sampler, pruner=args.pruner, seed=args.sampler_seed, space=args.space, grid=args.grid,
+        final_seeds=args.final_seeds))
+    result = sweep.run()
+    print(sweep.summary_table())
+    complete = [t for t in result.trials if t.value is not None]
+    if not complete:
+        print(f"study {study}: no trial completed; MLflow parent run {sweep.parent_run}")
+        return 1
+    print(f"study {study}: best val top-1 {result.best_value:.2f} with {result.best_params} "
+          f"(trial {result.best_trial.number}); MLflow parent run {sweep.parent_run}")
+    for outcome in sweep.retrain_best():
+        print(f"retrained on train+val: test top-1 {outcome.summary.get('test_top1_last', float('nan')):.2f}% "
+              f"(MLflow run {outcome.run_id}, tagged from_sweep={study})")
+    return 0
+
+
 def command_report(args, spec, tracking_uri: str) -> int:
     from harness import report as rep
 
@@ -241,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ui":
             return command_ui(args, tracking_uri)
         runner = Runner(spec, home, tracking_uri)
-        return {"run": command_run, "teacher": command_teacher}[args.command](args, spec, runner)
+        return {"run": command_run, "teacher": command_teacher, "sweep": command_sweep}[args.command](
+            args, spec, runner)
     except UserError as e:
         print(f"harness: error: {e}", file=sys.stderr)
         return 2

@@ -49,6 +49,11 @@ class Data:
     pixel_max: float
     split_fingerprint: str  # sha256 prefix of the validation indices, logged with every run
 
+    def merged_train(self) -> "Data":
+        """Train on train + validation (a sweep's final retraining); validation stays only for reference."""
+        train = Split(torch.cat([self.train.images, self.val.images]), torch.cat([self.train.labels, self.val.labels]))
+        return Data(self.name, self.spec, train, self.val, self.test, self.pixel_max, self.split_fingerprint)
+
     def params(self) -> dict:
         return {"data.train_size": len(self.train), "data.val_size": len(self.val), "data.test_size": len(self.test),
                 "data.split_seed": self.spec.split_seed, "data.val_fingerprint": self.split_fingerprint,
@@ -118,13 +123,14 @@ def load_data(name: str, spec: DatasetSpec, root: Path, download: bool = False, 
 class Batches:
     """Normalised (and for training, augmented) batches from a device-resident split."""
 
-    def __init__(self, data: Data, device: torch.device):
+    def __init__(self, data: Data, device: torch.device, splits: tuple[str, ...] = ("train", "val", "test")):
+        """Only the named splits are moved to the device (a sweep trial never touches "test")."""
         self.device = device
         self.pixel_max = data.pixel_max
         self.mean = torch.tensor(data.spec.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(data.spec.std, device=device).view(1, -1, 1, 1)
         self.augment = data.spec.augment
-        self.splits = {"train": data.train.to(device), "val": data.val.to(device), "test": data.test.to(device)}
+        self.splits = {name: getattr(data, name).to(device) for name in splits}
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
         return (images.float() / self.pixel_max - self.mean) / self.std

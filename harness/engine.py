@@ -49,6 +49,7 @@ class TrainConfig:
     amp: str = "off"  # "off" | "bf16"
     label: str = "train"
     progress: bool = True
+    eval_splits: tuple[str, ...] = ("val", "test")  # a sweep trial evaluates "val" only
 
 
 def seed_everything(seed: int) -> None:
@@ -237,13 +238,13 @@ class Trainer:
         metrics["train/loss"] = sum(v.item() for v in sums.values()) / n_steps
         metrics["train/top1"] = 100.0 * correct.item() / (n_steps * self.recipe.batch_size)
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-        bs = self.recipe.eval_batch_size
-        metrics["val/top1"], metrics["val/top5"] = evaluate(self.student, self.batches, "val", bs, self.config.amp)
-        metrics["test/top1"], metrics["test/top5"] = evaluate(self.student, self.batches, "test", bs, self.config.amp)
+        for split in self.config.eval_splits:
+            metrics[f"{split}/top1"], metrics[f"{split}/top5"] = evaluate(
+                self.student, self.batches, split, self.recipe.eval_batch_size, self.config.amp)
         metrics["epoch_seconds"] = time.perf_counter() - epoch_started
         metrics["epoch"] = self.epoch
         metrics["phase"] = phase_index
-        bar.set_postfix(epoch=self.epoch, val=f"{metrics['val/top1']:.2f}")
+        bar.set_postfix(epoch=self.epoch, **{s: f"{metrics[f'{s}/top1']:.2f}" for s in self.config.eval_splits})
         self.history.append(metrics)
         self.epoch, self.step = self.epoch + 1, 0
         self.epoch_start_generator = self.generator.get_state()
@@ -272,16 +273,20 @@ class Trainer:
         return losses, (student_features["logits"].argmax(dim=1) == y).sum()
 
     def summary(self, wall_seconds: float) -> dict:
-        main_epochs = [i for i, h in enumerate(self.history) if self.phases[int(h["phase"])][0] == "main"]
-        best = max(main_epochs, key=lambda i: (self.history[i]["val/top1"], -i))
-        last = self.history[-1]
-        return {
-            "test_top1_best_val": self.history[best]["test/top1"],
-            "test_top5_best_val": self.history[best]["test/top5"],
-            "best_val_epoch": best,
-            "val_top1_best": self.history[best]["val/top1"],
-            "test_top1_last": last["test/top1"],
-            "test_top5_last": last["test/top5"],
+        """Summary metrics; the best-validation ones only when validation was evaluated (and was
+        not trained on), the test ones only when test was evaluated (never in a sweep trial)."""
+        out = {}
+        if "val" in self.config.eval_splits:
+            main_epochs = [i for i, h in enumerate(self.history) if self.phases[int(h["phase"])][0] == "main"]
+            best = max(main_epochs, key=lambda i: (self.history[i]["val/top1"], -i))
+            out |= {"best_val_epoch": best, "val_top1_best": self.history[best]["val/top1"],
+                    "val_top1_last": self.history[-1]["val/top1"]}
+            if "test" in self.config.eval_splits:
+                out |= {"test_top1_best_val": self.history[best]["test/top1"],
+                        "test_top5_best_val": self.history[best]["test/top5"]}
+        if "test" in self.config.eval_splits:
+            out |= {"test_top1_last": self.history[-1]["test/top1"], "test_top5_last": self.history[-1]["test/top5"]}
+        return out | {
             "mean_epoch_seconds": float(np.mean([h["epoch_seconds"] for h in self.history])),
             "extra_parameters": self.objective.extra_parameters(),
             "student_parameters": count_parameters(self.student),

@@ -61,6 +61,8 @@ class RunOptions:
     epochs: int | None = None
     teacher_epochs: int | None = None
     progress: bool = True
+    full_train: bool = False  # train on train + validation, evaluate test only (a sweep's final runs)
+    tags: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -323,6 +325,8 @@ class Runner:
             recipe = smoke_recipe(recipe)
         device = resolve_device(opts.device)
         data = self.data(cell.dataset, opts)
+        if opts.full_train:
+            data = data.merged_train()
         teacher_arch = build_model(spec.models[pair.teacher], spec.datasets[cell.dataset])
         seed_everything(opts.seed)
         student = build_model(spec.models[pair.student], spec.datasets[cell.dataset])
@@ -343,6 +347,7 @@ class Runner:
             "stages": pair.stages.model_dump(), "hint": pair.hint, "teacher_seed": opts.teacher_seed,
             "deterministic": deterministic(opts, device),
             "phases": dict(objective.phases(recipe.epochs)),
+            "train_on": "train+val" if opts.full_train else "train",
         }
         return config, recipe, device, data, student, objective
 
@@ -359,13 +364,13 @@ class Runner:
             run_key=config_key(config), run_name=f"{cell.id} seed {opts.seed}",
             tags={"role": "student", "cell": cell.id, "dataset": cell.dataset, "teacher": pair.teacher,
                   "student": pair.student, "method": cell.method, "suite": opts.suite or "", "seed": opts.seed,
-                  "smoke": opts.smoke} | determinism_tags(config, device),
+                  "smoke": opts.smoke} | determinism_tags(config, device) | opts.tags,
             params=flatten(config) | data.params() | teacher_info | environment_params(device),
             config=config,
             make_trainer=lambda ckpts, log, stop: Trainer(
                 student, objective, Batches(data, device),
                 TrainConfig(recipe, opts.seed, pair.stages.teacher, pair.stages.student, opts.amp,
-                            cell.id, opts.progress),
+                            cell.id, opts.progress, ("test",) if opts.full_train else ("val", "test")),
                 device, teacher=teacher, log=log, checkpoints=ckpts, stop=stop))
         return self._execute(job, opts.force)
 

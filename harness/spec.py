@@ -138,6 +138,12 @@ class SuiteSpec(Strict):
     references: list[Reference] = []
 
 
+class GridSpec(Strict):
+    method: str
+    grid: dict[str, list[Any]]
+    source: str
+
+
 class Spec(Strict):
     datasets: dict[str, DatasetSpec]
     models: dict[str, ModelSpec]
@@ -145,6 +151,7 @@ class Spec(Strict):
     methods: dict[str, MethodSpec]
     recipes: dict[str, RecipeSpec]
     suites: dict[str, SuiteSpec] = {}
+    grids: dict[str, GridSpec] = Field({}, description="named grids for `harness sweep --grid`")
 
     @model_validator(mode="after")
     def _cross_references(self):
@@ -170,6 +177,11 @@ class Spec(Strict):
             for d in p.datasets:
                 if d not in self.datasets:
                     raise ValueError(f"pairs.{name}.datasets: unknown dataset {d!r}")
+        for name, g in self.grids.items():
+            if g.method not in self.methods:
+                raise ValueError(f"grids.{name}.method: unknown method {g.method!r}")
+            if any(not values for values in g.grid.values()):
+                raise ValueError(f"grids.{name}.grid: every parameter needs at least one value")
         for name, s in self.suites.items():
             for key in ("recipe", "teacher_recipe"):
                 ref = getattr(s, key)

@@ -67,7 +67,7 @@ class Tracker:
     def epoch_logger(self, run_id: str):
         """A per-epoch logger that logs each epoch once, even when a resume replays epochs
         (after falling back to an older checkpoint) or finds epochs the store never received."""
-        logged = {m.step for m in self.client.get_metric_history(run_id, "val/top1")}
+        logged = {m.step for m in self.client.get_metric_history(run_id, "epoch_seconds")}
 
         def log(metrics: dict, step: int) -> None:
             if step not in logged:

@@ -1,0 +1,344 @@
+"""Optuna sweeps of a cell's hyperparameters, tuned on the validation split only.
+
+Each trial trains the cell on the training part and reports validation top-1 per epoch (for
+the pruner); the test split is never moved to the device inside a trial. The study lives in
+an Optuna storage (a local SQLite file by default; any SQLAlchemy URL such as PostgreSQL; or
+`journal:PATH`), so the same command started in several processes or machines joins one
+study, and re-running it resumes. MLflow gets a parent run per study and a nested child run
+per trial; when the study ends, the best configuration can be retrained on train + validation
+over several seeds and evaluated on test, tagged with the study.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import itertools
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+from PIL import Image
+
+from harness.data import Batches
+from harness.engine import TrainConfig, Trainer
+from harness.errors import UserError
+from harness.runner import Runner, RunOptions, environment_params, exclusive, flatten
+from harness.spec import Cell, method_parts
+from methods import method_class
+
+
+@dataclass(frozen=True)
+class Dimension:
+    method: str
+    param: str
+    kind: str  # float | int | cat
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple = ()
+
+    def suggest(self, trial: optuna.Trial, name: str):
+        if self.kind == "float":
+            return trial.suggest_float(name, self.low, self.high, log=self.log)
+        if self.kind == "int":
+            return trial.suggest_int(name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_categorical(name, list(self.choices))
+
+
+def parse_dimension(method: str, param: str, text: str) -> Dimension:
+    """'float:LOW:HIGH[:log]', 'int:LOW:HIGH[:log]' or 'cat:A,B,C'."""
+    kind, _, rest = text.partition(":")
+    where = f"search space for {method}.{param} ({text!r})"
+    if kind == "cat":
+        import yaml
+
+        choices = tuple(yaml.safe_load(c) for c in rest.split(",") if c)
+        if not choices:
+            raise UserError(f"{where}: give at least one choice, cat:A,B")
+        return Dimension(method, param, "cat", choices=choices)
+    if kind not in ("float", "int"):
+        raise UserError(f"{where}: the type must be float, int or cat")
+    parts = rest.split(":")
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log"):
+        raise UserError(f"{where}: expected {kind}:LOW:HIGH or {kind}:LOW:HIGH:log")
+    try:
+        low, high = (int(p) if kind == "int" else float(p) for p in parts[:2])
+    except ValueError:
+        raise UserError(f"{where}: LOW and HIGH must be {kind} numbers") from None
+    if not low < high:
+        raise UserError(f"{where}: the range is empty or inverted")
+    log = len(parts) == 3
+    if log and low <= 0:
+        raise UserError(f"{where}: a log range needs LOW > 0")
+    return Dimension(method, param, kind, low, high, log)
+
+
+def resolve_space(runner: Runner, cell: Cell, cli: list[str]) -> dict[str, Dimension]:
+    """The methods' search spaces from benchmarks.yaml, overridden by --space NAME=SPEC."""
+    parts = method_parts(cell.method)
+    qualify = (lambda m, p: f"{m}.{p}") if len(parts) > 1 else (lambda m, p: p)
+    space = {qualify(m, p): parse_dimension(m, p, text)
+             for m in parts for p, text in runner.spec.methods[m].search_space.items()}
+    for item in cli:
+        name, sep, text = item.partition("=")
+        if not sep:
+            raise UserError(f"--space {item!r}: expected NAME=TYPE:LOW:HIGH[:log] or NAME=cat:A,B")
+        method, _, param = name.rpartition(".")
+        if not method:
+            if len(parts) > 1:
+                raise UserError(f"--space {item!r}: {cell.method!r} combines methods; write METHOD.{name}=...")
+            method = parts[0]
+        if method not in parts:
+            raise UserError(f"--space {item!r}: method {method!r} is not part of {cell.method!r}")
+        space[qualify(method, param)] = parse_dimension(method, param, text)
+    for name, dim in space.items():
+        fields = method_class(dim.method, runner.spec.methods[dim.method]).Params.model_fields
+        if dim.param not in fields:
+            raise UserError(f"search space names {name!r}, but method {dim.method} has no such hyperparameter "
+                            f"(it has: {', '.join(fields) or 'none'})")
+    if not space:
+        raise UserError(f"method {cell.method!r} has no search space; give one with --space NAME=...")
+    return space
+
+
+def open_storage(url: str):
+    """An Optuna storage from a URL: SQLAlchemy URLs (sqlite, postgresql, ...) or journal:PATH."""
+    try:
+        if url.startswith("journal:"):
+            from optuna.storages import JournalStorage
+            from optuna.storages.journal import JournalFileBackend
+
+            path = Path(url.removeprefix("journal:"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except Exception as e:  # bad scheme, unreachable server, missing driver
+        raise UserError(f"Optuna storage {url!r} is not usable: {type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+def make_sampler(name: str, seed: int):
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name in ("grid", "random"):
+        return optuna.samplers.RandomSampler(seed=seed)  # grid points come from the queue, not the sampler
+    raise UserError(f"unknown sampler {name!r}; use tpe or grid")
+
+
+def make_pruner(name: str):
+    pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+               "hyperband": lambda: optuna.pruners.HyperbandPruner(),
+               "none": lambda: optuna.pruners.NopPruner()}
+    if name not in pruners:
+        raise UserError(f"unknown pruner {name!r}; use median, hyperband or none")
+    return pruners[name]()
+
+
+@dataclass
+class SweepOptions:
+    trials: int
+    study: str
+    storage: str
+    sampler: str = "tpe"
+    pruner: str = "median"
+    seed: int = 0
+    space: list[str] = dataclasses.field(default_factory=list)
+    grid: str | None = None
+    final_seeds: int = 0
+
+
+class Sweep:
+    def __init__(self, runner: Runner, cell: Cell, run_opts: RunOptions, opts: SweepOptions):
+        self.runner, self.cell, self.run_opts, self.opts = runner, cell, run_opts, opts
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress line says it once
+        self.tracker = runner.tracker
+        if opts.grid is not None:
+            grid = runner.spec.grids.get(opts.grid)
+            if grid is None:
+                raise UserError(f"unknown grid {opts.grid!r}; known: {', '.join(runner.spec.grids) or 'none'}")
+            if grid.method not in method_parts(cell.method):
+                raise UserError(f"grid {opts.grid} is for method {grid.method}, not part of {cell.method!r}")
+            self.space = {p: Dimension(grid.method, p, "cat", choices=tuple(v)) for p, v in grid.grid.items()}
+            self.grid_points = [dict(zip(grid.grid, values)) for values in itertools.product(*grid.grid.values())]
+        else:
+            self.space = resolve_space(runner, cell, opts.space)
+            self.grid_points = None
+        objective = runner.prepare(cell, run_opts)[-1]  # data, models, pair: fail before the study exists
+        pair = runner.spec.pairs[cell.pair]
+        # the teacher is trained (or loaded) before any trial, so no trial ever evaluates the test split
+        self.teacher = runner.teacher(cell.dataset, pair.teacher, run_opts)[0] if objective.needs_teacher else None
+        self.storage = open_storage(opts.storage)
+        self.study = optuna.create_study(study_name=opts.study, storage=self.storage, direction="maximize",
+                                         sampler=make_sampler(opts.sampler if self.grid_points is None else "grid",
+                                                              opts.seed),
+                                         pruner=make_pruner(opts.pruner), load_if_exists=True)
+        self.parent_run = self._parent_run()
+
+    # ---- MLflow parent ------------------------------------------------------------------------
+    def _parent_run(self) -> str:
+        with exclusive(self.runner.home / "sweeps" / f"{self.opts.study}.lock"):
+            run_id = self.study.user_attrs.get("mlflow_parent_run_id")
+            if run_id is None:
+                run_id = self.tracker.create(f"sweep {self.opts.study}", {
+                    "role": "sweep", "cell": self.cell.id, "study": self.opts.study, "storage": self.opts.storage})
+                self.tracker.log_params(run_id, {
+                    "sampler": "grid" if self.grid_points else self.opts.sampler, "sampler_seed": self.opts.seed,
+                    "pruner": self.opts.pruner, "space": "; ".join(f"{k}={v}" for k, v in self.space.items()),
+                    "grid": self.opts.grid or "", "optuna": optuna.__version__,
+                    "objective": "val/top1 (best epoch), maximize"} | environment_params(torch.device("cpu")))
+                self.study.set_user_attr("mlflow_parent_run_id", run_id)
+                if self.grid_points is not None:
+                    for point in self.grid_points:
+                        self.study.enqueue_trial(point)
+            else:
+                self.tracker.client.update_run(run_id, status="RUNNING")
+        return run_id
+
+    # ---- one trial ------------------------------------------------------------------------------
+    def objective(self, trial: optuna.Trial) -> float:
+        values = {name: dim.suggest(trial, name) for name, dim in self.space.items()}
+        overrides: dict[str, dict] = {}
+        for name, dim in self.space.items():
+            overrides.setdefault(dim.method, {})[dim.param] = values[name]
+        opts = dataclasses.replace(self.run_opts, overrides=overrides)
+        run_id = self.tracker.create(f"{self.opts.study} trial {trial.number}", {
+            "mlflow.parentRunId": self.parent_run, "role": "trial", "cell": self.cell.id,
+            "study": self.opts.study, "trial": trial.number})
+        trial.set_user_attr("mlflow_run_id", run_id)
+        try:
+            config, recipe, device, data, student, objective = self.runner.prepare(self.cell, opts)
+            self.tracker.log_params(run_id, {f"trial.{k}": v for k, v in values.items()} | flatten(config))
+            teacher = self.teacher if objective.needs_teacher else None
+            student.to(device)
+            objective.to(device)
+            pair = self.runner.spec.pairs[self.cell.pair]
+
+            def log(metrics: dict, epoch: int) -> None:
+                self.tracker.log_metrics(run_id, metrics, epoch)
+                trial.report(metrics["val/top1"], epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after epoch {epoch} (val top-1 {metrics['val/top1']:.2f})")
+
+            trainer = Trainer(student, objective, Batches(data, device, splits=("train", "val")),
+                              TrainConfig(recipe, opts.seed, pair.stages.teacher, pair.stages.student, opts.amp,
+                                          f"trial {trial.number}", False, eval_splits=("val",)),
+                              device, teacher=teacher, log=log, stop=threading.Event())
+            summary = trainer.run()
+        except optuna.TrialPruned as e:
+            self.tracker.set_tags(run_id, {"state": "pruned", "reason": str(e)})
+            self.tracker.finish(run_id, "KILLED")
+            raise
+        except Exception as e:  # a diverged loss (NonFiniteLoss) or anything else: the study goes on
+            self.tracker.set_tags(run_id, {"state": "failed", "failure_reason": f"{type(e).__name__}: {e}"[:5000]})
+            self.tracker.finish(run_id, "FAILED")
+            raise
+        self.tracker.log_metrics(run_id, summary, step=len(trainer.history))
+        self.tracker.set_tags(run_id, {"state": "complete"})
+        self.tracker.finish(run_id, "FINISHED")
+        return summary["val_top1_best"]
+
+    # ---- the study ------------------------------------------------------------------------------
+    def run(self) -> optuna.Study:
+        if self.grid_points is None:
+            self.study.optimize(self.objective, n_trials=self.opts.trials, catch=(Exception,),
+                                callbacks=[self._progress])
+        else:
+            for _ in range(self.opts.trials):
+                if not self._run_next_grid_point():
+                    break
+        self._finish_parent()
+        return self.study
+
+    def _run_next_grid_point(self) -> bool:
+        """Claim one waiting (enqueued) grid point atomically and run it; False when none is left.
+        The claim is the storage's compare-and-set WAITING -> RUNNING, so two workers never run
+        the same point (Optuna's GridSampler can repeat points under parallel workers)."""
+        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            if self.study._storage.set_trial_state_values(frozen._trial_id, TrialState.RUNNING):
+                trial = optuna.Trial(self.study, frozen._trial_id)
+                try:
+                    value = self.objective(trial)
+                    self.study.tell(trial, value)
+                except optuna.TrialPruned:
+                    self.study.tell(trial, state=TrialState.PRUNED)
+                except Exception as e:
+                    warnings.warn(f"trial {trial.number} failed: {type(e).__name__}: {e}", stacklevel=2)
+                    self.study.tell(trial, state=TrialState.FAIL)
+                self._progress(self.study, self.study._storage.get_trial(frozen._trial_id))
+                return True
+        return False
+
+    def _progress(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        value = f"{trial.value:.2f}" if trial.value is not None else "-"
+        try:
+            best = f"{study.best_value:.2f} {study.best_params}"
+        except ValueError:
+            best = "-"
+        print(f"trial {trial.number} {trial.state.name.lower()}: val top-1 {value} {trial.params}; best so far {best}",
+              flush=True)
+
+    def _finish_parent(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        frame = self.study.trials_dataframe()
+        client, run_id = self.tracker.client, self.parent_run
+        client.log_text(run_id, frame.to_csv(index=False), "trials.csv")
+        complete = [t for t in self.study.trials if t.state == TrialState.COMPLETE]
+        counts = {s.name.lower(): sum(t.state == s for t in self.study.trials)
+                  for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+        self.tracker.log_metrics(run_id, {f"trials_{k}": v for k, v in counts.items()}, step=0)
+        if complete:
+            best = self.study.best_trial
+            self.tracker.log_metrics(run_id, {"best_val_top1": best.value, "best_trial": best.number}, step=0)
+            self.tracker.set_tags(run_id, {f"best.{k}": v for k, v in best.params.items()})
+            self._plots()
+        self.tracker.finish(run_id, "FINISHED")
+
+    def _plots(self) -> None:
+        from optuna.visualization import matplotlib as ovm
+
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        names = list(self.space)[:2]
+        makers = {"optimization_history.png": lambda: ovm.plot_optimization_history(self.study),
+                  "slice.png": lambda: ovm.plot_slice(self.study, params=names)}
+        if len(names) == 2:
+            makers["contour.png"] = lambda: ovm.plot_contour(self.study, params=names)
+            makers["param_importances.png"] = lambda: ovm.plot_param_importances(self.study)
+        for name, make in makers.items():
+            try:
+                axes = make()
+            except (ValueError, RuntimeError, ZeroDivisionError) as e:  # too few distinct trials for this plot
+                self.tracker.set_tags(self.parent_run, {f"plot_skipped.{name}": str(e)[:200]})
+                continue
+            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+            self.tracker.client.log_image(self.parent_run, Image.open(io.BytesIO(buffer.getvalue())), name)
+
+    def summary_table(self) -> str:
+        frame = self.study.trials_dataframe(attrs=("number", "value", "params", "state"))
+        frame = frame.sort_values("value", ascending=False, na_position="last")
+        return frame.head(10).to_markdown(index=False, floatfmt=".2f")
+
+    def retrain_best(self) -> list:
+        """The best configuration on train + validation, over `final_seeds` seeds, evaluated on test."""
+        best = self.study.best_trial
+        overrides: dict[str, dict] = {}
+        for name, value in best.params.items():
+            dim = self.space[name]
+            overrides.setdefault(dim.method, {})[dim.param] = value
+        outcomes = []
+        for seed in range(self.opts.final_seeds):
+            opts = dataclasses.replace(self.run_opts, seed=seed, overrides=overrides, full_train=True,
+                                       tags={"from_sweep": self.opts.study, "sweep_trial": best.number})
+            outcomes.append(self.runner.run_cell(self.cell, opts))
+        return outcomes
+
