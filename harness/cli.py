@@ -181,13 +181,24 @@ def command_run(args, spec, runner) -> int:
              for cell in cells for seed in seeds]
     for cell, opts in plans:  # validate every cell before training any
         runner.prepare(cell, opts)
+    from harness.runner import TrainingFailed
+
+    failed = []
     for cell, opts in plans:
-        outcome = runner.run_cell(cell, opts)
+        try:
+            outcome = runner.run_cell(cell, opts)
+        except TrainingFailed as e:  # a diverged cell is a result too: record it, go on with the rest
+            print(f"harness: training failed: {e}", file=sys.stderr)
+            failed.append(f"{cell.id} seed {opts.seed}")
+            continue
         s = outcome.summary
         verb = "already finished" if outcome.status == "SKIPPED" else "finished"
         print(f"{cell.id} seed {opts.seed}: {verb}; test top-1 {s.get('test_top1_last', float('nan')):.2f}% "
               f"(last epoch), {s.get('test_top1_best_val', float('nan')):.2f}% (best val epoch); "
               f"MLflow run {outcome.run_id}")
+    if failed:
+        print(f"harness: {len(failed)} of {len(plans)} runs failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
