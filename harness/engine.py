@@ -125,6 +125,9 @@ class Trainer:
         self.checkpoints, self.stop = checkpoints, stop or threading.Event()
         self.recipe = config.recipe
         self.phases = objective.phases(self.recipe.epochs)  # [(name, epochs)], "main" last
+        self.extra_specs = objective.extra_optimizers()
+        self.extra = [torch.optim.SGD(s.params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+                      for s in self.extra_specs]
         self.total_epochs = sum(epochs for _, epochs in self.phases)
         self.optimizer, self.optimizer_phase = self._new_optimizer(), 0
         self.generator = torch.Generator()
@@ -141,6 +144,7 @@ class Trainer:
             "epoch": self.epoch, "step": self.step,
             "student": self.student.state_dict(), "objective": self.objective.state_dict(),
             "optimizer": self.optimizer.state_dict(), "optimizer_phase": self.optimizer_phase,
+            "extra_optimizers": [opt.state_dict() for opt in self.extra],
             "epoch_start_generator": self.epoch_start_generator,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -155,6 +159,8 @@ class Trainer:
         self.objective.load_state_dict(state["objective"])
         self.optimizer, self.optimizer_phase = self._new_optimizer(), state["optimizer_phase"]
         self.optimizer.load_state_dict(state["optimizer"])
+        for opt, opt_state in zip(self.extra, state["extra_optimizers"]):
+            opt.load_state_dict(opt_state)
         self.epoch_start_generator = state["epoch_start_generator"]
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"]:
@@ -167,7 +173,9 @@ class Trainer:
         self.resumed = True
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
-        return build_optimizer(self.recipe, list(self.student.parameters()) + list(self.objective.parameters()))
+        owned = {id(p) for spec in self.extra_specs for p in spec.params}
+        params = [p for p in list(self.student.parameters()) + list(self.objective.parameters()) if id(p) not in owned]
+        return build_optimizer(self.recipe, params)
 
     def phase_at(self, epoch: int) -> tuple[int, str, int]:
         """(phase index, phase name, the phase's first epoch) of a global epoch."""
@@ -216,6 +224,10 @@ class Trainer:
         factor = lr_factor(self.recipe, self.epoch - phase_start) if phase == "main" else 1.0
         for group in self.optimizer.param_groups:
             group["lr"] = self.recipe.lr * factor
+        for spec, opt in zip(self.extra_specs, self.extra):
+            passed = sum(self.epoch - phase_start >= round(m * self.recipe.epochs) for m in spec.milestones)
+            for group in opt.param_groups:
+                group["lr"] = spec.lr * spec.gamma ** passed
         sums = {k: torch.tensor(v, device=self.device) for k, v in self.partial.get("sums", {}).items()}
         correct = torch.tensor(self.partial.get("correct", 0), device=self.device)
         self.student.train()
@@ -268,8 +280,13 @@ class Trainer:
             term = next((k for k, v in losses.items() if not torch.isfinite(v)), "total")
             raise NonFiniteLoss(self.epoch, step, term, losses.get(term, total).item())
         self.optimizer.zero_grad(set_to_none=True)
+        for opt in self.extra:
+            opt.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
+        if phase == "main":  # then each method-owned optimizer, on its own parameters
+            for opt in self.extra:
+                opt.step()
         return losses, (student_features["logits"].argmax(dim=1) == y).sum()
 
     def summary(self, wall_seconds: float) -> dict:
@@ -295,8 +312,10 @@ class Trainer:
         }
 
 
-def _clone_tree(features: dict) -> dict:
-    return {k: [t.clone() for t in v] if isinstance(v, list) else v.clone() for k, v in features.items()}
+def _clone_tree(value):
+    if isinstance(value, dict):
+        return {k: _clone_tree(v) for k, v in value.items()}
+    return [_clone_tree(v) for v in value] if isinstance(value, list) else value.clone()
 
 
 def _plain(value):

@@ -385,9 +385,12 @@ class Runner:
         for role, model, stages in (("teacher", teacher, pair.stages.teacher),
                                     ("student", student, pair.stages.student)):
             model.eval()
+            blocks = hasattr(model, "stage_list") and all(isinstance(s, torch.nn.Sequential)
+                                                          for s in model.stage_list())
             try:
                 with torch.inference_mode():
-                    features[role] = extract_features(model, x, ALL_FEATURES, stages)
+                    features[role] = extract_features(model, x, ALL_FEATURES | ({"blocks"} if blocks else set()),
+                                                      stages)
             except (AssertionError, IndexError) as e:
                 raise UserError(f"pair {cell.pair}: the {role}'s stage taps {stages} do not fit the model ({e})") \
                     from None

@@ -85,6 +85,9 @@ class Objective(nn.Module):
     def extra_parameters(self) -> int:
         return sum(d.extra_parameters() for d in self.parts.values())
 
+    def extra_optimizers(self) -> list:
+        return [opt for d in self.parts.values() for opt in d.extra_optimizers()]
+
 
 def build_objective(spec: Spec, method_id: str, overrides: dict[str, dict], probe: Probe) -> Objective:
     parts = method_parts(method_id)

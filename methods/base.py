@@ -44,6 +44,21 @@ class PrePhase:
     epochs: int
 
 
+@dataclass
+class ExtraOptimizer:
+    """An optimizer a method owns for its auxiliary parameters (KR's aggregation layers): SGD,
+    stepped after the student's optimizer at every iteration, lr multiplied by `gamma` at each
+    milestone (fractions of the main phase)."""
+
+    name: str
+    params: list
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    milestones: tuple[float, ...] = ()
+    gamma: float = 0.1
+
+
 class Distiller(nn.Module):
     Params: ClassVar[type[Params]] = Params
     teacher_features: ClassVar[frozenset[str]] = frozenset()
@@ -62,6 +77,10 @@ class Distiller(nn.Module):
 
     def phase_losses(self, phase: str, student: dict, teacher: dict, targets: torch.Tensor) -> dict:
         raise NotImplementedError(f"{type(self).__name__} declares no phase {phase!r}")
+
+    def extra_optimizers(self) -> list[ExtraOptimizer]:
+        """Optimizers for parameters the student's optimizer must not touch."""
+        return []
 
     def extra_parameters(self) -> int:
         """Parameters that exist only for training (regressors, aggregators); the shipped student has none."""

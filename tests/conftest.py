@@ -42,14 +42,32 @@ def write_cifar100(root: Path, n_train: int = 6000, n_test: int = 200, seed: int
     return root
 
 
+def write_cifar10(root: Path, n_per_batch: int = 1200, n_test: int = 200, seed: int = 0) -> Path:
+    """A small CIFAR-10 in its own layout: cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}."""
+    rng = np.random.default_rng(seed)
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True, exist_ok=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        n = n_test if name == "test_batch" else n_per_batch
+        labels = rng.integers(0, 10, n)
+        data = (rng.integers(0, 64, (n, 3072)) + (labels[:, None] * 19).astype(np.int64)).clip(0, 255)
+        with open(base / name, "wb") as f:
+            pickle.dump({"data": data.astype(np.uint8), "labels": labels.tolist(), "batch_label": name,
+                         "filenames": [f"{i}.png" for i in range(n)]}, f)
+    with open(base / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch": n_per_batch}, f)
+    return root
+
+
 @pytest.fixture
 def cifar_root(tmp_path, monkeypatch):
-    """CIFAR-100 fixture read through torchvision's real CIFAR100 class. Tests (never the
-    product) bypass its md5 check, which a fixture cannot match."""
+    """CIFAR-100 and CIFAR-10 fixtures in one root, read through torchvision's real CIFAR100 and
+    CIFAR10 classes. Tests (never the product) bypass their md5 check, which a fixture cannot match."""
     import torchvision.datasets.cifar as tv_cifar
 
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
-    return write_cifar100(tmp_path / "data")
+    return write_cifar10(write_cifar100(tmp_path / "data"))
 
 
 @pytest.fixture

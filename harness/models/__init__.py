@@ -30,13 +30,19 @@ def extract_features(model: nn.Module, x: torch.Tensor, want: frozenset[str], st
     """One forward pass returning the named features a method asked for.
 
     Names: 'logits', 'pre_logits' (the penultimate vector), 'stages' (the list of
-    forward_intermediates outputs at the pair's stage indices). Only logits means a plain
+    forward_intermediates outputs at the pair's stage indices), 'blocks' (per stage, its input
+    and every block's output: models with `forward_blocks`). Only logits means a plain
     forward; anything else goes through timm's forward_intermediates + forward_head.
     """
     if want <= {"logits"}:
         return {"logits": model(x)}
-    final, intermediates = model.forward_intermediates(x, indices=stages)
-    features = {"stages": intermediates}
+    if "blocks" in want:
+        final, blocks = model.forward_blocks(x)
+        features = {"blocks": blocks, "stages": [([b[0] for b in blocks[:1]] + [b[-1] for b in blocks])[i]
+                                                 for i in stages]}
+    else:
+        final, intermediates = model.forward_intermediates(x, indices=stages)
+        features = {"stages": intermediates}
     pre_logits = model.forward_head(final, pre_logits=True)
     if "pre_logits" in want:
         features["pre_logits"] = pre_logits

@@ -29,6 +29,18 @@ class StagedNet(nn.Module):
                 intermediates.append(x)
         return intermediates if intermediates_only else (x, intermediates)
 
+    def forward_blocks(self, x) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
+        """(final features, per stage [stage input, output of each block]); stages must be sequences."""
+        x = self.stem(x)
+        blocks = []
+        for stage in self.stage_list():
+            outputs = [x]
+            for block in stage:
+                x = block(x)
+                outputs.append(x)
+            blocks.append(outputs)
+        return x, blocks
+
     def forward_features(self, x):
         x = self.stem(x)
         for stage in self.stage_list():
