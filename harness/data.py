@@ -100,6 +100,9 @@ def load_data(name: str, spec: DatasetSpec, root: Path, download: bool = False, 
         pool, test, pixel_max = _load_digits()
     else:
         pool, test, pixel_max = _load_torchvision(spec.source, root, download)
+    if spec.noise_std > 0:  # TCIFAR-style data: each image distorted once, from a fixed seed
+        noise = torch.Generator().manual_seed(spec.noise_seed)
+        pool, test = (Split(add_noise(s.images, spec.noise_std * pixel_max, noise), s.labels) for s in (pool, test))
     generator = torch.Generator().manual_seed(spec.split_seed)
     if test is None:  # no official test split: carve one, with the split seed
         if spec.test_size is None or spec.test_size + spec.val_size >= len(pool):
@@ -118,6 +121,12 @@ def load_data(name: str, spec: DatasetSpec, root: Path, download: bool = False, 
     if smoke:  # the splits were permuted by index above, so a head is a fair sample
         train, val, test = (s.head(SMOKE_SIZES[k]) for k, s in (("train", train), ("val", val), ("test", test)))
     return Data(name, spec, train, val, test, pixel_max, fingerprint)
+
+
+def add_noise(images: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
+    """images + N(0, std^2) per pixel (std in stored pixel units), rounded and clipped to uint8."""
+    noisy = images.float() + std * torch.randn(images.shape, generator=generator)
+    return noisy.round().clamp(0, 255).to(torch.uint8)
 
 
 class Batches:

@@ -43,6 +43,9 @@ class DatasetSpec(Strict):
         None, description="only for sources without an official test split (digits)")
     split_seed: int = 0
     augment: Literal["none", "crop_flip"] = "none"
+    noise_std: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="Gaussian noise added once to every image, in units of the [0, 1] pixel range")
+    noise_seed: int = 0
     recipe: str
     teacher_recipe: str | None = None
 
