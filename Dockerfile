@@ -6,7 +6,7 @@ WORKDIR /opt/kd-harness
 COPY pyproject.toml README.md benchmarks.yaml ./
 COPY harness ./harness
 COPY methods ./methods
-RUN pip install --no-cache-dir -e .
+RUN pip install --no-cache-dir -e . psycopg2-binary
 ENV KD_HARNESS_DATA=/data KD_HARNESS_HOME=/runs
 VOLUME ["/data", "/runs"]
 ENTRYPOINT ["harness"]

@@ -76,6 +76,8 @@ def build_parser() -> Parser:
         p.add_argument("--smoke", action="store_true", help="tiny subset, 1 epoch: for CI and quick checks")
         p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
         p.add_argument("--amp", choices=["off", "bf16"], default="off", help="autocast mixed precision")
+        p.add_argument("--channels-last", action="store_true", help="channels-last memory format (CPU and CUDA)")
+        p.add_argument("--compile", action="store_true", help="torch.compile the forward passes")
         det = p.add_mutually_exclusive_group()
         det.add_argument("--deterministic", dest="deterministic", action="store_true", default=None,
                          help="deterministic algorithms (default on CPU)")
@@ -128,6 +130,17 @@ def build_parser() -> Parser:
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
     training_options(p)
 
+    p = sub.add_parser("bench", help="time the harness against a bare loop, and every method's step",
+                       description="Median step time of each method through the harness, of a hand-written KD "
+                       "loop doing the same work, images per second, and the ratios; on the chosen options.")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--pair", required=True)
+    p.add_argument("--methods", nargs="*", default=[], help="methods besides baseline and kd")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--log", action="store_true", help="log the table to MLflow (a run with role=bench)")
+    training_options(p)
+
     p = sub.add_parser("report", help="comparison tables and plots from MLflow, beside the papers' numbers",
                        description="Render a suite's (or some cells') results: mean ± std over seeds, the paper's "
                        "number and the difference, cost columns; Markdown, HTML (with plots), LaTeX, CSV.")
@@ -162,7 +175,8 @@ def _options(args, **extra):
 
     _positive("--teacher-epochs", args.teacher_epochs)
     return RunOptions(smoke=args.smoke, data_root=args.data_root, download=args.download, device=args.device,
-                      amp=args.amp, deterministic=args.deterministic, force=args.force,
+                      amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+                      deterministic=args.deterministic, force=args.force,
                       teacher_seed=args.teacher_seed, teacher_epochs=args.teacher_epochs,
                       progress=not args.no_progress, **extra)
 
@@ -249,6 +263,35 @@ def command_sweep(args, spec, runner) -> int:
     return 0
 
 
+def command_bench(args, spec, runner) -> int:
+    from harness.bench import bench
+
+    for name in ("--steps", "--warmup"):
+        _positive(name, getattr(args, name.strip("-")))
+    table = bench(runner, args.dataset, args.pair, args.methods, _options(args), args.steps, args.warmup)
+    options = f"amp={args.amp}, channels_last={args.channels_last}, compile={args.compile}, device={args.device}"
+    print(f"{args.dataset}/{args.pair}, {options}: harness kd step / bare kd loop = "
+          f"{table.attrs['harness_over_bare']:.3f}")
+    print(table.to_markdown(index=False, floatfmt=".3f"))
+    if args.log:
+        from harness.runner import environment_params, resolve_device
+
+        tracker = runner.tracker
+        run_id = tracker.create(f"bench {args.dataset}/{args.pair}", {"role": "bench", "dataset": args.dataset,
+                                                                      "pair": args.pair})
+        tracker.log_params(run_id, {"amp": args.amp, "channels_last": args.channels_last, "compile": args.compile,
+                                    "steps": args.steps, "warmup": args.warmup}
+                           | environment_params(resolve_device(args.device)))
+        metrics = {"harness_over_bare": table.attrs["harness_over_bare"]}
+        for _, row in table.iterrows():
+            metrics[f"{row.method}.{row.path.replace(' ', '_')}.ms_per_step"] = row.ms_per_step
+        tracker.log_metrics(run_id, metrics, step=0)
+        tracker.client.log_text(run_id, table.to_csv(index=False), "bench.csv")
+        tracker.finish(run_id, "FINISHED")
+        print(f"logged to MLflow run {run_id}")
+    return 0
+
+
 def command_report(args, spec, tracking_uri: str) -> int:
     from harness import report as rep
 
@@ -266,7 +309,9 @@ def command_report(args, spec, tracking_uri: str) -> int:
             (out / name).write_bytes(png)
         for fmt, ext in (("md", "md"), ("html", "html"), ("latex", "tex"), ("csv", "csv")):
             (out / f"report.{ext}").write_text(rep.render(result, fmt, images))
-        print(f"wrote {out}/report.{{md,html,tex,csv}} and {', '.join(images)}")
+        command = "harness report " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["report"] else sys.argv[1:])
+        (out / "runs.md").write_text(rep.provenance(result, command))
+        print(f"wrote {out}/report.{{md,html,tex,csv}}, runs.md and {', '.join(images)}")
         return 0
     text = rep.render(result, args.format, rep.plots(result) if args.format == "html" else None)
     if args.out:
@@ -306,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ui":
             return command_ui(args, tracking_uri)
         runner = Runner(spec, home, tracking_uri)
-        return {"run": command_run, "teacher": command_teacher, "sweep": command_sweep}[args.command](
-            args, spec, runner)
+        commands = {"run": command_run, "teacher": command_teacher, "sweep": command_sweep, "bench": command_bench}
+        return commands[args.command](args, spec, runner)
     except UserError as e:
         print(f"harness: error: {e}", file=sys.stderr)
         return 2

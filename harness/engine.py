@@ -50,6 +50,8 @@ class TrainConfig:
     label: str = "train"
     progress: bool = True
     eval_splits: tuple[str, ...] = ("val", "test")  # a sweep trial evaluates "val" only
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the feature extraction (forward_intermediates included)
 
 
 def seed_everything(seed: int) -> None:
@@ -131,6 +133,11 @@ class Trainer:
         self.total_epochs = sum(epochs for _, epochs in self.phases)
         self.optimizer, self.optimizer_phase = self._new_optimizer(), 0
         self.generator = torch.Generator()
+        self.extract = torch.compile(extract_features) if config.compile else extract_features
+        if config.channels_last:
+            for model in (student, teacher):
+                if model is not None:
+                    model.to(memory_format=torch.channels_last)
         self.history: list[dict] = []
         self.epoch, self.step = 0, 0
         self.epoch_start_generator: torch.Tensor | None = None
@@ -265,15 +272,17 @@ class Trainer:
         self.log(metrics, self.epoch - 1)
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, step: int, phase: str):
+        if self.config.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(self.device, self.config.amp):
             teacher_features = None
             if self.objective.needs_teacher:
                 with torch.inference_mode():
-                    teacher_features = extract_features(self.teacher, x, self.objective.teacher_features,
-                                                        self.config.teacher_stages)
+                    teacher_features = self.extract(self.teacher, x, self.objective.teacher_features,
+                                                    self.config.teacher_stages)
                 teacher_features = _clone_tree(teacher_features)  # inference tensors cannot enter autograd
-            student_features = extract_features(self.student, x, self.objective.student_features,
-                                                self.config.student_stages)
+            student_features = self.extract(self.student, x, self.objective.student_features,
+                                            self.config.student_stages)
             losses = self.objective(student_features, teacher_features, y, phase)
         total = sum(losses.values())
         if not torch.isfinite(total):

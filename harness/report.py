@@ -231,6 +231,25 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
+def provenance(report: Report, command: str) -> str:
+    """Which runs made the tables: ids, commits, hardware, wall time; the command that rendered them."""
+    runs = report.runs.sort_values(["tags.cell", "tags.seed"])
+    start, end = runs["start_time"].min(), runs["end_time"].max()
+    wall = runs["metrics.wall_seconds"].astype(float).sum()
+    lines = [f"# Provenance: {report.title}", "",
+             f"Rendered by `{command}` from the MLflow runs below (FINISHED student runs, latest per cell and seed).", "",
+             f"- Git commit(s) of the runs: {', '.join(sorted(set(runs['params.env.git_commit'])))}",
+             f"- Hardware: {', '.join(sorted(set(runs['params.env.device_name'])))} "
+             f"(device {', '.join(sorted(set(runs['params.env.device'])))}, torch {', '.join(sorted(set(runs['params.env.torch'])))})",
+             f"- Runs started {start:%Y-%m-%d %H:%M} UTC, last finished {end:%Y-%m-%d %H:%M} UTC; "
+             f"summed training wall time {wall / 60:.1f} min (teachers not included)",
+             "", "| cell | seed | MLflow run id | commit | test top-1 (last) | wall s |", "| --- | --- | --- | --- | --- | --- |"]
+    for _, r in runs.iterrows():
+        lines.append(f"| {r['tags.cell']} | {r['tags.seed']} | {r['run_id']} | {r['params.env.git_commit'][:10]} | "
+                     f"{float(r['metrics.test_top1_last']):.2f} | {float(r['metrics.wall_seconds']):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def render(report: Report, fmt: str, images: dict[str, bytes] | None = None) -> str:
     details = detail_table(report)
     if fmt == "md":

@@ -54,6 +54,8 @@ class RunOptions:
     download: bool = False
     device: str = "auto"
     amp: str = "off"
+    channels_last: bool = False
+    compile: bool = False
     deterministic: bool | None = None  # None: on for CPU, off for CUDA
     force: bool = False
     overrides: dict[str, dict] = field(default_factory=dict)
@@ -338,7 +340,7 @@ class Runner:
         config = {
             "role": "student", "cell": cell.id, "dataset": cell.dataset, "pair": cell.pair,
             "teacher": pair.teacher, "student": pair.student, "method": cell.method, "seed": opts.seed,
-            "smoke": opts.smoke, "amp": opts.amp,
+            "smoke": opts.smoke, "amp": opts.amp, "channels_last": opts.channels_last, "compile": opts.compile,
             "method_params": {name: part.params.model_dump() for name, part in objective.parts.items()},
             "recipe_name": recipe_name, "recipe": recipe.model_dump(),
             "dataset_spec": spec.datasets[cell.dataset].model_dump(),
@@ -370,7 +372,8 @@ class Runner:
             make_trainer=lambda ckpts, log, stop: Trainer(
                 student, objective, Batches(data, device),
                 TrainConfig(recipe, opts.seed, pair.stages.teacher, pair.stages.student, opts.amp,
-                            cell.id, opts.progress, ("test",) if opts.full_train else ("val", "test")),
+                            cell.id, opts.progress, ("test",) if opts.full_train else ("val", "test"),
+                            opts.channels_last, opts.compile),
                 device, teacher=teacher, log=log, checkpoints=ckpts, stop=stop))
         return self._execute(job, opts.force)
 

@@ -17,19 +17,27 @@ COMBINATIONS = ["kd+nst_poly", "kd+fitnet_hint", "kd+at", "kd+fitnet_hint+nst_po
 
 
 def probe(teacher_channels=(16, 32, 64), student_channels=(16, 32, 64), batch=64, vectors=False):
-    def features(channels, classes=10):
+    def features(channels, classes=10, blocks=False):
         if vectors:
             stages = [torch.randn(2, c) for c in channels]
         else:
             stages = [torch.randn(2, c, 32 // 2**i, 32 // 2**i) for i, c in enumerate(channels)]
-        return {"stages": stages, "logits": torch.randn(2, classes), "pre_logits": torch.randn(2, channels[-1])}
-    return Probe(features(teacher_channels), features(student_channels), hint=1, batch_size=batch)
+        out = {"stages": stages, "logits": torch.randn(2, classes), "pre_logits": torch.randn(2, channels[-1])}
+        if blocks and not vectors:  # per stage: its input, then 3 residual blocks' outputs (a ResNet-20)
+            inputs = [torch.randn(2, channels[0], 32, 32)] + stages[:-1]
+            out["blocks"] = [[x] + [torch.randn_like(s) for _ in range(3)] for x, s in zip(inputs, stages)]
+        return out
+    return Probe(features(teacher_channels, blocks=True), features(student_channels), hint=1, batch_size=batch)
+
+
+def _grow(value, n):
+    if isinstance(value, list):
+        return [_grow(v, n) for v in value]
+    return value.repeat(n // 2, *[1] * (value.ndim - 1)) + 0.1 * torch.randn(n, *value.shape[1:])
 
 
 def batch_features(p: Probe, n=8):
-    grow = lambda t: t.repeat(n // 2, *[1] * (t.ndim - 1)) + 0.1 * torch.randn(n, *t.shape[1:])  # noqa: E731
-    return ({k: [grow(t) for t in v] if isinstance(v, list) else grow(v) for k, v in p.student.items()},
-            {k: [grow(t) for t in v] if isinstance(v, list) else grow(v) for k, v in p.teacher.items()})
+    return ({k: _grow(v, n) for k, v in p.student.items()}, {k: _grow(v, n) for k, v in p.teacher.items()})
 
 
 @pytest.mark.parametrize("method", METHODS + COMBINATIONS)
@@ -52,6 +60,7 @@ def test_fitnet_two_stage_declares_its_hint_phase_and_combinations_add():
     fitnet = build_objective(SPEC, "fitnet_hint", {}, p).extra_parameters()
     assert fitnet == 32 * 32 * 3 * 3 + 32  # the 3x3 conv regressor at the hint pair
     assert build_objective(SPEC, "kd+fitnet_hint+nst_poly", {}, p).extra_parameters() == fitnet
+    assert build_objective(SPEC, "kr", {}, p).extra_parameters() > 0  # aggregation layers and projections
     for free in ("kd", "at", "nst_poly", "lpl", "fsp"):
         assert build_objective(SPEC, free, {}, p).extra_parameters() == 0  # LPL's claim: no extra parameters
 

@@ -34,8 +34,9 @@ def store(home, tmp_path):
             run = client.create_run(experiment, tags={"role": "student", "cell": cell, "seed": str(seed),
                                                       "smoke": "False"})
             params = {"recipe_name": "digits", "recipe.epochs": "3", "env.device_name": "test-cpu",
-                      "env.git_commit": "abcdef0123456789"}
+                      "env.git_commit": "abcdef0123456789", "env.device": "cpu", "env.torch": "2.14.1"}
             summary = {"test_top1_last": value, "test_top5_last": 100.0, "test_top1_best_val": value - 1,
+                       "wall_seconds": 10.0,
                        "test_top5_best_val": 99.0, "mean_epoch_seconds": 2.0 + seed, "peak_memory_mb": 500,
                        "extra_parameters": 0, "student_parameters": 1234}
             history = [Metric("test/top1", value - 10 + 5 * e, 0, e) for e in range(3)]
@@ -85,7 +86,9 @@ def test_every_format_and_the_output_directory(store, tmp_path, capsys):
     assert main(["--spec", str(spec_path), "report", "--suite", "known", "--out", f"{out}/"]) == 0
     files = sorted(p.name for p in out.iterdir())
     assert files == ["accuracy.png", "cost.png", "curves.png", "report.csv", "report.html", "report.md",
-                     "report.tex"]
+                     "report.tex", "runs.md"]
+    provenance = (out / "runs.md").read_text()
+    assert provenance.count("| digits/resnet20-resnet8/") == 6 and "abcdef0123456789" in provenance
     assert "94.00 ± 1.00 (3)" in (out / "report.md").read_text()
     assert "\\begin{tabular}" in (out / "report.tex").read_text()
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 3

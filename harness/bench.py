@@ -1,0 +1,104 @@
+"""`harness bench`: the harness's own overhead and each method's cost, measured in one process.
+
+For one pair and dataset, each row times `steps` training steps (after `warmup` steps) on the
+same device-resident, augmented batches:
+- "bare loop": a hand-written PyTorch loop doing the same work as the harness's `kd` step (teacher
+  forward under no_grad, student forward, CE + tau^2 KL, backward, SGD step);
+- one row per method, through the harness's Trainer step (feature extraction, Objective, guards).
+Ratios: the harness's kd step over the bare loop's; every method's step over the plain student's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from harness.data import Batches
+from harness.engine import TrainConfig, Trainer, build_optimizer
+from harness.runner import Runner, RunOptions
+from harness.spec import Cell
+
+
+def _timed(step, batches, plan, steps: int, warmup: int, device: torch.device) -> float:
+    """Median seconds per step (batch fetch and augmentation included)."""
+    times = []
+    n = Batches.steps(plan)
+    for i in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step(*batches.train_batch(plan, i % n))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench(runner: Runner, dataset: str, pair: str, methods: list[str], opts: RunOptions, steps: int = 20,
+          warmup: int = 5) -> pd.DataFrame:
+    rows = []
+    teacher = None
+    for method in ["baseline", "kd"] + [m for m in methods if m not in ("baseline", "kd")]:
+        cell = runner.spec.cell(f"{dataset}/{pair}/{method}")
+        config, recipe, device, data, student, objective = runner.prepare(cell, dataclasses.replace(opts, seed=0))
+        if objective.needs_teacher and teacher is None:
+            teacher = runner.teacher(dataset, runner.spec.pairs[pair].teacher, opts)[0]
+        student.to(device)
+        objective.to(device)
+        batches = Batches(data, device, splits=("train",))
+        plan = batches.epoch_plan(recipe.batch_size, torch.Generator().manual_seed(0))
+        stages = runner.spec.pairs[pair].stages
+        trainer = Trainer(student, objective, batches, TrainConfig(
+            recipe, 0, stages.teacher, stages.student, opts.amp, method, False, channels_last=opts.channels_last,
+            compile=opts.compile), device, teacher=teacher if objective.needs_teacher else None)
+        seconds = _timed(lambda x, y: trainer._train_step(x, y, 0, "main"), batches, plan, steps, warmup, device)
+        rows.append({"method": method, "path": "harness", "ms_per_step": 1000 * seconds,
+                     "images_per_s": recipe.batch_size / seconds, "extra_parameters": objective.extra_parameters()})
+        if method == "kd":
+            rows.append(_bare_kd_row(runner, cell, opts, teacher, batches, plan, steps, warmup, device, recipe,
+                                     objective.parts["kd"].params))
+    frame = pd.DataFrame(rows)
+    harness_kd = frame[(frame.method == "kd") & (frame.path == "harness")].ms_per_step.item()
+    bare_kd = frame[frame.path == "bare loop"].ms_per_step.item()
+    plain = frame[(frame.method == "baseline") & (frame.path == "harness")].ms_per_step.item()
+    frame["vs_plain_student"] = frame.ms_per_step / plain
+    frame["vs_kd"] = frame.ms_per_step / harness_kd
+    frame.attrs["harness_over_bare"] = harness_kd / bare_kd
+    return frame
+
+
+def _bare_kd_row(runner, cell: Cell, opts, teacher, batches, plan, steps, warmup, device, recipe, kd) -> dict:
+    """The same KD work, written as a plain loop: the yardstick for the harness's overhead."""
+    _, _, _, _, student, _ = runner.prepare(cell, dataclasses.replace(opts, seed=0))
+    student.to(device)
+    if opts.channels_last:
+        student.to(memory_format=torch.channels_last)
+    forward = torch.compile(student) if opts.compile else student
+    teacher_forward = torch.compile(teacher) if opts.compile else teacher
+    optimizer = build_optimizer(recipe, student.parameters())
+    student.train()
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=opts.amp == "bf16")
+
+    def step(x, y):
+        if opts.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            with torch.no_grad():
+                t = teacher_forward(x)
+            s = forward(x)
+            soft = F.kl_div(F.log_softmax(s / kd.tau, 1), F.log_softmax(t.float() / kd.tau, 1), log_target=True,
+                            reduction="batchmean")
+            loss = F.cross_entropy(s, y) + kd.lam * kd.tau**2 * soft
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    seconds = _timed(step, batches, plan, steps, warmup, device)
+    return {"method": "kd", "path": "bare loop", "ms_per_step": 1000 * seconds,
+            "images_per_s": recipe.batch_size / seconds, "extra_parameters": 0}
