@@ -7,7 +7,7 @@ from harness.cli import main
 from harness.spec import load_spec
 from methods import build_objective
 from methods.base import Probe
-from methods.kr import SparseRecoding, group_bounds, transport_cost
+from methods.kr import SparseRecoding, group_bounds
 
 
 def gated_gradient(grad, theta, p_low=4.0, enhance=2.0):

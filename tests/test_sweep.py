@@ -1,7 +1,6 @@
 """Optuna sweeps: a real study on digits, two workers on one study, the grid covered exactly
 once, the test split never touched by a trial, and bad input."""
 
-import copy
 import os
 import subprocess
 import sys
