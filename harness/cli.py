@@ -211,7 +211,8 @@ def command_run(args, spec, runner) -> int:
               f"(last epoch), {s.get('test_top1_best_val', float('nan')):.2f}% (best val epoch); "
               f"MLflow run {outcome.run_id}")
     if failed:
-        print(f"harness: {len(failed)} of {len(plans)} runs failed: {', '.join(failed)}", file=sys.stderr)
+        if len(plans) > 1:
+            print(f"harness: {len(failed)} of {len(plans)} runs failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 

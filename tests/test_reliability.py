@@ -115,9 +115,11 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(teacher_home, reference,
     assert proc.returncode == -signal.SIGKILL, "the run ended before the kill"
     (run,) = student_runs(home)
     assert run.info.status == "RUNNING"  # SIGKILL leaves no chance to say otherwise
+    on_disk = CheckpointStore(checkpoints_of(home)[-1].parent).load_latest()
+    assert on_disk["step"] == 0 and after_epoch <= on_disk["epoch"] < EPOCHS  # killed mid-training
     resumed = harness(home, *ARGS)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming from epoch {after_epoch}, step 0" in resumed.stderr, resumed.stderr
+    assert f"resuming from epoch {on_disk['epoch']}, step 0" in resumed.stderr, resumed.stderr
     assert "falling back" not in resumed.stderr
     compare(record(home), reference)
 
@@ -149,14 +151,15 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous(teacher_home, re
     time.sleep(0.5 * reference["epoch_seconds"])
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
-    latest = sorted(home.glob("runs/*/checkpoints/ckpt-*.pt"))[-1]
+    previous, latest = sorted(home.glob("runs/*/checkpoints/ckpt-*.pt"))[-2:]
+    previous_epoch = torch.load(previous, weights_only=True)["epoch"]
     data = bytearray(latest.read_bytes())
     data[len(data) // 2] ^= 0xFF
     latest.write_bytes(bytes(data))
     resumed = harness(home, *ARGS)
     assert resumed.returncode == 0, resumed.stderr
     assert "is corrupted (checksum mismatch); falling back to the previous one" in resumed.stderr
-    assert "resuming from epoch 4, step 0" in resumed.stderr  # checkpoint 4 (after epoch 5) was corrupted
+    assert f"resuming from epoch {previous_epoch}, step 0" in resumed.stderr  # the one before the corrupted
     compare(record(home), reference)  # the replayed epoch is logged once, with the same values
 
 
