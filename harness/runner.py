@@ -114,6 +114,17 @@ def smoke_recipe(recipe: RecipeSpec) -> RecipeSpec:
     return recipe.model_copy(update={"epochs": 1, "batch_size": min(recipe.batch_size, 32), "eval_batch_size": 128})
 
 
+def full_dump(model) -> dict:
+    """Every resolved value: what a run logs."""
+    return model.model_dump()
+
+
+def identity_dump(model) -> dict:
+    """What identifies a run: values that differ from the schema's defaults, so that a field added
+    to the schema later (with a default) leaves the keys of finished runs unchanged."""
+    return model.model_dump(exclude_defaults=True)
+
+
 def config_key(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -277,13 +288,15 @@ class Runner:
             recipe = recipe.model_copy(update={"epochs": opts.teacher_epochs})
         if opts.smoke:
             recipe = smoke_recipe(recipe)
-        config = {"role": "teacher", "dataset": dataset, "dataset_spec": spec.datasets[dataset].model_dump(),
-                  "model": model_name, "model_spec": spec.models[model_name].model_dump(),
-                  "recipe_name": recipe_name, "recipe": recipe.model_dump(), "seed": opts.teacher_seed,
-                  "smoke": opts.smoke, "amp": opts.amp}
         device = resolve_device(opts.device)
-        config["deterministic"] = deterministic(opts, device)
-        key = config_key(config)
+
+        def describe(dump):
+            return {"role": "teacher", "dataset": dataset, "dataset_spec": dump(spec.datasets[dataset]),
+                    "model": model_name, "model_spec": dump(spec.models[model_name]), "recipe_name": recipe_name,
+                    "recipe": dump(recipe), "seed": opts.teacher_seed, "smoke": opts.smoke, "amp": opts.amp,
+                    "deterministic": deterministic(opts, device)}
+
+        config, key = describe(full_dump), config_key(describe(identity_dump))
         path = self.home / "teachers" / f"{dataset}-{model_name}-{key}.safetensors"
         data = self.data(dataset, opts)
         seed_everything(opts.teacher_seed)
@@ -337,20 +350,24 @@ class Runner:
         overrides = {m: suite_overrides.get(m, {}) | opts.overrides.get(m, {})
                      for m in set(opts.overrides) | (set(suite_overrides) & set(method_parts(cell.method)))}
         objective = build_objective(spec, cell.method, overrides, probe)
-        config = {
-            "role": "student", "cell": cell.id, "dataset": cell.dataset, "pair": cell.pair,
-            "teacher": pair.teacher, "student": pair.student, "method": cell.method, "seed": opts.seed,
-            "smoke": opts.smoke, "amp": opts.amp, "channels_last": opts.channels_last, "compile": opts.compile,
-            "method_params": {name: part.params.model_dump() for name, part in objective.parts.items()},
-            "recipe_name": recipe_name, "recipe": recipe.model_dump(),
-            "dataset_spec": spec.datasets[cell.dataset].model_dump(),
-            "models": {"teacher": spec.models[pair.teacher].model_dump(),
-                       "student": spec.models[pair.student].model_dump()},
-            "stages": pair.stages.model_dump(), "hint": pair.hint, "teacher_seed": opts.teacher_seed,
-            "deterministic": deterministic(opts, device),
-            "phases": dict(objective.phases(recipe.epochs)),
-            "train_on": "train+val" if opts.full_train else "train",
-        }
+
+        def describe(dump):
+            config = {
+                "role": "student", "cell": cell.id, "dataset": cell.dataset, "pair": cell.pair,
+                "teacher": pair.teacher, "student": pair.student, "method": cell.method, "seed": opts.seed,
+                "smoke": opts.smoke, "amp": opts.amp,
+                "method_params": {name: dump(part.params) for name, part in objective.parts.items()},
+                "recipe_name": recipe_name, "recipe": dump(recipe), "dataset_spec": dump(spec.datasets[cell.dataset]),
+                "models": {"teacher": dump(spec.models[pair.teacher]), "student": dump(spec.models[pair.student])},
+                "stages": dump(pair.stages), "hint": pair.hint, "teacher_seed": opts.teacher_seed,
+                "deterministic": deterministic(opts, device), "phases": dict(objective.phases(recipe.epochs)),
+                "train_on": "train+val" if opts.full_train else "train",
+            }
+            # options enter the identity only when used, so that adding an option orphans no finished run
+            return config | {k: True for k in ("channels_last", "compile") if getattr(opts, k)}
+
+        config = describe(full_dump)
+        config["identity"] = describe(identity_dump)
         return config, recipe, device, data, student, objective
 
     def run_cell(self, cell: Cell, opts: RunOptions) -> Outcome:
@@ -358,12 +375,13 @@ class Runner:
         pair = self.spec.pairs[cell.pair]
         teacher, teacher_info = (self.teacher(cell.dataset, pair.teacher, opts) if objective.needs_teacher
                                  else (None, {}))
-        config["teacher_key"] = teacher_info.get("teacher.key", "")
+        config["teacher_key"] = config["identity"]["teacher_key"] = teacher_info.get("teacher.key", "")
+        identity = config.pop("identity")
         student.to(device)
         objective.to(device)
         self._configure(device, opts)
         job = Job(
-            run_key=config_key(config), run_name=f"{cell.id} seed {opts.seed}",
+            run_key=config_key(identity), run_name=f"{cell.id} seed {opts.seed}",
             tags={"role": "student", "cell": cell.id, "dataset": cell.dataset, "teacher": pair.teacher,
                   "student": pair.student, "method": cell.method, "suite": opts.suite or "", "seed": opts.seed,
                   "smoke": opts.smoke} | determinism_tags(config, device) | opts.tags,

@@ -214,6 +214,7 @@ class Sweep:
         trial.set_user_attr("mlflow_run_id", run_id)
         try:
             config, recipe, device, data, student, objective = self.runner.prepare(self.cell, opts)
+            config.pop("identity")
             self.tracker.log_params(run_id, {f"trial.{k}": v for k, v in values.items()} | flatten(config))
             teacher = self.teacher if objective.needs_teacher else None
             student.to(device)
