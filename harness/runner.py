@@ -150,13 +150,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment_params(device: torch.device) -> dict:
-    def version(pkg):
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return "absent"
-
+def _git_state() -> tuple[str, bool]:
     repo = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
@@ -165,8 +159,23 @@ def environment_params(device: torch.device) -> dict:
                                     capture_output=True, text=True, timeout=10).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "unknown", False
+    return commit, dirty
+
+
+# read once, when the code is loaded: a long suite keeps running the code it started with, whatever
+# is committed meanwhile
+GIT_COMMIT, GIT_DIRTY = _git_state()
+
+
+def environment_params(device: torch.device) -> dict:
+    def version(pkg):
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return "absent"
+
     return {
-        "env.git_commit": commit, "env.git_dirty": dirty, "env.harness": __version__,
+        "env.git_commit": GIT_COMMIT, "env.git_dirty": GIT_DIRTY, "env.harness": __version__,
         "env.python": platform.python_version(), "env.torch": torch.__version__,
         "env.timm": version("timm"), "env.mlflow": version("mlflow"), "env.torchvision": version("torchvision"),
         "env.device": str(device),

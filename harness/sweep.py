@@ -116,9 +116,12 @@ def open_storage(url: str):
             path = Path(url.removeprefix("journal:"))
             path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(str(path)))
+        engine_kwargs = {"pool_pre_ping": True}
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+            # several workers on one machine share the file: wait for its lock instead of failing after 5 s
+            engine_kwargs["connect_args"] = {"timeout": 60}
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
     except Exception as e:  # bad scheme, unreachable server, missing driver
         raise UserError(f"Optuna storage {url!r} is not usable: {type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else ''}") from None

@@ -71,7 +71,8 @@ def _workers(home, *args, n=2):
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(n)]
     outputs = [p.communicate(timeout=900) for p in procs]
-    assert [p.returncode for p in procs] == [0] * n, outputs
+    codes = [p.returncode for p in procs]
+    assert codes == [0] * n, [f"exit {c}: ...{err[-1500:]}" for c, (_, err) in zip(codes, outputs)]
     return outputs
 
 
