@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.data import Batches
-from harness.engine import TrainConfig, Trainer, build_optimizer
+from harness.engine import TrainConfig, Trainer, _autocast, build_optimizer
 from harness.runner import Runner, RunOptions
 from harness.spec import Cell
 
@@ -83,12 +83,11 @@ def _bare_kd_row(runner, cell: Cell, opts, teacher, batches, plan, steps, warmup
     teacher_forward = torch.compile(teacher) if opts.compile else teacher
     optimizer = build_optimizer(recipe, student.parameters())
     student.train()
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=opts.amp == "bf16")
 
     def step(x, y):
         if opts.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast:
+        with _autocast(device, opts.amp):
             with torch.no_grad():
                 t = teacher_forward(x)
             s = forward(x)

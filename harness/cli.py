@@ -75,9 +75,13 @@ def build_parser() -> Parser:
         p.add_argument("--download", action="store_true", help="let torchvision download missing datasets")
         p.add_argument("--smoke", action="store_true", help="tiny subset, 1 epoch: for CI and quick checks")
         p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-        p.add_argument("--amp", choices=["off", "bf16"], default="off", help="autocast mixed precision")
+        p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off",
+                       help="autocast mixed precision (fp16 adds a GradScaler)")
         p.add_argument("--channels-last", action="store_true", help="channels-last memory format (CPU and CUDA)")
         p.add_argument("--compile", action="store_true", help="torch.compile the forward passes")
+        p.add_argument("--teacher-cache", action="store_true",
+                       help="compute the teacher's features once per training image and keep them on the device "
+                       "(datasets without augmentation only)")
         det = p.add_mutually_exclusive_group()
         det.add_argument("--deterministic", dest="deterministic", action="store_true", default=None,
                          help="deterministic algorithms (default on CPU)")
@@ -176,7 +180,7 @@ def _options(args, **extra):
     _positive("--teacher-epochs", args.teacher_epochs)
     return RunOptions(smoke=args.smoke, data_root=args.data_root, download=args.download, device=args.device,
                       amp=args.amp, channels_last=args.channels_last, compile=args.compile,
-                      deterministic=args.deterministic, force=args.force,
+                      teacher_cache=args.teacher_cache, deterministic=args.deterministic, force=args.force,
                       teacher_seed=args.teacher_seed, teacher_epochs=args.teacher_epochs,
                       progress=not args.no_progress, **extra)
 

@@ -157,9 +157,17 @@ class Batches:
     def steps(plan: dict) -> int:
         return len(plan["order"]) // plan["batch_size"]  # drop the last partial batch, as in most recipes
 
+    @staticmethod
+    def _slice(plan: dict, step: int) -> slice:
+        return slice(step * plan["batch_size"], (step + 1) * plan["batch_size"])
+
+    def batch_indices(self, plan: dict, step: int) -> torch.Tensor:
+        """Positions in the training split of the images of batch `step`."""
+        return plan["order"][self._slice(plan, step)].to(self.device)
+
     def train_batch(self, plan: dict, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        sl = slice(step * plan["batch_size"], (step + 1) * plan["batch_size"])
-        idx = plan["order"][sl].to(self.device)
+        sl = self._slice(plan, step)
+        idx = self.batch_indices(plan, step)
         split = self.splits["train"]
         images, labels = split.images[idx], split.labels[idx]
         if self.augment == "crop_flip":

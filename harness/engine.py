@@ -46,12 +46,13 @@ class TrainConfig:
     seed: int
     teacher_stages: list[int]
     student_stages: list[int]
-    amp: str = "off"  # "off" | "bf16"
+    amp: str = "off"  # "off" | "bf16" | "fp16" (fp16 scales the loss with a GradScaler)
     label: str = "train"
     progress: bool = True
     eval_splits: tuple[str, ...] = ("val", "test")  # a sweep trial evaluates "val" only
     channels_last: bool = False
     compile: bool = False  # torch.compile the feature extraction (forward_intermediates included)
+    teacher_cache: bool = False  # teacher features computed once per training image (unaugmented data only)
 
 
 def seed_everything(seed: int) -> None:
@@ -104,8 +105,11 @@ def evaluate(model: nn.Module, batches: Batches, split: str, batch_size: int, am
     return 100.0 * correct1 / total, 100.0 * correct5 / total
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def _autocast(device: torch.device, amp: str):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES.get(amp), enabled=amp in AMP_DTYPES)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -133,6 +137,9 @@ class Trainer:
         self.total_epochs = sum(epochs for _, epochs in self.phases)
         self.optimizer, self.optimizer_phase = self._new_optimizer(), 0
         self.generator = torch.Generator()
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+        self.teacher_cache: dict | None = None
         self.extract = torch.compile(extract_features) if config.compile else extract_features
         if config.channels_last:
             for model in (student, teacher):
@@ -152,6 +159,7 @@ class Trainer:
             "student": self.student.state_dict(), "objective": self.objective.state_dict(),
             "optimizer": self.optimizer.state_dict(), "optimizer_phase": self.optimizer_phase,
             "extra_optimizers": [opt.state_dict() for opt in self.extra],
+            "grad_scaler": self.scaler.state_dict(),
             "epoch_start_generator": self.epoch_start_generator,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -168,6 +176,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         for opt, opt_state in zip(self.extra, state["extra_optimizers"]):
             opt.load_state_dict(opt_state)
+        if state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.epoch_start_generator = state["epoch_start_generator"]
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"]:
@@ -208,6 +218,8 @@ class Trainer:
             self.epoch_start_generator = self.generator.get_state()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        if self.config.teacher_cache and self.objective.needs_teacher:
+            self.teacher_cache = self._cache_teacher_features()
         steps_per_epoch = Batches.steps(self.batches.epoch_plan(self.recipe.batch_size, torch.Generator()))
         if steps_per_epoch == 0:
             raise ValueError(f"batch size {self.recipe.batch_size} is larger than the training set")
@@ -241,7 +253,8 @@ class Trainer:
         if self.teacher is not None:
             self.teacher.eval()
         for step in range(self.step, Batches.steps(plan)):
-            losses, batch_correct = self._train_step(*self.batches.train_batch(plan, step), step, phase)
+            losses, batch_correct = self._train_step(*self.batches.train_batch(plan, step), step, phase,
+                                                     self.batches.batch_indices(plan, step))
             for term, value in losses.items():
                 sums[term] = sums.get(term, 0) + value.detach().float()
             correct += batch_correct
@@ -271,12 +284,32 @@ class Trainer:
         self._save()
         self.log(metrics, self.epoch - 1)
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor, step: int, phase: str):
+    def _cache_teacher_features(self) -> dict:
+        """The teacher's features for every training image, in split order, kept on the device.
+
+        Only valid when a training image is the same tensor every epoch (no augmentation): the
+        runner checks that. Computed in evaluation batches, so values can differ from the per-batch
+        ones by floating-point rounding of batch-size-dependent kernels.
+        """
+        self.teacher.eval()
+        chunks = []
+        with torch.no_grad(), _autocast(self.device, self.config.amp):
+            for x, _ in self.batches.eval_batches("train", self.recipe.eval_batch_size):
+                if self.config.channels_last and x.ndim == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                chunks.append(self.extract(self.teacher, x, self.objective.teacher_features,
+                                           self.config.teacher_stages))
+        return _concat_trees(chunks)
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, step: int, phase: str,
+                    indices: torch.Tensor | None = None):
         if self.config.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(self.device, self.config.amp):
             teacher_features = None
-            if self.objective.needs_teacher:
+            if self.teacher_cache is not None:
+                teacher_features = _take_tree(self.teacher_cache, indices)
+            elif self.objective.needs_teacher:
                 with torch.inference_mode():
                     teacher_features = self.extract(self.teacher, x, self.objective.teacher_features,
                                                     self.config.teacher_stages)
@@ -291,11 +324,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         for opt in self.extra:
             opt.zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizer.step()
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)
         if phase == "main":  # then each method-owned optimizer, on its own parameters
             for opt in self.extra:
-                opt.step()
+                if any(p.grad is not None for group in opt.param_groups for p in group["params"]):
+                    self.scaler.step(opt)
+        self.scaler.update()
         return losses, (student_features["logits"].argmax(dim=1) == y).sum()
 
     def summary(self, wall_seconds: float) -> dict:
@@ -325,6 +360,21 @@ def _clone_tree(value):
     if isinstance(value, dict):
         return {k: _clone_tree(v) for k, v in value.items()}
     return [_clone_tree(v) for v in value] if isinstance(value, list) else value.clone()
+
+
+def _concat_trees(trees: list):
+    first = trees[0]
+    if isinstance(first, dict):
+        return {k: _concat_trees([t[k] for t in trees]) for k in first}
+    if isinstance(first, list):
+        return [_concat_trees([t[i] for t in trees]) for i in range(len(first))]
+    return torch.cat(trees)
+
+
+def _take_tree(value, indices: torch.Tensor):
+    if isinstance(value, dict):
+        return {k: _take_tree(v, indices) for k, v in value.items()}
+    return [_take_tree(v, indices) for v in value] if isinstance(value, list) else value[indices]
 
 
 def _plain(value):

@@ -56,6 +56,7 @@ class RunOptions:
     amp: str = "off"
     channels_last: bool = False
     compile: bool = False
+    teacher_cache: bool = False
     deterministic: bool | None = None  # None: on for CPU, off for CUDA
     force: bool = False
     overrides: dict[str, dict] = field(default_factory=dict)
@@ -351,6 +352,9 @@ class Runner:
         data = self.data(cell.dataset, opts)
         if opts.full_train:
             data = data.merged_train()
+        if opts.teacher_cache and data.spec.augment != "none":
+            raise UserError(f"--teacher-cache needs a dataset trained without augmentation; {cell.dataset} "
+                            f"uses augment={data.spec.augment}, so each epoch shows the teacher new images")
         teacher_arch = build_model(spec.models[pair.teacher], spec.datasets[cell.dataset])
         seed_everything(opts.seed)
         student = build_model(spec.models[pair.student], spec.datasets[cell.dataset])
@@ -373,7 +377,7 @@ class Runner:
                 "train_on": "train+val" if opts.full_train else "train",
             }
             # options enter the identity only when used, so that adding an option orphans no finished run
-            return config | {k: True for k in ("channels_last", "compile") if getattr(opts, k)}
+            return config | {k: True for k in ("channels_last", "compile", "teacher_cache") if getattr(opts, k)}
 
         config = describe(full_dump)
         config["identity"] = describe(identity_dump)
@@ -400,7 +404,7 @@ class Runner:
                 student, objective, Batches(data, device),
                 TrainConfig(recipe, opts.seed, pair.stages.teacher, pair.stages.student, opts.amp,
                             cell.id, opts.progress, ("test",) if opts.full_train else ("val", "test"),
-                            opts.channels_last, opts.compile),
+                            opts.channels_last, opts.compile, opts.teacher_cache),
                 device, teacher=teacher, log=log, checkpoints=ckpts, stop=stop))
         return self._execute(job, opts.force)
 

@@ -232,7 +232,9 @@ class Sweep:
 
             trainer = Trainer(student, objective, Batches(data, device, splits=("train", "val")),
                               TrainConfig(recipe, opts.seed, pair.stages.teacher, pair.stages.student, opts.amp,
-                                          f"trial {trial.number}", False, eval_splits=("val",)),
+                                          f"trial {trial.number}", False, eval_splits=("val",),
+                                          channels_last=opts.channels_last, compile=opts.compile,
+                                          teacher_cache=opts.teacher_cache),
                               device, teacher=teacher, log=log, stop=threading.Event())
             summary = trainer.run()
         except optuna.TrialPruned as e:

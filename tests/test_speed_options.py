@@ -1,0 +1,107 @@
+"""The speed options on CPU: the teacher-output cache, channels-last, bf16 and fp16 autocast
+(fp16 with its GradScaler) and torch.compile; each must train, be recorded, and change the
+numbers no more than its rounding explains."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from harness.cli import main
+from harness.data import Batches
+from harness.engine import TrainConfig, Trainer
+from harness.runner import Runner, RunOptions
+from harness.spec import load_spec
+
+CELL = "digits/resnet20-resnet8/kd"
+MLP_CELL = "digits/hinton1200-hinton800/kd"  # fast under fp16 on CPU, where convolutions have no fp16 kernels
+
+
+def _trainer(home, cell=CELL, epochs=2, **config):
+    """A Trainer for `cell` on the full digits set, with a teacher trained for one epoch."""
+    runner = Runner(load_spec(), home, f"sqlite:///{home / 'mlflow.db'}")
+    opts = RunOptions(epochs=epochs, teacher_epochs=1, progress=False)
+    spec_cell = runner.spec.cell(cell)
+    _, recipe, device, data, student, objective = runner.prepare(spec_cell, opts)
+    pair = runner.spec.pairs[spec_cell.pair]
+    teacher = runner.teacher(spec_cell.dataset, pair.teacher, opts)[0] if objective.needs_teacher else None
+    train_config = TrainConfig(recipe, 0, pair.stages.teacher, pair.stages.student, label="t", progress=False)
+    return Trainer(student, objective, Batches(data, device), dataclasses.replace(train_config, **config),
+                   device, teacher=teacher)
+
+
+def count_images(model: torch.nn.Module) -> list[int]:
+    """A counter of the images entering `model`'s first layer, by any forward path."""
+    first = next(m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    seen = [0]
+    first.register_forward_pre_hook(lambda module, args: seen.__setitem__(0, seen[0] + len(args[0])))
+    return seen
+
+
+@pytest.mark.parametrize("cell", [MLP_CELL, "digits/hinton1200-hinton800/kd+fitnet_hint"])
+def test_teacher_cache_sees_each_image_once_and_matches_per_batch_features(home, cell):
+    plain = _trainer(home, cell)
+    cached = _trainer(home, cell, teacher_cache=True)
+    plain_seen, cached_seen = count_images(plain.teacher), count_images(cached.teacher)
+    plain_summary, cached_summary = plain.run(), cached.run()
+    n_train = len(cached.batches.splits["train"])
+    steps = len(plain.history) * (n_train // plain.recipe.batch_size)
+    assert cached_seen[0] == n_train  # once, whatever the number of epochs
+    assert plain_seen[0] == steps * plain.recipe.batch_size
+    for a, b in zip(plain.history, cached.history):  # same batches, same teacher: rounding only
+        assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-3)
+    assert plain_summary["test_top1_last"] == pytest.approx(cached_summary["test_top1_last"], abs=1.0)
+
+
+def test_teacher_cache_is_refused_for_augmented_data_and_recorded_otherwise(home, cifar_root, capsys):
+    code = main(["run", "--cell", "cifar100/resnet32-resnet14/kd", "--smoke", "--teacher-cache",
+                 "--data-root", str(cifar_root), "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--teacher-cache needs a dataset trained without augmentation" in err[0]
+    assert main(["run", "--cell", CELL, "--smoke", "--teacher-cache", "--no-progress"]) == 0
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.role = 'student'")
+    assert [r.data.params["teacher_cache"] for r in runs] == ["True"]
+    # the option is part of the run's identity: without it, the cell trains again
+    assert main(["run", "--cell", CELL, "--smoke", "--no-progress"]) == 0
+    assert len(client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                  "tags.role = 'student'")) == 2
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_autocast_trains_close_to_fp32(home, amp):
+    reference = _trainer(home, MLP_CELL, epochs=3).run()
+    trainer = _trainer(home, MLP_CELL, epochs=3, amp=amp)
+    summary = trainer.run()
+    assert summary["test_top1_last"] > 75
+    assert summary["test_top1_last"] == pytest.approx(reference["test_top1_last"], abs=5)
+    state = trainer.state()["grad_scaler"]
+    if amp == "fp16":  # the loss was scaled, and the scale is checkpointed
+        assert trainer.scaler.is_enabled() and state["scale"] > 1
+    else:
+        assert not trainer.scaler.is_enabled()
+
+
+def test_channels_last_is_the_same_training(home):
+    reference = _trainer(home, epochs=1)
+    trainer = _trainer(home, epochs=1, channels_last=True)
+    reference.run()
+    summary = trainer.run()
+    assert next(trainer.student.parameters()).is_contiguous(memory_format=torch.channels_last) or \
+        any(p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last) for p in trainer.student.parameters())
+    assert reference.history[0]["train/loss"] == pytest.approx(trainer.history[0]["train/loss"], rel=1e-3)
+    assert summary["test_top1_last"] == pytest.approx(reference.history[0]["test/top1"], abs=2)
+
+
+def test_compile_trains_through_inductor(home):
+    reference = _trainer(home, epochs=1)
+    trainer = _trainer(home, epochs=1, compile=True)
+    reference.run()
+    summary = trainer.run()
+    assert trainer.extract is not reference.extract
+    assert reference.history[0]["train/loss"] == pytest.approx(trainer.history[0]["train/loss"], rel=1e-2)
+    assert summary["test_top1_last"] == pytest.approx(reference.history[0]["test/top1"], abs=2)
