@@ -355,7 +355,14 @@ def main(argv: list[str] | None = None) -> int:
             return command_report(args, spec, tracking_uri)
         if args.command == "ui":
             return command_ui(args, tracking_uri)
-        runner = Runner(spec, home, tracking_uri)
+        from harness import distributed
+
+        context = distributed.from_environment()
+        if context.enabled and args.command not in ("run", "teacher"):
+            raise UserError(f"torchrun runs `harness run` and `harness teacher`, not `harness {args.command}`")
+        if not context.is_main:  # rank 0 speaks for all
+            sys.stdout = open(os.devnull, "w")
+        runner = Runner(spec, home, tracking_uri, context)
         commands = {"run": command_run, "teacher": command_teacher, "sweep": command_sweep, "bench": command_bench}
         return commands[args.command](args, spec, runner)
     except UserError as e:

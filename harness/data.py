@@ -132,9 +132,14 @@ def add_noise(images: torch.Tensor, std: float, generator: torch.Generator) -> t
 class Batches:
     """Normalised (and for training, augmented) batches from a device-resident split."""
 
-    def __init__(self, data: Data, device: torch.device, splits: tuple[str, ...] = ("train", "val", "test")):
-        """Only the named splits are moved to the device (a sweep trial never touches "test")."""
+    def __init__(self, data: Data, device: torch.device, splits: tuple[str, ...] = ("train", "val", "test"),
+                 shard: tuple[int, int] = (0, 1)):
+        """Only the named splits are moved to the device (a sweep trial never touches "test").
+
+        shard = (rank, world size): this process trains on its contiguous 1/world-size of every batch.
+        """
         self.device = device
+        self.shard = shard
         self.pixel_max = data.pixel_max
         self.mean = torch.tensor(data.spec.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(data.spec.std, device=device).view(1, -1, 1, 1)
@@ -157,12 +162,15 @@ class Batches:
     def steps(plan: dict) -> int:
         return len(plan["order"]) // plan["batch_size"]  # drop the last partial batch, as in most recipes
 
-    @staticmethod
-    def _slice(plan: dict, step: int) -> slice:
-        return slice(step * plan["batch_size"], (step + 1) * plan["batch_size"])
+    def _slice(self, plan: dict, step: int) -> slice:
+        """This shard's part of batch `step` in the epoch plan."""
+        rank, world_size = self.shard
+        per_rank = plan["batch_size"] // world_size
+        start = step * plan["batch_size"] + rank * per_rank
+        return slice(start, start + per_rank)
 
     def batch_indices(self, plan: dict, step: int) -> torch.Tensor:
-        """Positions in the training split of the images of batch `step`."""
+        """Positions in the training split of this shard's images of batch `step`."""
         return plan["order"][self._slice(plan, step)].to(self.device)
 
     def train_batch(self, plan: dict, step: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from harness import distributed
 from harness.checkpoint import CheckpointStore
 from harness.data import Batches
 from harness.models import count_parameters, extract_features
@@ -118,17 +119,32 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+class StudentStep(nn.Module):
+    """The student's forward and the objective's loss terms as one module: what DistributedDataParallel
+    wraps, so that the gradients of the student and of the method's own parameters are both averaged."""
+
+    def __init__(self, student: nn.Module, objective: Objective, extract: Callable, stages: list[int]):
+        super().__init__()
+        self.student, self.objective, self.extract, self.stages = student, objective, extract, stages
+
+    def forward(self, x, teacher_features, y, phase: str):
+        features = self.extract(self.student, x, self.objective.student_features, self.stages)
+        return self.objective(features, teacher_features, y, phase), features["logits"]
+
+
 class Trainer:
     def __init__(self, student: nn.Module, objective: Objective, batches: Batches, config: TrainConfig,
                  device: torch.device, teacher: nn.Module | None = None,
                  log: Callable[[dict, int], None] | None = None, checkpoints: CheckpointStore | None = None,
-                 stop: threading.Event | None = None):
+                 stop: threading.Event | None = None, context: distributed.Context = distributed.SINGLE):
         if objective.needs_teacher and teacher is None:
             raise ValueError("this objective reads teacher features but no teacher was given")
         self.student, self.objective, self.batches, self.config = student, objective, batches, config
         self.device, self.teacher = device, teacher
         self.log = log or (lambda metrics, step: None)
         self.checkpoints, self.stop = checkpoints, stop or threading.Event()
+        self.context = context
+        self.eval_splits = config.eval_splits if context.is_main else ()  # rank 0 evaluates for all
         self.recipe = config.recipe
         self.phases = objective.phases(self.recipe.epochs)  # [(name, epochs)], "main" last
         self.extra_specs = objective.extra_optimizers()
@@ -145,6 +161,11 @@ class Trainer:
             for model in (student, teacher):
                 if model is not None:
                     model.to(memory_format=torch.channels_last)
+        self.step_module = StudentStep(student, objective, self.extract, config.student_stages)
+        if context.enabled:  # a pre-phase (hint training) leaves some parameters unused
+            self.step_module = nn.parallel.DistributedDataParallel(
+                self.step_module, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=len(self.phases) > 1)
         self.history: list[dict] = []
         self.epoch, self.step = 0, 0
         self.epoch_start_generator: torch.Tensor | None = None
@@ -204,7 +225,7 @@ class Trainer:
         raise ValueError(f"epoch {epoch} is past the last phase")
 
     def _save(self) -> None:
-        if self.checkpoints is not None:
+        if self.checkpoints is not None and self.context.is_main:
             self.checkpoints.save(self.state())
 
     # ---- the loop --------------------------------------------------------------------------
@@ -224,7 +245,8 @@ class Trainer:
         if steps_per_epoch == 0:
             raise ValueError(f"batch size {self.recipe.batch_size} is larger than the training set")
         bar = tqdm(total=self.total_epochs * steps_per_epoch, initial=self.epoch * steps_per_epoch + self.step,
-                   desc=self.config.label, disable=None if self.config.progress else True, leave=False, dynamic_ncols=True)
+                   desc=self.config.label,
+                   disable=None if self.config.progress and self.context.is_main else True, leave=False, dynamic_ncols=True)
         started = time.perf_counter()
         try:
             while self.epoch < self.total_epochs:
@@ -247,36 +269,44 @@ class Trainer:
             passed = sum(self.epoch - phase_start >= round(m * self.recipe.epochs) for m in spec.milestones)
             for group in opt.param_groups:
                 group["lr"] = spec.lr * spec.gamma ** passed
-        sums = {k: torch.tensor(v, device=self.device) for k, v in self.partial.get("sums", {}).items()}
-        correct = torch.tensor(self.partial.get("correct", 0), device=self.device)
+        # a resumed epoch's partial sums are over all ranks: rank 0 carries them, the others start at 0
+        partial = self.partial if self.context.is_main else {}
+        sums = {k: torch.tensor(v, device=self.device) for k, v in partial.get("sums", {}).items()}
+        correct = torch.tensor(partial.get("correct", 0), device=self.device)
         self.student.train()
         if self.teacher is not None:
             self.teacher.eval()
         for step in range(self.step, Batches.steps(plan)):
-            losses, batch_correct = self._train_step(*self.batches.train_batch(plan, step), step, phase,
-                                                     self.batches.batch_indices(plan, step))
+            losses, batch_correct, stop = self._train_step(*self.batches.train_batch(plan, step), step, phase,
+                                                           self.batches.batch_indices(plan, step))
             for term, value in losses.items():
                 sums[term] = sums.get(term, 0) + value.detach().float()
             correct += batch_correct
             self.step = step + 1
             bar.update(1)
-            if self.stop.is_set() and self.step < Batches.steps(plan):
-                self.partial = {"sums": {k: v.item() for k, v in sums.items()}, "correct": correct.item(),
+            if stop and self.step < Batches.steps(plan):
+                reduced = distributed.sum_over_ranks(self.context, sums | {"__correct__": correct})
+                self.partial = {"sums": {k: v.item() for k, v in reduced.items() if k != "__correct__"},
+                                "correct": reduced["__correct__"].item(),
                                 "seconds": time.perf_counter() - epoch_started}
                 self._save()
                 raise Interrupted(f"stopped at epoch {self.epoch}, step {self.step}; checkpoint written")
         n_steps = Batches.steps(plan)
+        if self.context.enabled:  # losses: mean over ranks; correct: summed over the global batch
+            reduced = distributed.sum_over_ranks(self.context, sums | {"__correct__": correct})
+            correct = reduced.pop("__correct__")
+            sums = {k: v / self.context.world_size for k, v in reduced.items()}
         metrics = {f"train/loss_{k}": v.item() / n_steps for k, v in sums.items()}
         metrics["train/loss"] = sum(v.item() for v in sums.values()) / n_steps
         metrics["train/top1"] = 100.0 * correct.item() / (n_steps * self.recipe.batch_size)
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-        for split in self.config.eval_splits:
+        for split in self.eval_splits:
             metrics[f"{split}/top1"], metrics[f"{split}/top5"] = evaluate(
                 self.student, self.batches, split, self.recipe.eval_batch_size, self.config.amp)
         metrics["epoch_seconds"] = time.perf_counter() - epoch_started
         metrics["epoch"] = self.epoch
         metrics["phase"] = phase_index
-        bar.set_postfix(epoch=self.epoch, **{s: f"{metrics[f'{s}/top1']:.2f}" for s in self.config.eval_splits})
+        bar.set_postfix(epoch=self.epoch, **{s: f"{metrics[f'{s}/top1']:.2f}" for s in self.eval_splits})
         self.history.append(metrics)
         self.epoch, self.step = self.epoch + 1, 0
         self.epoch_start_generator = self.generator.get_state()
@@ -314,13 +344,14 @@ class Trainer:
                     teacher_features = self.extract(self.teacher, x, self.objective.teacher_features,
                                                     self.config.teacher_stages)
                 teacher_features = _clone_tree(teacher_features)  # inference tensors cannot enter autograd
-            student_features = self.extract(self.student, x, self.objective.student_features,
-                                            self.config.student_stages)
-            losses = self.objective(student_features, teacher_features, y, phase)
+            losses, logits = self.step_module(x, teacher_features, y, phase)
         total = sum(losses.values())
-        if not torch.isfinite(total):
-            term = next((k for k, v in losses.items() if not torch.isfinite(v)), "total")
-            raise NonFiniteLoss(self.epoch, step, term, losses.get(term, total).item())
+        # one collective per step decides for every rank: a diverged loss anywhere, a stop request anywhere
+        diverged, stop = distributed.any_rank(self.context, not torch.isfinite(total), self.stop.is_set(),
+                                              device=self.device)
+        if diverged:
+            term = next((k for k, v in losses.items() if not torch.isfinite(v)), "total on another rank")
+            raise NonFiniteLoss(self.epoch, step, term, losses[term].item() if term in losses else math.nan)
         self.optimizer.zero_grad(set_to_none=True)
         for opt in self.extra:
             opt.zero_grad(set_to_none=True)
@@ -331,21 +362,21 @@ class Trainer:
                 if any(p.grad is not None for group in opt.param_groups for p in group["params"]):
                     self.scaler.step(opt)
         self.scaler.update()
-        return losses, (student_features["logits"].argmax(dim=1) == y).sum()
+        return losses, (logits.argmax(dim=1) == y).sum(), stop
 
     def summary(self, wall_seconds: float) -> dict:
         """Summary metrics; the best-validation ones only when validation was evaluated (and was
         not trained on), the test ones only when test was evaluated (never in a sweep trial)."""
         out = {}
-        if "val" in self.config.eval_splits:
+        if "val" in self.eval_splits:
             main_epochs = [i for i, h in enumerate(self.history) if self.phases[int(h["phase"])][0] == "main"]
             best = max(main_epochs, key=lambda i: (self.history[i]["val/top1"], -i))
             out |= {"best_val_epoch": best, "val_top1_best": self.history[best]["val/top1"],
                     "val_top1_last": self.history[-1]["val/top1"]}
-            if "test" in self.config.eval_splits:
+            if "test" in self.eval_splits:
                 out |= {"test_top1_best_val": self.history[best]["test/top1"],
                         "test_top5_best_val": self.history[best]["test/top5"]}
-        if "test" in self.config.eval_splits:
+        if "test" in self.eval_splits:
             out |= {"test_top1_last": self.history[-1]["test/top1"], "test_top5_last": self.history[-1]["test/top5"]}
         return out | {
             "mean_epoch_seconds": float(np.mean([h["epoch_seconds"] for h in self.history])),

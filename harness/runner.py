@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-from harness import __version__
+from harness import __version__, distributed
 from harness.checkpoint import CheckpointStore
 from harness.data import Batches, Data, data_root, load_data
 from harness.engine import (Interrupted, NonFiniteLoss, TrainConfig, Trainer, configure_determinism,
@@ -88,9 +88,9 @@ class Outcome:
     summary: dict
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def resolve_device(name: str, context: distributed.Context = distributed.SINGLE) -> torch.device:
+    if name == "auto":  # under torchrun, each rank takes the GPU of its local rank
+        return torch.device(f"cuda:{context.local_rank}" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -219,8 +219,9 @@ def stop_on_signals(stop: threading.Event):
 
 
 class Runner:
-    def __init__(self, spec: Spec, home: Path, tracking_uri: str):
-        self.spec, self.home, self.tracking_uri = spec, Path(home), tracking_uri
+    def __init__(self, spec: Spec, home: Path, tracking_uri: str,
+                 context: distributed.Context = distributed.SINGLE):
+        self.spec, self.home, self.tracking_uri, self.context = spec, Path(home), tracking_uri, context
         self._tracker: Tracker | None = None
         self._data: dict[tuple, Data] = {}
 
@@ -238,14 +239,20 @@ class Runner:
                                         opts.download, opts.smoke)
         return self._data[key]
 
+    def _batches(self, data: Data, device: torch.device, splits=("train", "val", "test")) -> Batches:
+        return Batches(data, device, splits, shard=(self.context.rank, self.context.world_size))
+
     # ---- the shared wrapper -----------------------------------------------------------------
     def _execute(self, job: Job, force: bool) -> Outcome:
+        if not self.context.is_main:
+            return self._execute_follower(job)
         run_dir = self.home / "runs" / job.run_key
         # one lock per run key: a second process waits, then finds the run finished
         with exclusive(run_dir / "lock", f"another process is training run {job.run_key}; waiting for it"):
             runs = self.tracker.find(job.run_key)
             latest = runs[0] if runs else None
             if latest is not None and latest.info.status == "FINISHED" and not force:
+                distributed.broadcast(self.context, ("skip", latest.info.run_id, latest.data.metrics))
                 return Outcome(latest.info.run_id, "SKIPPED", latest.data.metrics)
             checkpoints = CheckpointStore(run_dir / "checkpoints")
             if latest is not None and latest.info.status in ("RUNNING", "KILLED") and not force:
@@ -256,6 +263,7 @@ class Runner:
                 run_id = self.tracker.create(job.run_name, job.tags | {"run_key": job.run_key})
                 self.tracker.log_params(run_id, job.params)
                 self.tracker.log_dict(run_id, job.config, "config.json")
+            distributed.broadcast(self.context, ("train", run_id))  # checkpoints are settled: ranks may read them
             stop = threading.Event()
             log = self.tracker.epoch_logger(run_id)
             trainer = job.make_trainer(checkpoints, log, stop)
@@ -288,6 +296,21 @@ class Runner:
             self.tracker.finish(run_id, "FINISHED")
             return Outcome(run_id, "FINISHED", summary)
 
+    def _execute_follower(self, job: Job) -> Outcome:
+        """A rank other than 0: train in step with rank 0, which decides, tracks and checkpoints."""
+        decision, run_id, *metrics = distributed.broadcast(self.context)
+        if decision == "skip":
+            return Outcome(run_id, "SKIPPED", metrics[0])
+        stop = threading.Event()
+        trainer = job.make_trainer(CheckpointStore(self.home / "runs" / job.run_key / "checkpoints"),
+                                   lambda metrics, step: None, stop)
+        try:
+            with stop_on_signals(stop):
+                summary = trainer.run()
+        except NonFiniteLoss as e:
+            raise TrainingFailed(f"{job.run_name}: {e} (rank {self.context.rank})") from None
+        return Outcome(run_id, "FINISHED", summary)
+
     # ---- teachers ---------------------------------------------------------------------------
     def teacher(self, dataset: str, model_name: str, opts: RunOptions) -> tuple[torch.nn.Module, dict]:
         """The cached teacher for (dataset, model, recipe, seed), trained first if needed."""
@@ -298,13 +321,13 @@ class Runner:
             recipe = recipe.model_copy(update={"epochs": opts.teacher_epochs})
         if opts.smoke:
             recipe = smoke_recipe(recipe)
-        device = resolve_device(opts.device)
+        device = resolve_device(opts.device, self.context)
 
         def describe(dump):
             return {"role": "teacher", "dataset": dataset, "dataset_spec": dump(spec.datasets[dataset]),
                     "model": model_name, "model_spec": dump(spec.models[model_name]), "recipe_name": recipe_name,
                     "recipe": dump(recipe), "seed": opts.teacher_seed, "smoke": opts.smoke, "amp": opts.amp,
-                    "deterministic": deterministic(opts, device)}
+                    "deterministic": deterministic(opts, device)} | self._world_size()
 
         config, key = describe(full_dump), config_key(describe(identity_dump))
         path = self.home / "teachers" / f"{dataset}-{model_name}-{key}.safetensors"
@@ -317,6 +340,8 @@ class Runner:
             return model.eval(), info
 
         def save(trainer: Trainer, run_id: str) -> None:
+            if not self.context.is_main:
+                return
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp")
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
@@ -328,11 +353,12 @@ class Runner:
             run_key=key, run_name=f"teacher {dataset}/{model_name} seed {opts.teacher_seed}",
             tags={"role": "teacher", "dataset": dataset, "teacher": model_name, "model": model_name,
                   "seed": opts.teacher_seed, "smoke": opts.smoke} | determinism_tags(config, device),
-            params=flatten(config) | data.params() | environment_params(device), config=config,
+            params=flatten(config) | data.params() | environment_params(device) | self.context.params(),
+            config=config,
             make_trainer=lambda ckpts, log, stop: Trainer(
-                model, Objective({}), Batches(data, device),
+                model, Objective({}), self._batches(data, device),
                 TrainConfig(recipe, opts.teacher_seed, [], [], opts.amp, f"teacher {model_name}", opts.progress),
-                device, log=log, checkpoints=ckpts, stop=stop),
+                device, log=log, checkpoints=ckpts, stop=stop, context=self.context),
             on_success=save)
         # the MLflow run may be FINISHED while the file is gone (another home dir): retrain then
         self._execute(job, force=True if not path.exists() else opts.force)
@@ -348,7 +374,10 @@ class Runner:
             recipe = recipe.model_copy(update={"epochs": opts.epochs})
         if opts.smoke:
             recipe = smoke_recipe(recipe)
-        device = resolve_device(opts.device)
+        device = resolve_device(opts.device, self.context)
+        if recipe.batch_size % self.context.world_size:
+            raise UserError(f"batch size {recipe.batch_size} (recipe {recipe_name}) does not divide into "
+                            f"{self.context.world_size} processes: the recipe's batch is the global batch")
         data = self.data(cell.dataset, opts)
         if opts.full_train:
             data = data.merged_train()
@@ -377,7 +406,8 @@ class Runner:
                 "train_on": "train+val" if opts.full_train else "train",
             }
             # options enter the identity only when used, so that adding an option orphans no finished run
-            return config | {k: True for k in ("channels_last", "compile", "teacher_cache") if getattr(opts, k)}
+            return config | {k: True for k in ("channels_last", "compile", "teacher_cache") if getattr(opts, k)} \
+                | self._world_size()
 
         config = describe(full_dump)
         config["identity"] = describe(identity_dump)
@@ -398,15 +428,20 @@ class Runner:
             tags={"role": "student", "cell": cell.id, "dataset": cell.dataset, "teacher": pair.teacher,
                   "student": pair.student, "method": cell.method, "suite": opts.suite or "", "seed": opts.seed,
                   "smoke": opts.smoke} | determinism_tags(config, device) | opts.tags,
-            params=flatten(config) | data.params() | teacher_info | environment_params(device),
+            params=flatten(config) | data.params() | teacher_info | environment_params(device)
+            | self.context.params(),
             config=config,
             make_trainer=lambda ckpts, log, stop: Trainer(
-                student, objective, Batches(data, device),
+                student, objective, self._batches(data, device),
                 TrainConfig(recipe, opts.seed, pair.stages.teacher, pair.stages.student, opts.amp,
                             cell.id, opts.progress, ("test",) if opts.full_train else ("val", "test"),
                             opts.channels_last, opts.compile, opts.teacher_cache),
-                device, teacher=teacher, log=log, checkpoints=ckpts, stop=stop))
+                device, teacher=teacher, log=log, checkpoints=ckpts, stop=stop, context=self.context))
         return self._execute(job, opts.force)
+
+    def _world_size(self) -> dict:
+        """In the run's identity only when distributed, so that single-process runs keep their keys."""
+        return {"world_size": self.context.world_size} if self.context.enabled else {}
 
     def _configure(self, device: torch.device, opts: RunOptions) -> None:
         configure_determinism(deterministic(opts, device), device)
