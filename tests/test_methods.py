@@ -131,7 +131,8 @@ def test_smoke_on_the_cifar_fixture(shared_home, cifar_root, method):
 
 
 @pytest.mark.parametrize("cell", ["cifar100/maxout5-fitnets1/lpl", "cifar100/maxout5-fitnets4/fitnet",
-                                  "cifar100/resnet164-incbn/nst_poly"])
+                                  "cifar100/resnet164-incbn/nst_poly", "cifar100/vgg19bn-alexnet8/nmt",
+                                  "cifar100/vgg19bn-alexnet8/fitnet"])
 def test_paper_pairs_smoke_on_the_cifar_fixture(shared_home, cifar_root, cell):
     assert main(["run", "--cell", cell, "--smoke", "--no-progress", "--data-root", str(cifar_root)]) == 0
     _finished(shared_home, cell)

@@ -13,7 +13,8 @@ def test_registered_without_overwriting_timm():
                  "cifar_resnet56", "cifar_resnet110", "cifar_resnet8x4", "cifar_resnet32x4",
                  "mlp_hinton1200", "mlp_hinton800", "maxout_mnist_teacher", "maxout_mnist_student",
                  "maxout_cifar_teacher", "fitnet_cifar_s1", "fitnet_cifar_s2", "fitnet_cifar_s3", "fitnet_cifar_s4",
-                 "inception_bn_small", "cifar_preact_resnet164", "cifar_preact_resnet1001"]:
+                 "inception_bn_small", "cifar_preact_resnet164", "cifar_preact_resnet1001", "cifar_vgg19_bn",
+                 "cifar_alexnet8"]:
         assert name in timm.list_models(name)
     # timm's own ImageNet ResNets are still timm's
     assert type(timm.create_model("resnet26")).__module__ == "timm.models.resnet"
@@ -35,6 +36,7 @@ def test_parameter_counts_near_the_kr_paper(name, classes, paper_millions, toler
     ("cifar_preact_resnet1001", {}, 10.2e6, 0.02),                             # He et al. 2016: 10.2M
     ("fitnet_cifar_s4", {"img_size": 32}, 2.5e6, 0.05),                        # LPL Table I ~2.5M
     ("fitnet_cifar_s1", {"img_size": 32}, 250e3, 0.30),                        # ~250K: layout approximated
+    ("cifar_vgg19_bn", {}, 20.0e6, 0.02),   # the usual CIFAR VGG-19-BN: 16 conv layers (20.0M) + one linear
 ])
 def test_paper_architectures_have_about_the_papers_size(name, kwargs, paper, tolerance):
     params = count_parameters(timm.create_model(name, num_classes=10, **kwargs))
@@ -50,6 +52,7 @@ def test_hinton_mlp_sizes():
     ("cifar_resnet20", {}, (2, 3, 32, 32)),
     ("mlp_hinton800", {"img_size": 8}, (2, 1, 8, 8)),
     ("resnet18", {}, (2, 3, 64, 64)),  # any timm model with forward_intermediates works
+    ("cifar_alexnet8", {"img_size": 32}, (2, 3, 32, 32)),  # flattens instead of pooling
 ])
 def test_features_do_not_change_the_forward_output(name, kwargs, shape):
     torch.manual_seed(0)

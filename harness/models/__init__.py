@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from harness.errors import UserError
-from harness.models import cifar_resnet, inception_bn, maxout, mlp, preact_resnet  # noqa: F401  (registers the models with timm)
+from harness.models import alexnet, cifar_resnet, inception_bn, maxout, mlp, preact_resnet, vgg  # noqa: F401  (registers the models with timm)
 from harness.spec import DatasetSpec, ModelSpec
 
 
