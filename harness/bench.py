@@ -51,7 +51,7 @@ def bench(runner: Runner, dataset: str, pair: str, methods: list[str], opts: Run
             teacher = runner.teacher(dataset, runner.spec.pairs[pair].teacher, opts)[0]
         student.to(device)
         objective.to(device)
-        batches = Batches(data, device, splits=("train",))
+        batches = data.batches(device, splits=("train",))
         plan = batches.epoch_plan(recipe.batch_size, torch.Generator().manual_seed(0))
         stages = runner.spec.pairs[pair].stages
         trainer = Trainer(student, objective, batches, TrainConfig(

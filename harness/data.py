@@ -35,6 +35,9 @@ class Split:
     def head(self, n: int) -> "Split":
         return Split(self.images[:n], self.labels[:n])
 
+    def subset(self, indices: torch.Tensor) -> "Split":
+        return Split(self.images[indices], self.labels[indices])
+
     def to(self, device) -> "Split":
         return Split(self.images.to(device), self.labels.to(device))
 
@@ -53,6 +56,14 @@ class Data:
         """Train on train + validation (a sweep's final retraining); validation stays only for reference."""
         train = Split(torch.cat([self.train.images, self.val.images]), torch.cat([self.train.labels, self.val.labels]))
         return Data(self.name, self.spec, train, self.val, self.test, self.pixel_max, self.split_fingerprint)
+
+    def batches(self, device: torch.device, splits: tuple[str, ...] = ("train", "val", "test"),
+                shard: tuple[int, int] = (0, 1)) -> "Batches":
+        return Batches(self, device, splits, shard)
+
+    def probe_images(self, n: int) -> torch.Tensor:
+        """The first n training images, normalised: what a model sees (for shape probes)."""
+        return _normalise(self.train.images[:n], self.pixel_max, channel_stats(self.spec, "cpu"))
 
     def params(self) -> dict:
         return {"data.train_size": len(self.train), "data.val_size": len(self.val), "data.test_size": len(self.test),
@@ -95,7 +106,23 @@ def _load_torchvision(source: str, root: Path, download: bool) -> tuple[Split, S
     return splits[0], splits[1], 255.0
 
 
-def load_data(name: str, spec: DatasetSpec, root: Path, download: bool = False, smoke: bool = False) -> Data:
+def channel_stats(spec: DatasetSpec, device) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.tensor(spec.mean, device=device).view(1, -1, 1, 1),
+            torch.tensor(spec.std, device=device).view(1, -1, 1, 1))
+
+
+def _normalise(images: torch.Tensor, pixel_max: float, stats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    mean, std = stats
+    return (images.float() / pixel_max - mean) / std
+
+
+def load_data(name: str, spec: DatasetSpec, root: Path, download: bool = False, smoke: bool = False):
+    """A dataset's train/val/test splits: in memory (digits, MNIST, CIFAR), or as file lists
+    read through a DataLoader (imagefolder: ImageNet-style directories)."""
+    if spec.source == "imagefolder":
+        from harness.folder_data import load_folder_data
+
+        return load_folder_data(name, spec, root, smoke)
     if spec.source == "sklearn_digits":
         pool, test, pixel_max = _load_digits()
     else:
@@ -103,24 +130,28 @@ def load_data(name: str, spec: DatasetSpec, root: Path, download: bool = False, 
     if spec.noise_std > 0:  # TCIFAR-style data: each image distorted once, from a fixed seed
         noise = torch.Generator().manual_seed(spec.noise_seed)
         pool, test = (Split(add_noise(s.images, spec.noise_std * pixel_max, noise), s.labels) for s in (pool, test))
+    train, val, test, fingerprint = split_off_validation(pool, test, name, spec)
+    if smoke:  # the splits were permuted by index above, so a head is a fair sample
+        train, val, test = (s.head(SMOKE_SIZES[k]) for k, s in (("train", train), ("val", val), ("test", test)))
+    return Data(name, spec, train, val, test, pixel_max, fingerprint)
+
+
+def split_off_validation(pool, test, name: str, spec: DatasetSpec):
+    """(train, val, test, fingerprint): the fixed, seeded validation split (and a test split where the
+    source has none). Splits are anything with `len` and `subset(indices)`."""
     generator = torch.Generator().manual_seed(spec.split_seed)
     if test is None:  # no official test split: carve one, with the split seed
         if spec.test_size is None or spec.test_size + spec.val_size >= len(pool):
             raise UserError(f"datasets.{name}: set test_size, and leave training data after val_size and test_size")
         order = torch.randperm(len(pool), generator=generator)
         test_idx, order = order[:spec.test_size].sort().values, order[spec.test_size:]
-        test = Split(pool.images[test_idx], pool.labels[test_idx])
-        pool = Split(pool.images[order.sort().values], pool.labels[order.sort().values])
+        test, pool = pool.subset(test_idx), pool.subset(order.sort().values)
     if spec.val_size >= len(pool):
         raise UserError(f"datasets.{name}.val_size={spec.val_size} leaves no training data ({len(pool)} images)")
     order = torch.randperm(len(pool), generator=generator)
     val_idx, train_idx = order[:spec.val_size].sort().values, order[spec.val_size:].sort().values
     fingerprint = hashlib.sha256(val_idx.numpy().tobytes()).hexdigest()[:12]
-    train = Split(pool.images[train_idx], pool.labels[train_idx])
-    val = Split(pool.images[val_idx], pool.labels[val_idx])
-    if smoke:  # the splits were permuted by index above, so a head is a fair sample
-        train, val, test = (s.head(SMOKE_SIZES[k]) for k, s in (("train", train), ("val", val), ("test", test)))
-    return Data(name, spec, train, val, test, pixel_max, fingerprint)
+    return pool.subset(train_idx), pool.subset(val_idx), test, fingerprint
 
 
 def add_noise(images: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
@@ -141,13 +172,12 @@ class Batches:
         self.device = device
         self.shard = shard
         self.pixel_max = data.pixel_max
-        self.mean = torch.tensor(data.spec.mean, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(data.spec.std, device=device).view(1, -1, 1, 1)
+        self.stats = channel_stats(data.spec, device)
         self.augment = data.spec.augment
         self.splits = {name: getattr(data, name).to(device) for name in splits}
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() / self.pixel_max - self.mean) / self.std
+        return _normalise(images, self.pixel_max, self.stats)
 
     def epoch_plan(self, batch_size: int, generator: torch.Generator) -> dict:
         """Everything random about one training epoch, drawn at once from `generator`."""

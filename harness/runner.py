@@ -240,7 +240,7 @@ class Runner:
         return self._data[key]
 
     def _batches(self, data: Data, device: torch.device, splits=("train", "val", "test")) -> Batches:
-        return Batches(data, device, splits, shard=(self.context.rank, self.context.world_size))
+        return data.batches(device, splits, shard=(self.context.rank, self.context.world_size))
 
     # ---- the shared wrapper -----------------------------------------------------------------
     def _execute(self, job: Job, force: bool) -> Outcome:
@@ -448,8 +448,7 @@ class Runner:
 
     @staticmethod
     def _probe(teacher, student, data: Data, pair, cell: Cell, batch_size: int) -> Probe:
-        x = (data.train.images[:2].float() / data.pixel_max - torch.tensor(data.spec.mean).view(1, -1, 1, 1)) \
-            / torch.tensor(data.spec.std).view(1, -1, 1, 1)
+        x = data.probe_images(2)
         features = {}
         for role, model, stages in (("teacher", teacher, pair.stages.teacher),
                                     ("student", student, pair.stages.student)):

@@ -32,7 +32,10 @@ PositiveInt = Annotated[int, Field(gt=0)]
 
 
 class DatasetSpec(Strict):
-    source: Literal["sklearn_digits", "torchvision_mnist", "torchvision_cifar10", "torchvision_cifar100"]
+    source: Literal["sklearn_digits", "torchvision_mnist", "torchvision_cifar10", "torchvision_cifar100",
+                    "imagefolder"]
+    folder: str | None = Field(None, description="imagefolder: the directory under the data root that holds "
+                               "train/ and val/, one subdirectory per class (ImageNet's usual layout)")
     num_classes: PositiveInt
     in_chans: PositiveInt
     img_size: PositiveInt
@@ -42,7 +45,9 @@ class DatasetSpec(Strict):
     test_size: PositiveInt | None = Field(
         None, description="only for sources without an official test split (digits)")
     split_seed: int = 0
-    augment: Literal["none", "crop_flip"] = "none"
+    augment: Literal["none", "crop_flip", "resized_crop_flip"] = "none"
+    eval_resize: PositiveInt | None = Field(None, description="imagefolder: resize the shorter side to this, "
+                                            "then center-crop img_size, for evaluation")
     noise_std: Annotated[float, Field(ge=0)] = Field(
         0.0, description="Gaussian noise added once to every image, in units of the [0, 1] pixel range")
     noise_seed: int = 0
@@ -51,6 +56,11 @@ class DatasetSpec(Strict):
 
     @model_validator(mode="after")
     def _channels(self):
+        if (self.source == "imagefolder") != (self.folder is not None):
+            raise ValueError("folder is required for source imagefolder, and only for it")
+        if (self.source == "imagefolder") != (self.augment in ("resized_crop_flip", "none")) \
+                and self.augment != "none":
+            raise ValueError("resized_crop_flip is the augmentation of imagefolder datasets, crop_flip of the others")
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
             raise ValueError(f"mean and std need {self.in_chans} values (one per channel)")
         if any(s <= 0 for s in self.std):

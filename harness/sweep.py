@@ -24,7 +24,6 @@ import torch
 from optuna.trial import TrialState
 from PIL import Image
 
-from harness.data import Batches
 from harness.engine import TrainConfig, Trainer
 from harness.errors import UserError
 from harness.runner import Runner, RunOptions, environment_params, exclusive, flatten
@@ -230,7 +229,7 @@ class Sweep:
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned after epoch {epoch} (val top-1 {metrics['val/top1']:.2f})")
 
-            trainer = Trainer(student, objective, Batches(data, device, splits=("train", "val")),
+            trainer = Trainer(student, objective, data.batches(device, splits=("train", "val")),
                               TrainConfig(recipe, opts.seed, pair.stages.teacher, pair.stages.student, opts.amp,
                                           f"trial {trial.number}", False, eval_splits=("val",),
                                           channels_last=opts.channels_last, compile=opts.compile,

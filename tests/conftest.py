@@ -77,3 +77,20 @@ def mnist_root():
         if (Path(root) / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
             return root
     pytest.skip(f"real MNIST not found under $KD_HARNESS_DATA or {SHARED_DATA}")
+
+
+def write_image_folder(root: Path, classes: int, train_per_class: int, val_per_class: int, size: int = 40,
+                       seed: int = 0) -> Path:
+    """An ImageNet-style tree root/{train,val}/CLASS/*.png of small RGB images whose mean colour
+    depends on the class, in the layout torchvision's ImageFolder reads."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for c in range(classes):
+            folder = root / split / f"n{c:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = (rng.integers(0, 96, (size, size + 8, 3)) + (c * 150 // max(classes - 1, 1))).clip(0, 255)
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{c}_{i}.png")
+    return root

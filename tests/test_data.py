@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from harness.data import Batches, crop_flip, load_data
+from harness.data import crop_flip, load_data
 from harness.errors import UserError
 from harness.spec import load_spec
 
@@ -72,7 +72,7 @@ def test_crop_flip_matches_a_naive_per_image_version():
 
 def test_epoch_plan_is_a_function_of_the_generator_state(spec):
     data = load_data("digits", spec.datasets["digits"], root=None)
-    batches = Batches(data, torch.device("cpu"))
+    batches = data.batches(torch.device("cpu"))
     g = torch.Generator().manual_seed(3)
     state = g.get_state()
     first = batches.epoch_plan(64, g)

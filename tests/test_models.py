@@ -14,7 +14,7 @@ def test_registered_without_overwriting_timm():
                  "mlp_hinton1200", "mlp_hinton800", "maxout_mnist_teacher", "maxout_mnist_student",
                  "maxout_cifar_teacher", "fitnet_cifar_s1", "fitnet_cifar_s2", "fitnet_cifar_s3", "fitnet_cifar_s4",
                  "inception_bn_small", "cifar_preact_resnet164", "cifar_preact_resnet1001", "cifar_vgg19_bn",
-                 "cifar_alexnet8"]:
+                 "cifar_alexnet8", "inception_bn"]:
         assert name in timm.list_models(name)
     # timm's own ImageNet ResNets are still timm's
     assert type(timm.create_model("resnet26")).__module__ == "timm.models.resnet"
@@ -53,6 +53,8 @@ def test_hinton_mlp_sizes():
     ("mlp_hinton800", {"img_size": 8}, (2, 1, 8, 8)),
     ("resnet18", {}, (2, 3, 64, 64)),  # any timm model with forward_intermediates works
     ("cifar_alexnet8", {"img_size": 32}, (2, 3, 32, 32)),  # flattens instead of pooling
+    ("resnetv2_101", {}, (2, 3, 64, 64)),  # a 1x1-conv classifier
+    ("inception_bn", {}, (2, 3, 64, 64)),
 ])
 def test_features_do_not_change_the_forward_output(name, kwargs, shape):
     torch.manual_seed(0)
@@ -76,3 +78,22 @@ def test_width_multiplier_shrinks_the_student():
     full = count_parameters(timm.create_model("cifar_resnet14", num_classes=100))
     slim = count_parameters(timm.create_model("cifar_resnet14", num_classes=100, width_mult=0.75))
     assert slim < 0.7 * full
+
+
+def test_imagenet_pair_taps_match_in_size():
+    """NST §5.2 / LPL §V-D pair: ResNet-101 groups 2-4 against Inception-BN's in3b, in4d, in5b at 224 px."""
+    from harness.spec import load_spec
+
+    spec = load_spec()
+    pair = spec.pairs["resnet101-incbnfull"]
+    x = torch.randn(1, 3, 224, 224)
+    shapes = {}
+    for role, stages in (("teacher", pair.stages.teacher), ("student", pair.stages.student)):
+        model = timm.create_model(spec.models[getattr(pair, role)].timm, num_classes=1000).eval()
+        with torch.no_grad():
+            shapes[role] = [t.shape for t in extract_features(model, x, frozenset({"stages"}), stages)["stages"]]
+    assert [s[-1] for s in shapes["teacher"]] == [s[-1] for s in shapes["student"]] == [28, 14, 7]
+    assert [s[1] for s in shapes["teacher"]] == [512, 1024, 2048]
+    assert [s[1] for s in shapes["student"]] == [320, 608, 1024]
+    student = timm.create_model("inception_bn", num_classes=1000)
+    assert abs(count_parameters(student) - 11.3e6) / 11.3e6 < 0.01  # Ioffe & Szegedy's ~11.3M (with fc)

@@ -11,7 +11,6 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
-from harness.data import Batches
 from harness.engine import TrainConfig, Trainer
 from harness.runner import Runner, RunOptions
 from harness.spec import load_spec
@@ -29,7 +28,7 @@ def _trainer(home, cell=CELL, epochs=2, **config):
     pair = runner.spec.pairs[spec_cell.pair]
     teacher = runner.teacher(spec_cell.dataset, pair.teacher, opts)[0] if objective.needs_teacher else None
     train_config = TrainConfig(recipe, 0, pair.stages.teacher, pair.stages.student, label="t", progress=False)
-    return Trainer(student, objective, Batches(data, device), dataclasses.replace(train_config, **config),
+    return Trainer(student, objective, data.batches(device), dataclasses.replace(train_config, **config),
                    device, teacher=teacher)
 
 

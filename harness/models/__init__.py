@@ -43,8 +43,12 @@ def extract_features(model: nn.Module, x: torch.Tensor, want: frozenset[str], st
     else:
         final, intermediates = model.forward_intermediates(x, indices=stages)
         features = {"stages": intermediates}
-    pre_logits = model.forward_head(final, pre_logits=True)
+    pre_logits = model.forward_head(final, pre_logits=True).flatten(1)
     if "pre_logits" in want:
         features["pre_logits"] = pre_logits
-    features["logits"] = model.get_classifier()(pre_logits)
+    classifier = model.get_classifier()
+    if isinstance(classifier, nn.Conv2d):  # timm heads with a 1x1-conv classifier (ResNetV2)
+        features["logits"] = classifier(pre_logits[:, :, None, None]).flatten(1)
+    else:
+        features["logits"] = classifier(pre_logits)
     return features

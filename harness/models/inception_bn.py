@@ -63,3 +63,59 @@ class InceptionBNSmall(StagedNet):
 @register_model
 def inception_bn_small(pretrained=False, **kwargs):
     return InceptionBNSmall(**kwargs)
+
+
+class Inception(nn.Module):
+    """Inception-BN module (Ioffe & Szegedy 2015, Fig. 5): 1x1 || 1x1-3x3 || 1x1-3x3-3x3 || pool-1x1.
+    With stride 2 it has no 1x1 branch, strides the last conv of both 3x3 branches, and the pool
+    branch is a plain max pool (no projection)."""
+
+    def __init__(self, in_ch, ch1, ch3r, ch3, dbl_r, dbl, pool: str, proj: int, stride: int = 1):
+        super().__init__()
+        self.b1 = conv_bn_relu(in_ch, ch1, 1) if ch1 else None
+        self.b3 = nn.Sequential(conv_bn_relu(in_ch, ch3r, 1), conv_bn_relu(ch3r, ch3, 3, stride))
+        self.dbl = nn.Sequential(conv_bn_relu(in_ch, dbl_r, 1), conv_bn_relu(dbl_r, dbl, 3),
+                                 conv_bn_relu(dbl, dbl, 3, stride))
+        pooling = nn.AvgPool2d(3, 1, 1, count_include_pad=False) if pool == "avg" else nn.MaxPool2d(3, stride, 1)
+        self.pool = nn.Sequential(pooling, conv_bn_relu(in_ch, proj, 1)) if proj else pooling
+        self.out_ch = ch1 + ch3 + dbl + (proj or in_ch)
+
+    def forward(self, x):
+        branches = [self.b3(x), self.dbl(x), self.pool(x)]
+        return torch.cat(([self.b1(x)] if self.b1 is not None else []) + branches, dim=1)
+
+
+# name: (1x1, 3x3 reduce, 3x3, double 3x3 reduce, double 3x3, pool, pool proj, stride), Ioffe & Szegedy Fig. 5
+IMAGENET_LAYOUT = [
+    ("in3a", (64, 64, 64, 64, 96, "avg", 32, 1)), ("in3b", (64, 64, 96, 64, 96, "avg", 64, 1)),
+    ("in3c", (0, 128, 160, 64, 96, "max", 0, 2)), ("in4a", (224, 64, 96, 96, 128, "avg", 128, 1)),
+    ("in4b", (192, 96, 128, 96, 128, "avg", 128, 1)), ("in4c", (160, 128, 160, 128, 160, "avg", 128, 1)),
+    ("in4d", (96, 128, 192, 160, 192, "avg", 128, 1)), ("in4e", (0, 128, 192, 192, 256, "max", 0, 2)),
+    ("in5a", (352, 192, 320, 160, 224, "avg", 128, 1)), ("in5b", (352, 192, 320, 192, 224, "max", 128, 1)),
+]
+
+
+class InceptionBN(StagedNet):
+    """The original Inception-BN for 224x224 ImageNet images (NST §5.2 and LPL §V-D's student):
+    7x7/2 conv, max pool, 1x1 and 3x3 convs, max pool, then modules 3a ... 5b, global pool, linear.
+    Intermediates: 0 = stem (28x28, 192 channels), 1 = in3a ... 10 = in5b (7x7, 1024 channels)."""
+
+    def __init__(self, num_classes: int = 1000, in_chans: int = 3, **_timm_kwargs):
+        super().__init__()
+        self.num_classes = num_classes
+        self.stem = nn.Sequential(conv_bn_relu(in_chans, 64, 7, 2), nn.MaxPool2d(3, 2, 1), conv_bn_relu(64, 64, 1),
+                                  conv_bn_relu(64, 192, 3), nn.MaxPool2d(3, 2, 1))
+        modules, in_ch = {}, 192
+        for name, args in IMAGENET_LAYOUT:
+            modules[name] = Inception(in_ch, *args)
+            in_ch = modules[name].out_ch
+        self.stages = nn.ModuleDict(modules)
+        self.num_features = in_ch
+        self.fc = nn.Linear(in_ch, num_classes)
+        self.feature_info = [dict(num_chs=192, module="stem")] + [
+            dict(num_chs=m.out_ch, module=f"stages.{n}") for n, m in modules.items()]
+
+
+@register_model
+def inception_bn(pretrained=False, **kwargs):
+    return InceptionBN(**kwargs)
