@@ -7,6 +7,8 @@ Intermediates (timm indices): 0 = stem, then one per module in order (1 = in3a .
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 from timm.models import register_model
@@ -43,21 +45,29 @@ LAYOUT = [("in3a", Simple, (32, 32)), ("in3b", Simple, (32, 48)), ("in3c", Downs
           ("in5b", Simple, (176, 160))]
 
 
-class InceptionBNSmall(StagedNet):
-    def __init__(self, num_classes: int = 10, in_chans: int = 3, **_timm_kwargs):
+class InceptionStack(StagedNet):
+    """A stem, then named modules in order (each with `out_ch`), global pool, linear."""
+
+    def __init__(self, stem: nn.Module, stem_ch: int, modules: list[tuple[str, Callable[[int], nn.Module]]],
+                 num_classes: int):
         super().__init__()
-        self.num_classes = num_classes
-        self.stem = conv_bn_relu(in_chans, 96, 3)
-        modules, in_ch = {}, 96
-        for name, cls, args in LAYOUT:
-            modules[name] = cls(in_ch, *args)
-            in_ch = modules[name].out_ch
-        self.stages = nn.ModuleDict(modules)
+        self.num_classes, self.stem = num_classes, stem
+        built, in_ch = {}, stem_ch
+        for name, make in modules:
+            built[name] = make(in_ch)
+            in_ch = built[name].out_ch
+        self.stages = nn.ModuleDict(built)
         self.num_features = in_ch
         self.fc = nn.Linear(in_ch, num_classes)
-        self.feature_info = [dict(num_chs=96, module="stem")] + [
-            dict(num_chs=m.out_ch, module=f"stages.{n}") for n, m in modules.items()]
+        self.feature_info = [dict(num_chs=stem_ch, module="stem")] + [
+            dict(num_chs=m.out_ch, module=f"stages.{n}") for n, m in built.items()]
 
+
+class InceptionBNSmall(InceptionStack):
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, **_timm_kwargs):
+        super().__init__(conv_bn_relu(in_chans, 96, 3), 96,
+                         [(name, lambda c, cls=cls, args=args: cls(c, *args)) for name, cls, args in LAYOUT],
+                         num_classes)
 
 
 @register_model
@@ -95,25 +105,16 @@ IMAGENET_LAYOUT = [
 ]
 
 
-class InceptionBN(StagedNet):
+class InceptionBN(InceptionStack):
     """The original Inception-BN for 224x224 ImageNet images (NST §5.2 and LPL §V-D's student):
     7x7/2 conv, max pool, 1x1 and 3x3 convs, max pool, then modules 3a ... 5b, global pool, linear.
     Intermediates: 0 = stem (28x28, 192 channels), 1 = in3a ... 10 = in5b (7x7, 1024 channels)."""
 
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, **_timm_kwargs):
-        super().__init__()
-        self.num_classes = num_classes
-        self.stem = nn.Sequential(conv_bn_relu(in_chans, 64, 7, 2), nn.MaxPool2d(3, 2, 1), conv_bn_relu(64, 64, 1),
-                                  conv_bn_relu(64, 192, 3), nn.MaxPool2d(3, 2, 1))
-        modules, in_ch = {}, 192
-        for name, args in IMAGENET_LAYOUT:
-            modules[name] = Inception(in_ch, *args)
-            in_ch = modules[name].out_ch
-        self.stages = nn.ModuleDict(modules)
-        self.num_features = in_ch
-        self.fc = nn.Linear(in_ch, num_classes)
-        self.feature_info = [dict(num_chs=192, module="stem")] + [
-            dict(num_chs=m.out_ch, module=f"stages.{n}") for n, m in modules.items()]
+        stem = nn.Sequential(conv_bn_relu(in_chans, 64, 7, 2), nn.MaxPool2d(3, 2, 1), conv_bn_relu(64, 64, 1),
+                             conv_bn_relu(64, 192, 3), nn.MaxPool2d(3, 2, 1))
+        super().__init__(stem, 192, [(name, lambda c, args=args: Inception(c, *args))
+                                     for name, args in IMAGENET_LAYOUT], num_classes)
 
 
 @register_model
