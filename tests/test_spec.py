@@ -133,3 +133,11 @@ def test_invalid_yaml_and_unsafe_tags(tmp_path):
     path.write_text("datasets: !!python/object/apply:os.system ['true']\n")
     with pytest.raises(UserError, match="not valid YAML"):  # safe loader: no code
         load_spec(path)
+
+
+def test_the_smoke_suite_covers_every_method():
+    from harness.spec import load_spec, method_parts
+
+    spec = load_spec()
+    covered = {part for cell in spec.cells(suite="smoke") for part in method_parts(cell.method)}
+    assert covered == set(spec.methods)
