@@ -40,9 +40,21 @@ def _timed(step, batches, plan, steps: int, warmup: int, device: torch.device) -
     return statistics.median(times)
 
 
+def profile_steps(step, batches, plan, steps: int) -> str:
+    """torch.profiler's table of the operators that take a step's time (CPU time, top 15)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        for i in range(steps):
+            step(*batches.train_batch(plan, i % Batches.steps(plan)))
+    return prof.key_averages().table(sort_by="cpu_time_total", row_limit=15, max_name_column_width=50)
+
+
 def bench(runner: Runner, dataset: str, pair: str, methods: list[str], opts: RunOptions, steps: int = 20,
-          warmup: int = 5) -> pd.DataFrame:
-    rows = []
+          warmup: int = 5, profile: bool = False) -> pd.DataFrame:
+    """The table; with `profile`, frame.attrs["profiles"] maps each method to its operator table."""
+    rows, profiles = [], {}
     teacher = None
     for method in ["baseline", "kd"] + [m for m in methods if m not in ("baseline", "kd")]:
         cell = runner.spec.cell(f"{dataset}/{pair}/{method}")
@@ -58,6 +70,9 @@ def bench(runner: Runner, dataset: str, pair: str, methods: list[str], opts: Run
             recipe, 0, stages.teacher, stages.student, opts.amp, method, False, channels_last=opts.channels_last,
             compile=opts.compile), device, teacher=teacher if objective.needs_teacher else None)
         seconds = _timed(lambda x, y: trainer._train_step(x, y, 0, "main"), batches, plan, steps, warmup, device)
+        if profile:
+            profiles[method] = profile_steps(lambda x, y: trainer._train_step(x, y, 0, "main"), batches, plan,
+                                             min(steps, 5))
         rows.append({"method": method, "path": "harness", "ms_per_step": 1000 * seconds,
                      "images_per_s": recipe.batch_size / seconds, "extra_parameters": objective.extra_parameters()})
         if method == "kd":
@@ -70,6 +85,7 @@ def bench(runner: Runner, dataset: str, pair: str, methods: list[str], opts: Run
     frame["vs_plain_student"] = frame.ms_per_step / plain
     frame["vs_kd"] = frame.ms_per_step / harness_kd
     frame.attrs["harness_over_bare"] = harness_kd / bare_kd
+    frame.attrs["profiles"] = profiles
     return frame
 
 

@@ -143,6 +143,8 @@ def build_parser() -> Parser:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--log", action="store_true", help="log the table to MLflow (a run with role=bench)")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile each method's step with torch.profiler (where its time goes)")
     training_options(p)
 
     p = sub.add_parser("report", help="comparison tables and plots from MLflow, beside the papers' numbers",
@@ -273,11 +275,14 @@ def command_bench(args, spec, runner) -> int:
 
     for name in ("--steps", "--warmup"):
         _positive(name, getattr(args, name.strip("-")))
-    table = bench(runner, args.dataset, args.pair, args.methods, _options(args), args.steps, args.warmup)
+    table = bench(runner, args.dataset, args.pair, args.methods, _options(args), args.steps, args.warmup,
+                  args.profile)
     options = f"amp={args.amp}, channels_last={args.channels_last}, compile={args.compile}, device={args.device}"
     print(f"{args.dataset}/{args.pair}, {options}: harness kd step / bare kd loop = "
           f"{table.attrs['harness_over_bare']:.3f}")
     print(table.to_markdown(index=False, floatfmt=".3f"))
+    for method, operators in table.attrs["profiles"].items():
+        print(f"\n## {method}: operators by CPU time (torch.profiler)\n{operators}")
     if args.log:
         from harness.runner import environment_params, resolve_device
 
@@ -292,6 +297,8 @@ def command_bench(args, spec, runner) -> int:
             metrics[f"{row.method}.{row.path.replace(' ', '_')}.ms_per_step"] = row.ms_per_step
         tracker.log_metrics(run_id, metrics, step=0)
         tracker.client.log_text(run_id, table.to_csv(index=False), "bench.csv")
+        for method, operators in table.attrs["profiles"].items():
+            tracker.client.log_text(run_id, operators, f"profile-{method}.txt")
         tracker.finish(run_id, "FINISHED")
         print(f"logged to MLflow run {run_id}")
     return 0

@@ -104,3 +104,19 @@ def test_compile_trains_through_inductor(home):
     assert trainer.extract is not reference.extract
     assert reference.history[0]["train/loss"] == pytest.approx(trainer.history[0]["train/loss"], rel=1e-2)
     assert summary["test_top1_last"] == pytest.approx(reference.history[0]["test/top1"], abs=2)
+
+
+def test_bench_times_profiles_and_logs(home, capsys):
+    args = ["bench", "--dataset", "digits", "--pair", "resnet20-resnet8", "--methods", "nst_poly", "--steps", "2",
+            "--warmup", "1", "--teacher-epochs", "1", "--log", "--profile", "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "harness kd step / bare kd loop = " in out
+    assert "## nst_poly: operators by CPU time (torch.profiler)" in out and "aten::" in out
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.role = 'bench'")
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"bench.csv", "profile-baseline.txt", "profile-kd.txt", "profile-nst_poly.txt"} <= artifacts
+    ratio = run.data.metrics["harness_over_bare"]
+    assert 0.5 < ratio < 2  # the same work: far from either extreme even on a loaded machine
+    assert run.data.metrics["nst_poly.harness.ms_per_step"] > 0
