@@ -52,13 +52,15 @@ def profile_steps(step, batches, plan, steps: int) -> str:
 
 
 def bench(runner: Runner, dataset: str, pair: str, methods: list[str], opts: RunOptions, steps: int = 20,
-          warmup: int = 5, profile: bool = False) -> pd.DataFrame:
+          warmup: int = 5, profile: bool = False, batch_size: int | None = None) -> pd.DataFrame:
     """The table; with `profile`, frame.attrs["profiles"] maps each method to its operator table."""
     rows, profiles = [], {}
     teacher = None
     for method in ["baseline", "kd"] + [m for m in methods if m not in ("baseline", "kd")]:
         cell = runner.spec.cell(f"{dataset}/{pair}/{method}")
         config, recipe, device, data, student, objective = runner.prepare(cell, dataclasses.replace(opts, seed=0))
+        if batch_size is not None:
+            recipe = recipe.model_copy(update={"batch_size": batch_size})
         if objective.needs_teacher and teacher is None:
             teacher = runner.teacher(dataset, runner.spec.pairs[pair].teacher, opts)[0]
         student.to(device)

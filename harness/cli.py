@@ -143,6 +143,7 @@ def build_parser() -> Parser:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--log", action="store_true", help="log the table to MLflow (a run with role=bench)")
+    p.add_argument("--batch-size", type=int, help="override the recipe's batch size")
     p.add_argument("--profile", action="store_true",
                    help="also profile each method's step with torch.profiler (where its time goes)")
     training_options(p)
@@ -275,8 +276,9 @@ def command_bench(args, spec, runner) -> int:
 
     for name in ("--steps", "--warmup"):
         _positive(name, getattr(args, name.strip("-")))
+    _positive("--batch-size", args.batch_size)
     table = bench(runner, args.dataset, args.pair, args.methods, _options(args), args.steps, args.warmup,
-                  args.profile)
+                  args.profile, args.batch_size)
     options = f"amp={args.amp}, channels_last={args.channels_last}, compile={args.compile}, device={args.device}"
     print(f"{args.dataset}/{args.pair}, {options}: harness kd step / bare kd loop = "
           f"{table.attrs['harness_over_bare']:.3f}")
@@ -290,7 +292,7 @@ def command_bench(args, spec, runner) -> int:
         run_id = tracker.create(f"bench {args.dataset}/{args.pair}", {"role": "bench", "dataset": args.dataset,
                                                                       "pair": args.pair})
         tracker.log_params(run_id, {"amp": args.amp, "channels_last": args.channels_last, "compile": args.compile,
-                                    "steps": args.steps, "warmup": args.warmup}
+                                    "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size}
                            | environment_params(resolve_device(args.device)))
         metrics = {"harness_over_bare": table.attrs["harness_over_bare"]}
         for _, row in table.iterrows():
