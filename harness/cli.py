@@ -35,19 +35,11 @@ def runs_home(cli_home: str | None) -> Path:
 
 def parse_overrides(items: list[str], method_id: str) -> dict[str, dict]:
     """--set NAME=VALUE or --set METHOD.NAME=VALUE; values are YAML scalars."""
-    from harness.spec import method_parts
+    from harness.spec import split_assignment
 
-    parts = method_parts(method_id)
     out: dict[str, dict] = {}
     for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise UserError(f"--set {item!r}: expected NAME=VALUE or METHOD.NAME=VALUE")
-        method, _, key = name.rpartition(".")
-        if not method:
-            if len(parts) > 1:
-                raise UserError(f"--set {item!r}: {method_id!r} combines methods; write METHOD.{name}=VALUE")
-            method = parts[0]
+        method, key, value = split_assignment("--set", item, method_id, "NAME=VALUE or METHOD.NAME=VALUE")
         try:
             out.setdefault(method, {})[key] = yaml.safe_load(value)
         except yaml.YAMLError:

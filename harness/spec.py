@@ -286,6 +286,20 @@ def method_parts(method: str) -> list[str]:
     return parts
 
 
+def split_assignment(flag: str, item: str, method_id: str, form: str) -> tuple[str, str, str]:
+    """`[METHOD.]NAME=VALUE` as (method, name, value text); a bare NAME needs a single-method id."""
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+        raise UserError(f"{flag} {item!r}: expected {form}")
+    method, _, key = name.rpartition(".")
+    if not method:
+        parts = method_parts(method_id)
+        if len(parts) > 1:
+            raise UserError(f"{flag} {item!r}: {method_id!r} combines methods; write METHOD.{name}=...")
+        method = parts[0]
+    return method, key, value
+
+
 def require_known(name: str, table: dict, what: str) -> None:
     if name in table:
         return

@@ -27,7 +27,7 @@ from PIL import Image
 from harness.engine import TrainConfig, Trainer
 from harness.errors import UserError
 from harness.runner import Runner, RunOptions, environment_params, exclusive, flatten
-from harness.spec import Cell, method_parts
+from harness.spec import Cell, method_parts, split_assignment
 from methods import method_class
 
 
@@ -84,14 +84,8 @@ def resolve_space(runner: Runner, cell: Cell, cli: list[str]) -> dict[str, Dimen
     space = {qualify(m, p): parse_dimension(m, p, text)
              for m in parts for p, text in runner.spec.methods[m].search_space.items()}
     for item in cli:
-        name, sep, text = item.partition("=")
-        if not sep:
-            raise UserError(f"--space {item!r}: expected NAME=TYPE:LOW:HIGH[:log] or NAME=cat:A,B")
-        method, _, param = name.rpartition(".")
-        if not method:
-            if len(parts) > 1:
-                raise UserError(f"--space {item!r}: {cell.method!r} combines methods; write METHOD.{name}=...")
-            method = parts[0]
+        method, param, text = split_assignment("--space", item, cell.method,
+                                               "NAME=TYPE:LOW:HIGH[:log] or NAME=cat:A,B")
         if method not in parts:
             raise UserError(f"--space {item!r}: method {method!r} is not part of {cell.method!r}")
         space[qualify(method, param)] = parse_dimension(method, param, text)
