@@ -27,9 +27,9 @@ def test_a_real_sweep_with_nested_runs_and_no_test_split(home, monkeypatch, caps
     moved = []
     original = harness.data.Batches.__init__
 
-    def recording(self, data, device, splits=("train", "val", "test")):
+    def recording(self, data, device, splits=("train", "val", "test"), shard=(0, 1)):
         moved.append(tuple(splits))
-        original(self, data, device, splits)
+        original(self, data, device, splits, shard)
 
     monkeypatch.setattr(harness.data.Batches, "__init__", recording)
     assert main(["sweep", "--cell", CELL, "--trials", "8", "--epochs", "2", "--pruner", "median",
