@@ -205,7 +205,7 @@ class Batches:
 
     def train_batch(self, plan: dict, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         sl = self._slice(plan, step)
-        idx = self.batch_indices(plan, step)
+        idx = plan["order"][sl].to(self.device)
         split = self.splits["train"]
         images, labels = split.images[idx], split.labels[idx]
         if self.augment == "crop_flip":

@@ -277,25 +277,24 @@ class Trainer:
         if self.teacher is not None:
             self.teacher.eval()
         for step in range(self.step, Batches.steps(plan)):
+            indices = self.batches.batch_indices(plan, step) if self.teacher_cache is not None else None
             losses, batch_correct, stop = self._train_step(*self.batches.train_batch(plan, step), step, phase,
-                                                           self.batches.batch_indices(plan, step))
+                                                           indices)
             for term, value in losses.items():
                 sums[term] = sums.get(term, 0) + value.detach().float()
             correct += batch_correct
             self.step = step + 1
             bar.update(1)
             if stop and self.step < Batches.steps(plan):
-                reduced = distributed.sum_over_ranks(self.context, sums | {"__correct__": correct})
-                self.partial = {"sums": {k: v.item() for k, v in reduced.items() if k != "__correct__"},
-                                "correct": reduced["__correct__"].item(),
+                all_sums, all_correct = self._over_ranks(sums, correct)
+                self.partial = {"sums": {k: v.item() for k, v in all_sums.items()}, "correct": all_correct.item(),
                                 "seconds": time.perf_counter() - epoch_started}
                 self._save()
                 raise Interrupted(f"stopped at epoch {self.epoch}, step {self.step}; checkpoint written")
         n_steps = Batches.steps(plan)
         if self.context.enabled:  # losses: mean over ranks; correct: summed over the global batch
-            reduced = distributed.sum_over_ranks(self.context, sums | {"__correct__": correct})
-            correct = reduced.pop("__correct__")
-            sums = {k: v / self.context.world_size for k, v in reduced.items()}
+            sums, correct = self._over_ranks(sums, correct)
+            sums = {k: v / self.context.world_size for k, v in sums.items()}
         metrics = {f"train/loss_{k}": v.item() / n_steps for k, v in sums.items()}
         metrics["train/loss"] = sum(v.item() for v in sums.values()) / n_steps
         metrics["train/top1"] = 100.0 * correct.item() / (n_steps * self.recipe.batch_size)
@@ -313,6 +312,11 @@ class Trainer:
         self.partial = {}
         self._save()
         self.log(metrics, self.epoch - 1)
+
+    def _over_ranks(self, sums: dict, correct: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """Loss sums and the correct count, each summed over the ranks (unchanged on one process)."""
+        reduced = distributed.sum_over_ranks(self.context, sums | {"__correct__": correct})
+        return {k: v for k, v in reduced.items() if k != "__correct__"}, reduced["__correct__"]
 
     def _cache_teacher_features(self) -> dict:
         """The teacher's features for every training image, in split order, kept on the device.
