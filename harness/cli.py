@@ -152,6 +152,16 @@ def build_parser() -> Parser:
     p.add_argument("--out", help="a file for --format, or a directory (ending in /) for every format and the plots")
     p.add_argument("--include-smoke", action="store_true", help="count --smoke runs too")
 
+    p = sub.add_parser("audit", help="test the papers' claims on our runs (Welch's t-test per claim)",
+                       description="For every claim of the chosen suites (benchmarks.yaml, suites.*.claims): our "
+                       "means ± std (n), the difference, Welch's p-value and a verdict (confirmed, refuted, "
+                       "inconclusive, not run), beside the paper's numbers.")
+    p.add_argument("--suite", nargs="+", help="suites to audit (default: every suite with claims)")
+    p.add_argument("--select", choices=["last", "best-val"], default="last",
+                   help="test accuracy at the last epoch (default) or at the best validation epoch")
+    p.add_argument("--out", help="write the Markdown audit to this file")
+    p.add_argument("--include-smoke", action="store_true", help="count --smoke runs too")
+
     p = sub.add_parser("ui", help="start the MLflow UI on the runs store (127.0.0.1)")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
@@ -328,6 +338,28 @@ def command_report(args, spec, tracking_uri: str) -> int:
     return 0
 
 
+def command_audit(args, spec, tracking_uri: str) -> int:
+    from harness import audit
+
+    suites = args.suite or [name for name, suite in spec.suites.items() if suite.claims]
+    for name in suites:
+        require_known(name, spec.suites, "suite")
+        if not spec.suites[name].claims:
+            raise UserError(f"suite {name!r} lists no claims to audit")
+    out = Path(args.out) if args.out else None
+    if out is not None and not out.parent.is_dir():
+        raise UserError(f"cannot write {out}: {out.parent} is not a directory")
+    result = audit.audit(spec, tracking_uri, suites, args.select, args.include_smoke)
+    command = "harness " + " ".join(sys.argv[1:])
+    text = audit.render_markdown(result, "Claims audit", audit.caption(result, args.select, command))
+    if out is None:
+        print(text)
+    else:
+        out.write_text(text)
+        print(f"wrote {out}")
+    return 0
+
+
 def command_ui(args, tracking_uri: str) -> int:
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
         raise UserError(f"no MLflow store at {tracking_uri}; run some cells first")
@@ -356,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
             return command_report(args, spec, tracking_uri)
         if args.command == "ui":
             return command_ui(args, tracking_uri)
+        if args.command == "audit":
+            return command_audit(args, spec, tracking_uri)
         from harness import distributed
 
         context = distributed.from_environment()

@@ -51,11 +51,13 @@ class Data:
     test: Split
     pixel_max: float
     split_fingerprint: str  # sha256 prefix of the validation indices, logged with every run
+    preprocess_fingerprint: str = ""  # sha256 prefix of the ZCA matrix, when the dataset is whitened
 
     def merged_train(self) -> "Data":
         """Train on train + validation (a sweep's final retraining); validation stays only for reference."""
         train = Split(torch.cat([self.train.images, self.val.images]), torch.cat([self.train.labels, self.val.labels]))
-        return Data(self.name, self.spec, train, self.val, self.test, self.pixel_max, self.split_fingerprint)
+        return Data(self.name, self.spec, train, self.val, self.test, self.pixel_max, self.split_fingerprint,
+                    self.preprocess_fingerprint)
 
     def batches(self, device: torch.device, splits: tuple[str, ...] = ("train", "val", "test"),
                 shard: tuple[int, int] = (0, 1)) -> "Batches":
@@ -68,7 +70,8 @@ class Data:
     def params(self) -> dict:
         return {"data.train_size": len(self.train), "data.val_size": len(self.val), "data.test_size": len(self.test),
                 "data.split_seed": self.spec.split_seed, "data.val_fingerprint": self.split_fingerprint,
-                "data.augment": self.spec.augment}
+                "data.augment": self.spec.augment, "data.preprocess": self.spec.preprocess,
+                "data.preprocess_fingerprint": self.preprocess_fingerprint}
 
 
 def data_root(cli_root: str | None) -> Path:
@@ -112,6 +115,9 @@ def channel_stats(spec: DatasetSpec, device) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _normalise(images: torch.Tensor, pixel_max: float, stats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """uint8 pixels -> (x / pixel_max - mean) / std; float images were preprocessed already (GCN + ZCA)."""
+    if images.is_floating_point():
+        return images
     mean, std = stats
     return (images.float() / pixel_max - mean) / std
 
@@ -131,9 +137,17 @@ def load_data(name: str, spec: DatasetSpec, root: Path, download: bool = False, 
         noise = torch.Generator().manual_seed(spec.noise_seed)
         pool, test = (Split(add_noise(s.images, spec.noise_std * pixel_max, noise), s.labels) for s in (pool, test))
     train, val, test, fingerprint = split_off_validation(pool, test, name, spec)
+    if spec.train_size is not None:
+        train = stratified_head(train, spec.train_size, spec.num_classes, spec.split_seed, name)
+    whitened = ""
+    if spec.preprocess == "gcn_zca":  # statistics from the training split only
+        from harness.preprocess import gcn_zca
+
+        (train_x, val_x, test_x), whitened = gcn_zca(name, train.images, [val.images, test.images])
+        train, val, test = Split(train_x, train.labels), Split(val_x, val.labels), Split(test_x, test.labels)
     if smoke:  # the splits were permuted by index above, so a head is a fair sample
         train, val, test = (s.head(SMOKE_SIZES[k]) for k, s in (("train", train), ("val", val), ("test", test)))
-    return Data(name, spec, train, val, test, pixel_max, fingerprint)
+    return Data(name, spec, train, val, test, pixel_max, fingerprint, whitened)
 
 
 def split_off_validation(pool, test, name: str, spec: DatasetSpec):
@@ -152,6 +166,22 @@ def split_off_validation(pool, test, name: str, spec: DatasetSpec):
     val_idx, train_idx = order[:spec.val_size].sort().values, order[spec.val_size:].sort().values
     fingerprint = hashlib.sha256(val_idx.numpy().tobytes()).hexdigest()[:12]
     return pool.subset(train_idx), pool.subset(val_idx), test, fingerprint
+
+
+def stratified_head(split: Split, size: int, num_classes: int, seed: int, name: str) -> Split:
+    """`size` training images, as equal a share per class as `size` allows, drawn with `seed`;
+    kept in their original order."""
+    if size > len(split):
+        raise UserError(f"datasets.{name}.train_size={size} exceeds the {len(split)} training images")
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    labels = split.labels[order]
+    # rank of each image within its class, in the permuted order; take the lowest ranks first
+    rank = torch.empty_like(order)
+    for c in range(num_classes):
+        members = (labels == c).nonzero().flatten()
+        rank[members] = torch.arange(len(members))
+    chosen = order[torch.argsort(rank * num_classes + labels, stable=True)[:size]]
+    return split.subset(chosen.sort().values)
 
 
 def add_noise(images: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:

@@ -113,6 +113,14 @@ def _autocast(device: torch.device, amp: str):
     return torch.autocast(device_type=device.type, dtype=AMP_DTYPES.get(amp), enabled=amp in AMP_DTYPES)
 
 
+def machine_load() -> float:
+    """The 1-minute load average (this process's own threads included); 0 where the OS has none."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -257,6 +265,7 @@ class Trainer:
 
     def _train_epoch(self, bar) -> None:
         epoch_started = time.perf_counter() - self.partial.get("seconds", 0.0)
+        cpu_started = time.process_time() - self.partial.get("cpu_seconds", 0.0)
         self.generator.set_state(self.epoch_start_generator)
         plan = self.batches.epoch_plan(self.recipe.batch_size, self.generator)
         phase_index, phase, phase_start = self.phase_at(self.epoch)
@@ -288,7 +297,8 @@ class Trainer:
             if stop and self.step < Batches.steps(plan):
                 all_sums, all_correct = self._over_ranks(sums, correct)
                 self.partial = {"sums": {k: v.item() for k, v in all_sums.items()}, "correct": all_correct.item(),
-                                "seconds": time.perf_counter() - epoch_started}
+                                "seconds": time.perf_counter() - epoch_started,
+                                "cpu_seconds": time.process_time() - cpu_started}
                 self._save()
                 raise Interrupted(f"stopped at epoch {self.epoch}, step {self.step}; checkpoint written")
         n_steps = Batches.steps(plan)
@@ -303,6 +313,9 @@ class Trainer:
             metrics[f"{split}/top1"], metrics[f"{split}/top5"] = evaluate(
                 self.student, self.batches, split, self.recipe.eval_batch_size, self.config.amp)
         metrics["epoch_seconds"] = time.perf_counter() - epoch_started
+        # how loaded the machine was: a cost figure measured beside other work is not a cost figure
+        metrics["epoch_cpu_seconds"] = time.process_time() - cpu_started
+        metrics["load_1m"] = machine_load()
         metrics["epoch"] = self.epoch
         metrics["phase"] = phase_index
         bar.set_postfix(epoch=self.epoch, **{s: f"{metrics[f'{s}/top1']:.2f}" for s in self.eval_splits})
@@ -384,6 +397,8 @@ class Trainer:
             out |= {"test_top1_last": self.history[-1]["test/top1"], "test_top5_last": self.history[-1]["test/top5"]}
         return out | {
             "mean_epoch_seconds": float(np.mean([h["epoch_seconds"] for h in self.history])),
+            "max_load_1m": max(h.get("load_1m", 0.0) for h in self.history),
+            "cpu_count": os.cpu_count() or 1,
             "extra_parameters": self.objective.extra_parameters(),
             "student_parameters": count_parameters(self.student),
             "peak_memory_mb": peak_memory_mb(self.device),

@@ -10,8 +10,10 @@ without runs show as missing, never as zero.
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +36,17 @@ class Report:
     detail: pd.DataFrame  # one row per cell: every number
     runs: pd.DataFrame  # the runs used
     curves: dict[str, pd.DataFrame]  # cell -> epochs x seeds of test top-1
+    notes: list[str]  # configurations left out, cost figures measured under load
 
 
-def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False) -> pd.DataFrame:
-    """FINISHED student runs of `cells`; for each cell and seed the latest."""
+def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """FINISHED student runs of `cells`, one configuration per cell, the latest run per seed; and a
+    note for each cell whose other configurations were left out.
+
+    Runs of one cell that differ in anything but the seed (a `--set`, `--epochs`, a changed
+    default) are different configurations and are never averaged together. Per cell the report
+    takes the configuration without user overrides if there is one, then the one with the most
+    seeds, then the most recent."""
     import mlflow
 
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
@@ -49,11 +58,44 @@ def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False) 
     runs = mlflow.search_runs([experiment.experiment_id], output_format="pandas",
                               filter_string="tags.role = 'student' and attributes.status = 'FINISHED'")
     if runs.empty:
-        return runs
-    runs = runs[runs["tags.cell"].isin(cells)]
+        return runs, []
+    runs = runs[runs["tags.cell"].isin(cells)].copy()
     if not include_smoke:
         runs = runs[runs["tags.smoke"] != "True"]
-    return runs.sort_values("start_time").groupby(["tags.cell", "tags.seed"]).tail(1)
+    if runs.empty:
+        return runs, []
+    runs["configuration"] = [configuration_of(r) for _, r in runs.iterrows()]
+    overrides = runs["tags.overrides"] if "tags.overrides" in runs else pd.Series("", index=runs.index)
+    runs["overrides"] = overrides.fillna("")
+    chosen, notes = [], []
+    for cell, group in runs.groupby("tags.cell", sort=False):
+        ranked = sorted(group.groupby("configuration"), key=lambda item: (
+            item[1]["overrides"].iloc[0] != "", -item[1]["tags.seed"].nunique(), -item[1]["start_time"].max().value))
+        keep = ranked[0][1]
+        chosen.append(keep.sort_values("start_time").groupby("tags.seed").tail(1))
+        if len(ranked) > 1:
+            others = "; ".join(f"{key[:8]} ({g['tags.seed'].nunique()} seeds"
+                               + (f", {g['overrides'].iloc[0]}" if g["overrides"].iloc[0] else "") + ")"
+                               for key, g in ranked[1:])
+            notes.append(f"{cell}: {len(ranked)} configurations in the store; shown {ranked[0][0][:8]} "
+                         f"({keep['tags.seed'].nunique()} seeds"
+                         + (f", {keep['overrides'].iloc[0]}" if keep["overrides"].iloc[0] else "")
+                         + f"); left out: {others}")
+    return pd.concat(chosen), notes
+
+
+IGNORED_PARAMS = ("params.env.", "params.teacher.path", "params.seed")
+
+
+def configuration_of(run: pd.Series) -> str:
+    """The run's configuration key (its run key without the seed); runs logged before the tag
+    existed get one from their logged settings."""
+    key = run.get("tags.config_key")
+    if isinstance(key, str) and key:
+        return key
+    settings = {k: v for k, v in run.items() if k.startswith("params.") and not k.startswith(IGNORED_PARAMS)
+                and isinstance(v, str) and v != "None" and not k.endswith(".source")}
+    return "legacy-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def references(suite: SuiteSpec) -> dict[tuple[str, str], tuple[float, str]]:
@@ -93,11 +135,25 @@ def summarize(runs: pd.DataFrame, cells: list[str], refs: dict, select: str) -> 
             row[f"{metric}_flag"] = bool(ref and n > 1 and abs(mean - ref[0]) > 2 * std)
         for column, key in (("sec_per_epoch", "mean_epoch_seconds"), ("peak_memory_mb", "peak_memory_mb")):
             row[column] = group[f"metrics.{key}"].astype(float).median() if n else math.nan
+        row["cost_under_load"] = bool(n and under_load(group).any())
         for column, key in (("extra_parameters", "extra_parameters"), ("student_parameters", "student_parameters")):
             row[column] = int(group[f"metrics.{key}"].iloc[0]) if n else math.nan
         row["epochs"] = ", ".join(sorted(set(group["params.recipe.epochs"]))) if n else ""
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+LOAD_MARGIN = 0.5  # a run's own threads make the load about the core count; more is somebody else's work
+
+
+def under_load(runs: pd.DataFrame) -> pd.Series:
+    """Runs whose epochs saw a 1-minute load average above the core count + LOAD_MARGIN (runs logged
+    before the load was recorded count as unknown, not loaded)."""
+    if "metrics.max_load_1m" not in runs:
+        return pd.Series(False, index=runs.index)
+    load = runs["metrics.max_load_1m"].astype(float)
+    cores = runs["metrics.cpu_count"].astype(float)
+    return (load > cores + LOAD_MARGIN).fillna(False)
 
 
 def paper_table(detail: pd.DataFrame) -> pd.DataFrame:
@@ -141,7 +197,7 @@ def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | N
         cells = suite_spec.cells
     else:
         suite_spec = SuiteSpec(title="Selected cells", source="kd-harness", cells=cells)
-    runs = load_runs(tracking_uri, cells, include_smoke)
+    runs, notes = load_runs(tracking_uri, cells, include_smoke)
     if runs.empty:
         raise UserError(f"no finished runs for {'suite ' + suite if suite else 'these cells'} in {tracking_uri}; "
                         "run them with `harness run` first")
@@ -153,9 +209,11 @@ def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | N
     caption = (f"Test top-1 accuracy (%) at {SELECTIONS[select][2]}, mean ± sample std over seeds (n). "
                f"Recipe(s): {', '.join(recipes)}, {', '.join(epochs)} epochs. "
                f"Paper numbers are references from {suite_spec.source}, converted to accuracy where the paper "
-               "reports error; Δ = ours − paper; * marks a paper number outside mean ± 2·std. "
+               "reports error; Δ = ours − paper; * marks a paper number outside mean ± 2·std; † marks a "
+               "s/epoch figure from runs that shared the machine (1-min load average above the core count + "
+               f"{LOAD_MARGIN}): not a cost figure. "
                f"Hardware: {', '.join(devices)}. Commit(s): {', '.join(commits)}.")
-    return Report(suite_spec.title, caption, paper_table(detail), detail, runs, curves(tracking_uri, runs))
+    return Report(suite_spec.title, caption, paper_table(detail), detail, runs, curves(tracking_uri, runs), notes)
 
 
 # ---- rendering ---------------------------------------------------------------------------------
@@ -173,7 +231,8 @@ def detail_table(report: Report) -> pd.DataFrame:
         "top1_paper": [f"{v:.2f}" if not math.isnan(v) else "" for v in d.top1_paper],
         "top1_delta": [(f"{v:+.2f}" + ("*" if f else "")) if not math.isnan(v) else ""
                        for v, f in zip(d.top1_delta, d.top1_flag)],
-        "sec_per_epoch": [f"{v:.2f}" if not math.isnan(v) else "" for v in d.sec_per_epoch],
+        "sec_per_epoch": [(f"{v:.2f}" + (" †" if loaded else "")) if not math.isnan(v) else ""
+                          for v, loaded in zip(d.sec_per_epoch, d.cost_under_load)],
         "extra_parameters": [f"{int(v):,}" if not math.isnan(v) else "" for v in d.extra_parameters],
         "student_parameters": [f"{int(v):,}" if not math.isnan(v) else "" for v in d.student_parameters],
         "peak_memory_mb": [f"{v:.0f}" if not math.isnan(v) else "" for v in d.peak_memory_mb],
@@ -252,14 +311,16 @@ def provenance(report: Report, command: str) -> str:
 
 def render(report: Report, fmt: str, images: dict[str, bytes] | None = None) -> str:
     details = detail_table(report)
+    notes = "".join(f"- {n}\n" for n in report.notes)
     if fmt == "md":
         return (f"# {report.title}\n\n{report.caption}\n\n{report.table.to_markdown()}\n\n"
-                f"## Per cell\n\n{details.to_markdown(index=False)}\n")
+                f"## Per cell\n\n{details.to_markdown(index=False)}\n" + (f"\n## Notes\n\n{notes}" if notes else ""))
     if fmt == "csv":
         return report.detail.to_csv(index=False)
     if fmt == "latex":
         body = report.table.to_latex(escape=True)
-        return f"% {report.title}\n% {report.caption}\n{body}\n{details.to_latex(index=False, escape=True)}"
+        comments = "".join(f"% {n}\n" for n in report.notes)
+        return f"% {report.title}\n% {report.caption}\n{comments}{body}\n{details.to_latex(index=False, escape=True)}"
     if fmt == "html":
         figures = "".join(
             f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}"></figure>'
@@ -268,5 +329,7 @@ def render(report: Report, fmt: str, images: dict[str, bytes] | None = None) -> 
                 "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
                 "td,th{border:1px solid #ccc;padding:4px 8px}figure{display:inline-block;margin:1em}</style>"
                 f"</head><body><h1>{html.escape(report.title)}</h1><p>{html.escape(report.caption)}</p>"
-                f"{report.table.to_html()}<h2>Per cell</h2>{details.to_html(index=False)}{figures}</body></html>")
+                f"{report.table.to_html()}<h2>Per cell</h2>{details.to_html(index=False)}"
+                + ("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>"
+                   if report.notes else "") + f"{figures}</body></html>")
     raise UserError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")

@@ -130,6 +130,11 @@ def config_key(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def configuration_key(identity: dict) -> str:
+    """The run key without the seed: runs that share it are seeds of one configuration."""
+    return config_key({k: v for k, v in identity.items() if k != "seed"})
+
+
 def flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -316,6 +321,7 @@ class Runner:
         """The cached teacher for (dataset, model, recipe, seed), trained first if needed."""
         spec = self.spec
         require_known(model_name, spec.models, "model")
+        dataset = spec.datasets[dataset].teacher_dataset or dataset
         recipe_name, recipe = spec.recipe_for(dataset, model_name, suite=opts.suite, teacher=True)
         if opts.teacher_epochs is not None:
             recipe = recipe.model_copy(update={"epochs": opts.teacher_epochs})
@@ -420,6 +426,10 @@ class Runner:
                                  else (None, {}))
         config["teacher_key"] = config["identity"]["teacher_key"] = teacher_info.get("teacher.key", "")
         identity = config.pop("identity")
+        # departures from the cell's defaults a user asked for: the report never averages them with the rest
+        departures = {f"{m}.{k}": v for m, values in opts.overrides.items() for k, v in values.items()}
+        departures |= {k: v for k, v in (("epochs", opts.epochs), ("teacher_epochs", opts.teacher_epochs))
+                       if v is not None}
         student.to(device)
         objective.to(device)
         self._configure(device, opts)
@@ -427,7 +437,9 @@ class Runner:
             run_key=config_key(identity), run_name=f"{cell.id} seed {opts.seed}",
             tags={"role": "student", "cell": cell.id, "dataset": cell.dataset, "teacher": pair.teacher,
                   "student": pair.student, "method": cell.method, "suite": opts.suite or "", "seed": opts.seed,
-                  "smoke": opts.smoke} | determinism_tags(config, device) | opts.tags,
+                  "smoke": opts.smoke, "config_key": configuration_key(identity),
+                  "overrides": " ".join(f"{k}={v}" for k, v in sorted(departures.items()))}
+            | determinism_tags(config, device) | opts.tags,
             params=flatten(config) | data.params() | teacher_info | environment_params(device)
             | self.context.params(),
             config=config,

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.errors import UserError
+from harness.preprocess import MAX_ZCA_DIM
 
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "benchmarks.yaml"
 NAME = r"[a-z0-9][a-z0-9_.]*"
@@ -51,11 +52,27 @@ class DatasetSpec(Strict):
     noise_std: Annotated[float, Field(ge=0)] = Field(
         0.0, description="Gaussian noise added once to every image, in units of the [0, 1] pixel range")
     noise_seed: int = 0
+    train_size: PositiveInt | None = Field(
+        None, description="keep this many training images (stratified by class, seeded by split_seed) "
+        "after the validation split: a reduced-data regime; validation and test are unchanged")
+    teacher_dataset: str | None = Field(
+        None, description="the dataset the cell's teacher is trained on (same source, classes and test "
+        "split), e.g. the full training set while the student sees a reduced one")
+    preprocess: Literal["none", "gcn_zca"] = Field(
+        "none", description="gcn_zca: global contrast normalisation + ZCA whitening, statistics from the "
+        "training split (Goodfellow 2013, Romero 2015, LPL §V-B); replaces mean/std normalisation")
     recipe: str
     teacher_recipe: str | None = None
 
     @model_validator(mode="after")
     def _channels(self):
+        if self.preprocess == "gcn_zca":
+            if self.source == "imagefolder":
+                raise ValueError("preprocess gcn_zca needs an in-memory dataset: ZCA statistics of full-size "
+                                 "ImageNet images do not fit in memory")
+            if self.in_chans * self.img_size ** 2 > MAX_ZCA_DIM:
+                raise ValueError(f"preprocess gcn_zca: {self.in_chans} x {self.img_size} x {self.img_size} images "
+                                 f"need a covariance too large for memory (at most {MAX_ZCA_DIM} values per image)")
         if (self.source == "imagefolder") != (self.folder is not None):
             raise ValueError("folder is required for source imagefolder, and only for it")
         if (self.source == "imagefolder") != (self.augment in ("resized_crop_flip", "none")) \
@@ -68,9 +85,34 @@ class DatasetSpec(Strict):
         return self
 
 
+class UniformInit(Strict):
+    kind: Literal["uniform"]
+    a: float
+    b: float
+    source: str = ""
+
+    @model_validator(mode="after")
+    def _range(self):
+        if not self.a < self.b:
+            raise ValueError(f"uniform init needs a < b, got a={self.a}, b={self.b}")
+        return self
+
+
+class NormalInit(Strict):
+    kind: Literal["normal"]
+    std: Annotated[float, Field(gt=0)]
+    mean: float = 0.0
+    source: str = ""
+
+
+InitSpec = Annotated[UniformInit | NormalInit, Field(discriminator="kind")]
+
+
 class ModelSpec(Strict):
     timm: str = Field(description="name passed to timm.create_model")
     kwargs: dict[str, Any] = {}
+    init: InitSpec | None = Field(None, description="a paper's initialisation scheme for every conv/linear "
+                                  "parameter; absent: the architecture's own")
     takes_img_size: bool = Field(False, description="pass the dataset's img_size (MLPs, ViTs)")
     recipes: dict[str, str] = Field({}, description="dataset -> the recipe this architecture trains with there")
 
@@ -141,6 +183,30 @@ class Reference(Strict):
     note: str = ""
 
 
+class Claim(Strict):
+    """A paper's ordering claim: `better` reaches a higher accuracy than each of `than` in
+    `setting` (DATASET/TEACHER-STUDENT), or `better`/`than` are whole cell ids (claims across pairs)."""
+
+    better: str
+    than: list[str] = Field(min_length=1)
+    setting: str | None = Field(None, description="DATASET/TEACHER-STUDENT that method names are completed with")
+    metric: Literal["top1", "top5"] = "top1"
+    source: str
+    note: str = ""
+
+    @field_validator("than", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    def cell_id(self, name: str) -> str:
+        return name if "/" in name or self.setting is None else f"{self.setting}/{name}"
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(better cell, worse cell) for each comparison the claim makes."""
+        return [(self.cell_id(self.better), self.cell_id(other)) for other in self.than]
+
+
 class SuiteSpec(Strict):
     title: str
     source: str
@@ -149,6 +215,7 @@ class SuiteSpec(Strict):
     overrides: dict[str, dict[str, Any]] = Field({}, description="method -> hyperparameters the paper's table used")
     cells: list[str]
     references: list[Reference] = []
+    claims: list[Claim] = Field([], description="the paper's ordering claims, audited by `harness audit`")
 
 
 class GridSpec(Strict):
@@ -177,6 +244,14 @@ class Spec(Strict):
                 ref = getattr(d, key)
                 if ref is not None and ref not in self.recipes:
                     raise ValueError(f"datasets.{name}.{key}: unknown recipe {ref!r}")
+            if d.teacher_dataset is not None:
+                other = self.datasets.get(d.teacher_dataset)
+                if other is None:
+                    raise ValueError(f"datasets.{name}.teacher_dataset: unknown dataset {d.teacher_dataset!r}")
+                same = ("source", "num_classes", "in_chans", "img_size", "val_size", "split_seed", "test_size")
+                if any(getattr(d, k) != getattr(other, k) for k in same) or other.teacher_dataset is not None:
+                    raise ValueError(f"datasets.{name}.teacher_dataset: {d.teacher_dataset!r} must share the "
+                                     f"source, classes, image shape and splits ({', '.join(same)})")
         for name, m in self.models.items():
             for d, ref in m.recipes.items():
                 if d not in self.datasets or ref not in self.recipes:
@@ -211,6 +286,12 @@ class Spec(Strict):
             for ref in s.references:
                 if ref.cell not in s.cells:
                     raise ValueError(f"suites.{name}.references: {ref.cell!r} is not one of the suite's cells")
+            for i, claim in enumerate(s.claims):
+                for cell in (c for pair in claim.pairs() for c in pair):
+                    try:
+                        self.cell(cell)
+                    except UserError as e:
+                        raise ValueError(f"suites.{name}.claims[{i}]: {e}") from None
         return self
 
     # ---- cells ---------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 attention map A(F) = vec(sum_c |f_c|^p) / ||vec(sum_c |f_c|^p)||_2 over the H x W positions;
 at_loss = mean over batch and positions of (A(F_S) - A(F_T))^2, the larger map average-pooled
-to the smaller's H x W first. Loss term = beta / 2 * sum over the compared stage pairs.
+to the smaller's H x W first. Loss term = beta / 2 * sum over the compared stage pairs (the paper's
+Eq. 2, `weighting: paper`) or beta * sum (the authors' cifar.py, `weighting: code`).
 (Channel sum or channel mean give the same normalised map.)
 """
 
@@ -31,6 +32,8 @@ class ATParams(Params):
     beta: Annotated[float, Field(ge=0)]
     p: Annotated[float, Field(gt=0)]
     layers: Literal["all", "last", "hint"]
+    weighting: Literal["paper", "code"] = Field(
+        "paper", description="paper: beta/2 * sum (Eq. 2); code: beta * sum (the authors' cifar.py)")
 
 
 class AT(Distiller):
@@ -46,4 +49,5 @@ class AT(Distiller):
 
     def forward(self, student, teacher, targets):
         total = sum(at_loss(student["stages"][i], teacher["stages"][i], self.params.p) for i in self.indices)
-        return {"at": self.params.beta / 2 * total}
+        weight = self.params.beta / 2 if self.params.weighting == "paper" else self.params.beta
+        return {"at": weight * total}

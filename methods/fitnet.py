@@ -12,7 +12,7 @@ Two named methods:
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,13 +29,24 @@ def hint_loss(regressed: torch.Tensor, hint: torch.Tensor) -> torch.Tensor:
     return (regressed - hint.float()).pow(2).mean()
 
 
+RegressorOutput = Literal["auto", "relu", "none"]
+
+
+def regressor_relu(choice: str, hint_example: torch.Tensor) -> bool:
+    """Romero §3 gives the regressor the hint layer's own nonlinearity. `auto` reads it off the
+    teacher's hint on the probe batch: non-negative everywhere (a ReLU output) -> ReLU; signed
+    (maxout, pre-activation or batch-normed outputs) -> none."""
+    return bool(hint_example.min() >= 0) if choice == "auto" else choice == "relu"
+
+
 class Regressor(nn.Module):
     """Student guided features -> teacher hint shape. Maps: resize to the hint's H x W (average
-    pooling when larger, bilinear when smaller), then a 3x3 conv and ReLU (the hints are
-    post-ReLU). Vectors: a linear layer and ReLU."""
+    pooling when larger, bilinear when smaller), then a 3x3 conv. Vectors: a linear layer. Then
+    the hint's nonlinearity: ReLU when the hint is a ReLU output, else none (`regressor_relu`)."""
 
-    def __init__(self, student_example: torch.Tensor, teacher_example: torch.Tensor):
+    def __init__(self, student_example: torch.Tensor, teacher_example: torch.Tensor, relu: bool = True):
         super().__init__()
+        self.relu = relu
         if student_example.ndim == 4 and teacher_example.ndim == 4:
             self.size = tuple(teacher_example.shape[-2:])
             self.proj = nn.Conv2d(student_example.shape[1], teacher_example.shape[1], 3, padding=1)
@@ -45,14 +56,21 @@ class Regressor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.size is None:
-            return torch.relu(self.proj(x.flatten(1)))
-        if x.shape[-1] > self.size[-1]:
-            x = F.adaptive_avg_pool2d(x, self.size)
-        return torch.relu(self.proj(resize(x, self.size)))
+            out = self.proj(x.flatten(1))
+        else:
+            if x.shape[-1] > self.size[-1]:
+                x = F.adaptive_avg_pool2d(x, self.size)
+            out = self.proj(resize(x, self.size))
+        return torch.relu(out) if self.relu else out
 
 
 def _hint_pair(probe: Probe) -> int:
     return probe.hint % len(probe.teacher["stages"])
+
+
+def build_regressor(probe: Probe, index: int, output: str) -> Regressor:
+    hint = probe.teacher["stages"][index]
+    return Regressor(probe.student["stages"][index], hint, regressor_relu(output, hint))
 
 
 def regressed_hint_loss(regressor: Regressor, index: int, student: dict, teacher: dict) -> torch.Tensor:
@@ -60,8 +78,13 @@ def regressed_hint_loss(regressor: Regressor, index: int, student: dict, teacher
     return hint_loss(regressor(student["stages"][index]), hint if hint.ndim == 4 else hint.flatten(1))
 
 
+REGRESSOR_OUTPUT = Field("auto", description="the regressor's output nonlinearity: auto follows the hint "
+                         "(ReLU for non-negative hints, none for signed ones), or relu / none")
+
+
 class HintParams(Params):
     lam: Annotated[float, Field(ge=0, description="weight of the hint loss")]
+    regressor_output: RegressorOutput = REGRESSOR_OUTPUT
 
 
 class FitNetHint(Distiller):
@@ -75,7 +98,7 @@ class FitNetHint(Distiller):
     def __init__(self, params: HintParams, probe: Probe):
         super().__init__(params, probe)
         self.index = _hint_pair(probe)
-        self.regressor = Regressor(probe.student["stages"][self.index], probe.teacher["stages"][self.index])
+        self.regressor = build_regressor(probe, self.index, params.regressor_output)
 
     def forward(self, student, teacher, targets):
         return {"hint": self.params.lam * regressed_hint_loss(self.regressor, self.index, student, teacher)}
@@ -85,6 +108,7 @@ class FitNetParams(Params):
     hint_fraction: Annotated[float, Field(gt=0, le=1, description="hint-stage epochs / main epochs")]
     tau: Annotated[float, Field(gt=0)]
     lam: Annotated[float, Field(ge=0, description="weight of the stage-2 KD term")]
+    regressor_output: RegressorOutput = REGRESSOR_OUTPUT
 
 
 class FitNet(Distiller):
@@ -98,7 +122,7 @@ class FitNet(Distiller):
     def __init__(self, params: FitNetParams, probe: Probe):
         super().__init__(params, probe)
         self.index = _hint_pair(probe)
-        self.regressor = Regressor(probe.student["stages"][self.index], probe.teacher["stages"][self.index])
+        self.regressor = build_regressor(probe, self.index, params.regressor_output)
 
     def pre_phases(self, main_epochs: int) -> list[PrePhase]:
         return [PrePhase("hint", max(1, round(self.params.hint_fraction * main_epochs)))]

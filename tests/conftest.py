@@ -71,6 +71,17 @@ def cifar_root(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def cifar_zca_root(tmp_path, monkeypatch):
+    """CIFAR fixtures large enough for the GCN + ZCA datasets' 10,000-image validation split
+    (12,000 training images each), with the ZCA statistics cached in the test's own directory."""
+    import torchvision.datasets.cifar as tv_cifar
+
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+    monkeypatch.setenv("KD_HARNESS_CACHE", str(tmp_path / "cache"))
+    return write_cifar10(write_cifar100(tmp_path / "data", n_train=12000), n_per_batch=2400)
+
+
+@pytest.fixture
 def mnist_root():
     """The real MNIST (KD_HARNESS_DATA or ../shared/data), or a skip saying where it was looked for."""
     for root in filter(None, [os.environ.get("KD_HARNESS_DATA"), str(SHARED_DATA)]):

@@ -130,8 +130,14 @@ def test_smoke_on_the_cifar_fixture(shared_home, cifar_root, method):
     _finished(shared_home, cell)
 
 
-@pytest.mark.parametrize("cell", ["cifar100/maxout5-fitnets1/lpl", "cifar100/maxout5-fitnets4/fitnet",
-                                  "cifar100/resnet164-incbn/nst_poly", "cifar100/vgg19bn-alexnet8/nmt",
+@pytest.mark.parametrize("cell", ["cifar100zca/maxout5-fitnets1/lpl", "cifar10zca/maxout5-fitnets4/fitnet"])
+def test_whitened_lpl_pairs_smoke_on_the_cifar_fixture(shared_home, cifar_zca_root, cell):
+    assert main(["run", "--cell", cell, "--smoke", "--no-progress", "--data-root", str(cifar_zca_root)]) == 0
+    _, run = _finished(shared_home, cell)
+    assert run.data.params["data.preprocess"] == "gcn_zca" and run.data.params["data.preprocess_fingerprint"]
+
+
+@pytest.mark.parametrize("cell", ["cifar100/resnet164-incbn/nst_poly", "cifar100/vgg19bn-alexnet8/nmt",
                                   "cifar100/vgg19bn-alexnet8/fitnet"])
 def test_paper_pairs_smoke_on_the_cifar_fixture(shared_home, cifar_root, cell):
     assert main(["run", "--cell", cell, "--smoke", "--no-progress", "--data-root", str(cifar_root)]) == 0

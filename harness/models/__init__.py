@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from harness.errors import UserError
+from harness.models.init import initialise
 from harness.models import alexnet, cifar_resnet, inception_bn, maxout, mlp, preact_resnet, vgg  # noqa: F401  (registers the models with timm)
 from harness.spec import DatasetSpec, ModelSpec
 
@@ -17,9 +18,12 @@ def build_model(model: ModelSpec, dataset: DatasetSpec) -> nn.Module:
     if model.takes_img_size:
         kwargs["img_size"] = dataset.img_size
     try:
-        return timm.create_model(model.timm, pretrained=False, **kwargs)
+        net = timm.create_model(model.timm, pretrained=False, **kwargs)
     except RuntimeError as e:  # timm's "Unknown model"
         raise UserError(f"timm cannot build model {model.timm!r}: {e}") from None
+    if model.init is not None:
+        initialise(net, model.init)
+    return net
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -1,0 +1,151 @@
+"""The claims audit: each ordering claim a paper's table makes, tested on our runs.
+
+A claim (benchmarks.yaml, `suites.*.claims`) says that one cell reaches a higher accuracy than
+another. For each comparison the audit takes the two cells' runs exactly as the report does (one
+configuration per cell, the latest run per seed), and gives our means ± std (n), the difference,
+Welch's two-sided t-test p-value, and a verdict:
+
+- confirmed: ours agrees with the claim's direction and p < ALPHA;
+- refuted: ours goes the other way and p < ALPHA;
+- inconclusive: p >= ALPHA, or fewer than two seeds on a side (no variance to test with);
+- not run: a side has no finished run.
+
+Beside it: the paper's own numbers for both cells (its claimed difference) and whether each lies
+within our mean ± 2·std.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from harness.report import SELECTIONS, load_runs, references
+from harness.spec import Spec
+
+ALPHA = 0.05
+VERDICTS = ("confirmed", "refuted", "inconclusive", "not run")
+
+
+@dataclass
+class Audit:
+    table: pd.DataFrame  # one row per comparison
+    runs: pd.DataFrame  # the runs used
+    notes: list[str]  # configurations left out
+
+
+def welch(better: pd.Series, worse: pd.Series) -> tuple[float, str]:
+    """(p-value, verdict) for the claim mean(better) > mean(worse)."""
+    if len(better) == 0 or len(worse) == 0:
+        return math.nan, "not run"
+    if len(better) < 2 or len(worse) < 2:
+        return math.nan, "inconclusive"
+    from scipy.stats import ttest_ind
+
+    diff = better.mean() - worse.mean()
+    if better.std(ddof=1) == 0 and worse.std(ddof=1) == 0:  # no spread at all: the t statistic is undefined
+        return (math.nan, "inconclusive") if diff == 0 else (0.0, "confirmed" if diff > 0 else "refuted")
+    p = float(ttest_ind(better, worse, equal_var=False).pvalue)
+    if p >= ALPHA:
+        return p, "inconclusive"
+    return p, "confirmed" if diff > 0 else "refuted"
+
+
+def _within(paper: float, values: pd.Series) -> str:
+    if math.isnan(paper) or len(values) < 2:
+        return ""
+    return "yes" if abs(values.mean() - paper) <= 2 * values.std(ddof=1) else "no"
+
+
+def _summary(values: pd.Series) -> str:
+    if len(values) == 0:
+        return "not run"
+    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f} ({len(values)})" if len(values) > 1 \
+        else f"{values.mean():.2f} (1)"
+
+
+def audit(spec: Spec, tracking_uri: str, suites: list[str], select: str = "last",
+          include_smoke: bool = False) -> Audit:
+    comparisons = [(name, claim, better, worse) for name in suites for claim in spec.suites[name].claims
+                   for better, worse in claim.pairs()]
+    cells = sorted({c for *_, better, worse in comparisons for c in (better, worse)})
+    runs, notes = load_runs(tracking_uri, cells, include_smoke) if cells else (pd.DataFrame(), [])
+    refs = {key: value for name in suites for key, value in references(spec.suites[name]).items()}
+    rows = []
+    for suite, claim, better, worse in comparisons:
+        key = {"top1": SELECTIONS[select][0], "top5": SELECTIONS[select][1]}[claim.metric]
+        values = {cell: (runs.loc[runs["tags.cell"] == cell, f"metrics.{key}"].astype(float)
+                         if not runs.empty else pd.Series(dtype=float)) for cell in (better, worse)}
+        p, verdict = welch(values[better], values[worse])
+        paper = {cell: refs.get((cell, claim.metric), (math.nan, ""))[0] for cell in (better, worse)}
+        ran = len(values[better]) and len(values[worse])
+        rows.append({
+            "suite": suite, "source": claim.source, "metric": claim.metric,
+            "claim": f"{_short(better, worse)[0]} > {_short(better, worse)[1]}",
+            "better": better, "than": worse,
+            "ours_better": _summary(values[better]), "ours_than": _summary(values[worse]),
+            "diff": values[better].mean() - values[worse].mean() if ran else math.nan,
+            "paper_diff": paper[better] - paper[worse],
+            "p": p, "verdict": verdict,
+            "paper_within_2sd": "/".join(_within(paper[c], values[c]) or "-" for c in (better, worse)),
+        })
+    return Audit(pd.DataFrame(rows), runs, notes)
+
+
+def _short(better: str, worse: str) -> tuple[str, str]:
+    """Method names when both cells share dataset and pair, else the pair/method parts."""
+    b, w = better.split("/"), worse.split("/")
+    if b[:2] == w[:2]:
+        return b[2], w[2]
+    return "/".join(b[1:]), "/".join(w[1:])
+
+
+def render_markdown(result: Audit, title: str, caption: str) -> str:
+    t = result.table
+    lines = [f"# {title}", "", caption, ""]
+    counts = t["verdict"].value_counts()
+    lines.append("Verdicts: " + ", ".join(f"{v} {counts.get(v, 0)}" for v in VERDICTS) + f" (of {len(t)}).")
+    for suite, group in t.groupby("suite", sort=False):
+        lines += ["", f"## {suite}", "",
+                  "| claim | setting | source | ours (better) | ours (than) | Δ ours | Δ paper | p (Welch) | verdict "
+                  "| paper within ±2σ (better/than) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for _, r in group.iterrows():
+            setting = "/".join(r.better.split("/")[:2]) if r.better.split("/")[:2] == r.than.split("/")[:2] else ""
+            lines.append(
+                f"| {r.claim} ({r.metric}) | {setting} | {r.source} | {r.ours_better} | {r.ours_than} | "
+                f"{_num(r['diff'], '+.2f')} | {_num(r.paper_diff, '+.2f')} | {_num(r.p, '.3g')} | **{r.verdict}** | "
+                f"{r.paper_within_2sd} |")
+    if result.notes:
+        lines += ["", "## Configurations left out", ""] + [f"- {n}" for n in result.notes]
+    return "\n".join(lines) + "\n" + render_runs(result)
+
+
+def caption(result: Audit, select: str, command: str) -> str:
+    runs = result.runs
+    where = ""
+    if not runs.empty:
+        where = (f" Runs: {len(runs)} ({runs['tags.cell'].nunique()} cells); commit(s) "
+                 f"{', '.join(sorted(set(runs['params.env.git_commit'].str[:10])))}; hardware "
+                 f"{', '.join(sorted(set(runs['params.env.device_name'])))}.")
+    return (f"Regenerated from the MLflow store by `{command}`. Accuracy: test top-1 (%) at "
+            f"{SELECTIONS[select][2]}, mean ± sample std over seeds (n), one configuration per cell (the "
+            f"report's rule). Verdict: Welch's two-sided t-test, α = {ALPHA}: confirmed / refuted when p < α "
+            "in the claim's / the opposite direction, inconclusive otherwise or with fewer than 2 seeds a "
+            "side, not run when a side has no run. Δ paper = the paper's own difference (its numbers are "
+            "labelled references, converted from error to accuracy where needed)." + where)
+
+
+def render_runs(result: Audit) -> str:
+    """The runs behind the audit, for provenance."""
+    if result.runs.empty:
+        return ""
+    lines = ["", "## Runs used", "", "| cell | seed | MLflow run id | commit |", "| --- | --- | --- | --- |"]
+    for _, r in result.runs.sort_values(["tags.cell", "tags.seed"]).iterrows():
+        lines.append(f"| {r['tags.cell']} | {r['tags.seed']} | {r['run_id']} | {r['params.env.git_commit'][:10]} |")
+    return "\n".join(lines) + "\n"
+
+
+def _num(value: float, fmt: str) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)

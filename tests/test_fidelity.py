@@ -1,0 +1,313 @@
+"""Paper fidelity: initialisation schemes, GCN + ZCA, the FitNet regressor's output, AT's weighting,
+reduced training sets with a full-data teacher, the claims audit and reports that never mix
+configurations."""
+
+import pickle
+
+import pytest
+import torch
+import yaml
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from harness import audit as aud
+from harness import preprocess
+from harness import report as rep
+from harness.cli import main
+from harness.data import load_data
+from harness.models import build_model
+from harness.spec import DEFAULT_SPEC, load_spec
+from methods.at import AT, ATParams
+from methods.base import Probe
+from methods.fitnet import FitNetHint, HintParams
+
+SPEC = load_spec()
+
+
+def refused(tmp_path, capsys, edit, command="list") -> str:
+    """benchmarks.yaml changed by `edit(raw)`: the command must exit 2 with one line; returns it."""
+    raw = yaml.safe_load(DEFAULT_SPEC.read_text())
+    edit(raw)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["--spec", str(path), command]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err
+
+
+# ---- initialisation ---------------------------------------------------------------------------
+@pytest.mark.parametrize("model", ["maxout3", "maxout6"])
+def test_uniform_init_gives_the_papers_range(model):
+    net = build_model(SPEC.models[model], SPEC.datasets["mnist"])
+    tensors = [p for name, p in net.named_parameters()]
+    assert tensors and all(p.abs().max() <= 0.005 for p in tensors)
+    weights = torch.cat([p.flatten() for p in tensors])
+    # U(-0.005, 0.005): spread over the whole range, mean ~0, std = 0.01 / sqrt(12)
+    assert weights.max() > 0.0049 and weights.min() < -0.0049
+    assert weights.std().item() == pytest.approx(0.01 / 12 ** 0.5, rel=0.05)
+
+
+def test_normal_init_and_default_init():
+    spec = SPEC.models["maxout6"].model_copy(update={"init": None})
+    default = build_model(spec, SPEC.datasets["mnist"])
+    assert max(p.abs().max().item() for p in default.parameters()) > 0.05  # PyTorch's default is wider
+    raw = yaml.safe_load(DEFAULT_SPEC.read_text())
+    raw["models"]["maxout6"]["init"] = {"kind": "normal", "std": 0.02}
+    from harness.spec import Spec
+
+    net = build_model(Spec.model_validate(raw).models["maxout6"], SPEC.datasets["mnist"])
+    weights = torch.cat([p.flatten() for p in net.parameters()])
+    assert weights.std().item() == pytest.approx(0.02, rel=0.05)
+
+
+@pytest.mark.parametrize("init, message", [({"kind": "uniform", "a": 0.1, "b": -0.1}, "a < b"),
+                                           ({"kind": "orthogonal"}, "kind")])
+def test_bad_init_is_one_line_exit_2(tmp_path, capsys, init, message):
+    err = refused(tmp_path, capsys, lambda raw: raw["models"]["maxout6"].update(init=init))
+    assert "models.maxout6.init" in err and message in err
+
+
+# ---- GCN + ZCA ----------------------------------------------------------------------------------
+def test_zca_whitens_to_identity_covariance():
+    g = torch.Generator().manual_seed(0)
+    mixing = torch.randn(20, 20, generator=g)
+    x = torch.randn(5000, 20, generator=g) @ mixing + 3.0
+    mean, w = preprocess.zca_fit(x, bias=1e-9)
+    white = (x - mean) @ w
+    cov = white.T.double() @ white.double() / len(white)
+    assert torch.allclose(cov, torch.eye(20, dtype=torch.float64), atol=1e-3)
+    assert torch.allclose(w, w.T, atol=1e-5)  # ZCA (not PCA) whitening: symmetric, stays close to the image
+
+
+def test_gcn_centres_and_scales_each_image():
+    images = torch.randint(0, 256, (8, 3, 4, 4), dtype=torch.uint8)
+    out = preprocess.gcn(images).flatten(1)
+    assert torch.allclose(out.mean(1), torch.zeros(8), atol=1e-4)
+    assert torch.allclose(out.pow(2).mean(1).sqrt(), torch.full((8,), preprocess.GCN_SCALE), rtol=1e-5)
+
+
+def test_zca_dataset_uses_training_statistics_only(cifar_zca_root):
+    spec = SPEC.datasets["cifar10zca"]
+    data = load_data("cifar10zca", spec, cifar_zca_root)
+    assert data.train.images.dtype == torch.float32 and data.preprocess_fingerprint
+    assert len(list(preprocess.cache_dir().glob("cifar10zca-*.pt"))) == 1  # cached
+    # whitened training images: per-dimension mean ~0, no covariance larger than ~1
+    x = data.train.images.flatten(1).double()
+    assert x.mean(0).abs().max() < 1e-3
+    assert torch.linalg.eigvalsh(x.T @ x / len(x)).max() <= 1.0 + 1e-3
+    # another test split gives the same statistics and the same training images
+    batch = cifar_zca_root / "cifar-10-batches-py" / "test_batch"
+    content = pickle.loads(batch.read_bytes())
+    content["data"] = 255 - content["data"]
+    batch.write_bytes(pickle.dumps(content))
+    again = load_data("cifar10zca", spec, cifar_zca_root)
+    assert again.preprocess_fingerprint == data.preprocess_fingerprint
+    assert torch.equal(again.train.images, data.train.images)
+    assert not torch.equal(again.test.images, data.test.images)
+
+
+def test_zca_refused_where_it_cannot_fit(tmp_path, capsys):
+    err = refused(tmp_path, capsys, lambda raw: raw["datasets"]["imagenet"].update(preprocess="gcn_zca"))
+    assert "datasets.imagenet" in err
+
+
+# ---- FitNet regressor, AT weighting ---------------------------------------------------------------
+def _probe(hint: torch.Tensor, guided: torch.Tensor) -> Probe:
+    return Probe({"stages": [hint], "logits": torch.zeros(2, 10)}, {"stages": [guided], "logits": torch.zeros(2, 10)},
+                 0, 8)
+
+
+@pytest.mark.parametrize("hint_sign, relu", [("signed", False), ("relu", True)])
+def test_fitnet_regressor_follows_the_hints_sign_range(hint_sign, relu):
+    torch.manual_seed(0)
+    hint = torch.randn(2, 6, 4, 4)
+    hint = hint if hint_sign == "signed" else hint.relu()
+    method = FitNetHint(HintParams(lam=1.0, regressor_output="auto"), _probe(hint, torch.randn(2, 3, 4, 4)))
+    assert method.regressor.relu is relu
+    out = method.regressor(torch.randn(16, 3, 4, 4))
+    assert bool(out.min() >= 0) is relu  # a signed hint gets a signed regressor, a ReLU hint a ReLU one
+
+
+def test_fitnet_regressor_on_the_maxout_pair_is_linear():
+    data_spec = SPEC.datasets["mnist"]
+    teacher = build_model(SPEC.models["maxout3"], data_spec)
+    student = build_model(SPEC.models["maxout6"], data_spec)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        _, t = teacher.forward_intermediates(x, indices=SPEC.pairs["maxout3-maxout6"].stages.teacher)
+        _, s = student.forward_intermediates(x, indices=SPEC.pairs["maxout3-maxout6"].stages.student)
+    assert t[1].min() < 0  # maxout hints are signed
+    method = FitNetHint(HintParams(lam=1.0, regressor_output="auto"), Probe({"stages": t}, {"stages": s}, 1, 8))
+    assert method.regressor.relu is False
+
+
+def test_at_weighting_conventions():
+    torch.manual_seed(0)
+    t, s = [torch.randn(4, 8, 6, 6)], [torch.randn(4, 4, 6, 6)]
+    probe = Probe({"stages": t}, {"stages": s}, 0, 4)
+    paper = AT(ATParams(beta=1000.0, p=2.0, layers="all", weighting="paper"), probe)({"stages": s}, {"stages": t}, None)
+    code = AT(ATParams(beta=1000.0, p=2.0, layers="all", weighting="code"), probe)({"stages": s}, {"stages": t}, None)
+    assert code["at"].item() == pytest.approx(2 * paper["at"].item())
+    assert SPEC.methods["at"].defaults["weighting"].value == "paper"
+
+
+# ---- reduced training sets ----------------------------------------------------------------------
+def test_train_size_is_stratified_and_the_teacher_sees_the_full_set(mnist_root):
+    from harness.data import data_root
+
+    small = load_data("mnist1k", SPEC.datasets["mnist1k"], data_root(mnist_root))
+    full = load_data("mnist", SPEC.datasets["mnist"], data_root(mnist_root))
+    assert len(small.train) == 1000 and torch.bincount(small.train.labels).tolist() == [100] * 10
+    assert torch.equal(small.val.labels, full.val.labels) and small.split_fingerprint == full.split_fingerprint
+    # the small set is drawn from the full training split, never from validation
+    full_rows = {bytes(img.numpy()) for img in full.train.images}
+    assert all(bytes(img.numpy()) in full_rows for img in small.train.images[:50])
+    assert SPEC.datasets["mnist1k"].teacher_dataset == "mnist"
+
+
+def test_teacher_dataset_must_match(tmp_path, capsys):
+    err = refused(tmp_path, capsys, lambda raw: raw["datasets"]["mnist1k"].update(teacher_dataset="cifar10"))
+    assert "datasets.mnist1k.teacher_dataset" in err
+
+
+def test_every_suite_resolves_its_recipes():
+    for name, suite in SPEC.suites.items():
+        for cell_id in suite.cells:
+            cell = SPEC.cell(cell_id)
+            pair = SPEC.pairs[cell.pair]
+            for model, teacher in ((pair.student, False), (pair.teacher, True)):
+                recipe_name, recipe = SPEC.recipe_for(cell.dataset, model, suite=name, teacher=teacher)
+                assert recipe.source, f"{name}: recipe {recipe_name} has no source"
+
+
+# ---- the claims audit ----------------------------------------------------------------------------
+BASE, KD, AT_ = "digits/resnet20-resnet8/baseline", "digits/resnet20-resnet8/kd", "digits/resnet20-resnet8/at"
+FITNET, NST = "digits/resnet20-resnet8/fitnet", "digits/resnet20-resnet8/nst_poly"
+
+
+def _log_runs(client, experiment, cell, values, tags=None, params=None):
+    for seed, value in enumerate(values):
+        run = client.create_run(experiment, tags={"role": "student", "cell": cell, "seed": str(seed), "smoke": "False"}
+                                | (tags or {}))
+        logged = {"recipe_name": "digits", "recipe.epochs": "3", "env.device_name": "test-cpu",
+                  "env.git_commit": "abcdef0123456789", "env.device": "cpu", "env.torch": "2.14.1"} | (params or {})
+        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in logged.items()],
+                         metrics=[Metric("test_top1_last", value, 0, 3), Metric("test_top5_last", 100.0, 0, 3),
+                                  Metric("test_top1_best_val", value, 0, 3), Metric("wall_seconds", 1.0, 0, 3),
+                                  Metric("mean_epoch_seconds", 1.0, 0, 3), Metric("peak_memory_mb", 1.0, 0, 3),
+                                  Metric("extra_parameters", 0, 0, 3), Metric("student_parameters", 1, 0, 3),
+                                  Metric("test/top1", value, 0, 0)],
+                         tags=[RunTag("mlflow.runName", cell)])
+        client.set_terminated(run.info.run_id, "FINISHED")
+
+
+@pytest.fixture
+def claims_store(home, tmp_path):
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    home.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("kd-harness")
+    _log_runs(client, experiment, BASE, [90.0, 90.5, 89.5])
+    _log_runs(client, experiment, KD, [95.0, 95.5, 94.5])  # clearly above baseline
+    _log_runs(client, experiment, AT_, [90.2, 89.8, 90.6])  # indistinguishable from baseline
+    _log_runs(client, experiment, FITNET, [93.0])  # one seed only
+    raw = yaml.safe_load(DEFAULT_SPEC.read_text())
+    raw["suites"]["claims_test"] = {
+        "title": "Claims", "source": "Test", "cells": [BASE, KD, AT_, FITNET, NST],
+        "references": [{"cell": KD, "value": 95.2, "metric": "top1", "source": "Test, KD"},
+                       {"cell": BASE, "value": 80.0, "metric": "top1", "source": "Test, baseline"}],
+        "claims": [{"better": "kd", "than": ["baseline", "at"], "setting": "digits/resnet20-resnet8", "source": "T1"},
+                   {"better": "baseline", "than": "kd", "setting": "digits/resnet20-resnet8", "source": "T2"},
+                   {"better": AT_, "than": [BASE, FITNET, NST], "source": "T3"}]}
+    path = tmp_path / "benchmarks.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return uri, path
+
+
+def test_welch_verdicts_on_a_known_store(claims_store):
+    uri, path = claims_store
+    table = aud.audit(load_spec(path), uri, ["claims_test"]).table.set_index("claim")
+    assert table.loc["kd > baseline", "verdict"] == "confirmed"
+    assert table.loc["kd > baseline", "diff"] == pytest.approx(5.0)
+    from scipy.stats import ttest_ind
+
+    expected = ttest_ind([95.0, 95.5, 94.5], [90.0, 90.5, 89.5], equal_var=False).pvalue
+    assert table.loc["kd > baseline", "p"] == pytest.approx(expected)
+    assert table.loc["kd > at", "verdict"] == "confirmed"
+    assert table.loc["baseline > kd", "verdict"] == "refuted"
+    assert table.loc["at > baseline", "verdict"] == "inconclusive"
+    assert table.loc["at > fitnet", "verdict"] == "inconclusive"  # one seed: no variance to test with
+    assert table.loc["at > nst_poly", "verdict"] == "not run"
+    # the paper's KD number lies within our mean ± 2 std, its baseline number does not
+    assert table.loc["kd > baseline", "paper_within_2sd"] == "yes/no"
+    assert table.loc["kd > baseline", "paper_diff"] == pytest.approx(15.2)
+
+
+def test_audit_command_writes_markdown(claims_store, tmp_path, monkeypatch):
+    uri, path = claims_store
+    out = tmp_path / "CLAIMS.md"
+    assert main(["--spec", str(path), "--tracking-uri", uri, "audit", "--suite", "claims_test", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "**confirmed**" in text and "**refuted**" in text and "**not run**" in text
+    assert "Verdicts: confirmed 2, refuted 1, inconclusive 2, not run 1 (of 6)" in text
+    assert "## Runs used" in text
+
+
+@pytest.mark.parametrize("claim, message", [
+    ({"better": "nosuch", "than": "kd", "setting": "digits/resnet20-resnet8", "source": "x"}, "unknown method"),
+    ({"better": "kd", "than": "baseline", "setting": "digits/nopair", "source": "x"}, "unknown teacher-student pair"),
+    ({"better": "kd", "than": [], "setting": "digits/resnet20-resnet8", "source": "x"}, "at least 1"),
+])
+def test_claim_with_a_bad_reference_is_exit_2(tmp_path, capsys, claim, message):
+    err = refused(tmp_path, capsys, lambda raw: raw["suites"]["digits"].update(claims=[claim]), "audit")
+    assert "suites.digits.claims" in err and message in err
+
+
+def test_every_seed_table_has_claims():
+    tables = ["nmt_table1", "nmt_table2", "lpl_table1", "lpl_table3", "lpl_table5", "lpl_table6", "nst_table1",
+              "nst_table2", "nst_table3", "kr_table1", "kr_table2", "kr_table4", "positive_control"]
+    for name in tables:
+        assert SPEC.suites[name].claims, f"{name} has no claims"
+
+
+# ---- one configuration per cell ------------------------------------------------------------------
+def test_report_never_mixes_configurations(home, tmp_path):
+    """A --set run beside default runs of the same cell: the report keeps them apart."""
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    home.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("kd-harness")
+    _log_runs(client, experiment, KD, [56.25], tags={"config_key": "default0", "overrides": ""})
+    _log_runs(client, experiment, KD, [55.47], tags={"config_key": "tau3cfg0", "overrides": "kd.tau=3"})
+    result = rep.build(SPEC, uri, None, [KD], "last")
+    assert result.detail.set_index("cell").loc[KD, "top1_mean"] == pytest.approx(56.25)
+    assert result.detail.set_index("cell").loc[KD, "n"] == 1
+    assert len(result.notes) == 1 and "kd.tau=3" in result.notes[0] and "left out" in result.notes[0]
+    assert "kd.tau=3" in rep.render(result, "md")
+
+
+def test_report_keeps_legacy_runs_of_different_settings_apart(home):
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    home.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("kd-harness")
+    _log_runs(client, experiment, KD, [60.0, 61.0, 62.0], params={"method_params.kd.tau": "4.0"})
+    _log_runs(client, experiment, KD, [10.0], params={"method_params.kd.tau": "3.0"})
+    d = rep.build(SPEC, uri, None, [KD], "last").detail.set_index("cell")
+    assert d.loc[KD, "n"] == 3 and d.loc[KD, "top1_mean"] == pytest.approx(61.0)
+
+
+def test_runs_record_their_configuration_and_overrides(home):
+    assert main(["run", "--cell", KD, "--smoke", "--no-progress", "--set", "tau=3"]) == 0
+    assert main(["run", "--cell", KD, "--smoke", "--no-progress"]) == 0
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    runs = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+            if r.data.tags["role"] == "student"]
+    tags = sorted((r.data.tags["overrides"], r.data.tags["config_key"]) for r in runs)
+    assert [t[0] for t in tags] == ["", "kd.tau=3"] and tags[0][1] != tags[1][1]
+    for r in runs:
+        assert r.data.metrics["max_load_1m"] >= 0 and r.data.metrics["cpu_count"] >= 1
+        assert "epoch_cpu_seconds" in r.data.metrics
+    result = rep.build(SPEC, f"sqlite:///{home / 'mlflow.db'}", None, [KD], "last", include_smoke=True)
+    assert result.runs["tags.overrides"].tolist() == [""]
