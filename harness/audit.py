@@ -33,6 +33,7 @@ class Audit:
     table: pd.DataFrame  # one row per comparison
     runs: pd.DataFrame  # the runs used
     notes: list[str]  # configurations left out
+    departures: dict[str, list[str]]  # suite -> where it cannot follow its paper
 
 
 def welch(better: pd.Series, worse: pd.Series) -> tuple[float, str]:
@@ -90,7 +91,7 @@ def audit(spec: Spec, tracking_uri: str, suites: list[str], select: str = "last"
             "p": p, "verdict": verdict,
             "paper_within_2sd": "/".join(_within(paper[c], values[c]) or "-" for c in (better, worse)),
         })
-    return Audit(pd.DataFrame(rows), runs, notes)
+    return Audit(pd.DataFrame(rows), runs, notes, {name: spec.suites[name].departures for name in suites})
 
 
 def _short(better: str, worse: str) -> tuple[str, str]:
@@ -107,8 +108,10 @@ def render_markdown(result: Audit, title: str, caption: str) -> str:
     counts = t["verdict"].value_counts()
     lines.append("Verdicts: " + ", ".join(f"{v} {counts.get(v, 0)}" for v in VERDICTS) + f" (of {len(t)}).")
     for suite, group in t.groupby("suite", sort=False):
-        lines += ["", f"## {suite}", "",
-                  "| claim | setting | source | ours (better) | ours (than) | Δ ours | Δ paper | p (Welch) | verdict "
+        lines += ["", f"## {suite}", ""]
+        if result.departures.get(suite):
+            lines += ["Departures from the paper: " + "; ".join(result.departures[suite]) + ".", ""]
+        lines += ["| claim | setting | source | ours (better) | ours (than) | Δ ours | Δ paper | p (Welch) | verdict "
                   "| paper within ±2σ (better/than) |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for _, r in group.iterrows():

@@ -144,7 +144,10 @@ class Trainer:
     def __init__(self, student: nn.Module, objective: Objective, batches: Batches, config: TrainConfig,
                  device: torch.device, teacher: nn.Module | None = None,
                  log: Callable[[dict, int], None] | None = None, checkpoints: CheckpointStore | None = None,
-                 stop: threading.Event | None = None, context: distributed.Context = distributed.SINGLE):
+                 stop: threading.Event | None = None, context: distributed.Context = distributed.SINGLE,
+                 teacher_cache: dict | None = None):
+        """teacher_cache: the teacher's features for every training image, as an earlier Trainer of the
+        same cell and data computed them (`config.teacher_cache`; a sweep's trials share one)."""
         if objective.needs_teacher and teacher is None:
             raise ValueError("this objective reads teacher features but no teacher was given")
         self.student, self.objective, self.batches, self.config = student, objective, batches, config
@@ -163,7 +166,7 @@ class Trainer:
         self.generator = torch.Generator()
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
-        self.teacher_cache: dict | None = None
+        self.teacher_cache = teacher_cache
         self.extract = torch.compile(extract_features) if config.compile else extract_features
         if config.channels_last:
             for model in (student, teacher):
@@ -247,7 +250,7 @@ class Trainer:
             self.epoch_start_generator = self.generator.get_state()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        if self.config.teacher_cache and self.objective.needs_teacher:
+        if self.config.teacher_cache and self.objective.needs_teacher and self.teacher_cache is None:
             self.teacher_cache = self._cache_teacher_features()
         steps_per_epoch = Batches.steps(self.batches.epoch_plan(self.recipe.batch_size, torch.Generator()))
         if steps_per_epoch == 0:

@@ -213,6 +213,7 @@ def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | N
                "s/epoch figure from runs that shared the machine (1-min load average above the core count + "
                f"{LOAD_MARGIN}): not a cost figure. "
                f"Hardware: {', '.join(devices)}. Commit(s): {', '.join(commits)}.")
+    notes = [f"departure from the paper: {d}" for d in suite_spec.departures] + notes
     return Report(suite_spec.title, caption, paper_table(detail), detail, runs, curves(tracking_uri, runs), notes)
 
 

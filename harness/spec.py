@@ -216,6 +216,7 @@ class SuiteSpec(Strict):
     cells: list[str]
     references: list[Reference] = []
     claims: list[Claim] = Field([], description="the paper's ordering claims, audited by `harness audit`")
+    departures: list[str] = Field([], description="where this suite cannot follow the paper as printed, and why")
 
 
 class GridSpec(Strict):

@@ -170,6 +170,7 @@ class Sweep:
         pair = runner.spec.pairs[cell.pair]
         # the teacher is trained (or loaded) before any trial, so no trial ever evaluates the test split
         self.teacher = runner.teacher(cell.dataset, pair.teacher, run_opts)[0] if objective.needs_teacher else None
+        self.teacher_features: dict | None = None  # with --teacher-cache: computed by the first trial, shared
         self.storage = open_storage(opts.storage)
         self.study = optuna.create_study(study_name=opts.study, storage=self.storage, direction="maximize",
                                          sampler=make_sampler(opts.sampler if self.grid_points is None else "grid",
@@ -228,8 +229,10 @@ class Sweep:
                                           f"trial {trial.number}", False, eval_splits=("val",),
                                           channels_last=opts.channels_last, compile=opts.compile,
                                           teacher_cache=opts.teacher_cache),
-                              device, teacher=teacher, log=log, stop=threading.Event())
+                              device, teacher=teacher, log=log, stop=threading.Event(),
+                              teacher_cache=self.teacher_features)
             summary = trainer.run()
+            self.teacher_features = trainer.teacher_cache  # the same teacher and images for every trial
         except optuna.TrialPruned as e:
             self.tracker.set_tags(run_id, {"state": "pruned", "reason": str(e)})
             self.tracker.finish(run_id, "KILLED")

@@ -132,3 +132,17 @@ def test_bench_times_profiles_and_logs(home, capsys):
     # timings on a shared machine vary too much to bound; the ratio must be the one of the rows
     assert run.data.metrics["harness_over_bare"] == pytest.approx(kd["harness"] / kd["bare loop"])
     assert list(table.method) == ["baseline", "kd", "kd", "nst_poly"]
+
+
+def test_sweep_trials_share_one_teacher_cache(home):
+    """--teacher-cache in a sweep: the teacher sees each training image once for the whole study."""
+    from harness.sweep import Sweep, SweepOptions
+
+    runner = Runner(load_spec(), home, f"sqlite:///{home / 'mlflow.db'}")
+    opts = RunOptions(epochs=1, teacher_epochs=1, progress=False, teacher_cache=True)
+    sweep = Sweep(runner, runner.spec.cell(MLP_CELL), opts, SweepOptions(
+        trials=3, study="cache", storage=f"sqlite:///{home / 'optuna.db'}", pruner="none", space=["tau=float:1:8"]))
+    seen = count_images(sweep.teacher)
+    study = sweep.run()
+    assert len([t for t in study.trials if t.value is not None]) == 3
+    assert seen[0] == len(runner.data("digits", opts).train)
