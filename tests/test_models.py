@@ -97,3 +97,20 @@ def test_imagenet_pair_taps_match_in_size():
     assert [s[1] for s in shapes["student"]] == [320, 608, 1024]
     student = timm.create_model("inception_bn", num_classes=1000)
     assert abs(count_parameters(student) - 11.3e6) / 11.3e6 < 0.01  # Ioffe & Szegedy's ~11.3M (with fc)
+
+
+def test_maxout_unit_matches_amax_in_value_and_gradient():
+    """MaxoutConv takes max(dim).values (its backward scatters to one index) for speed; without ties
+    it equals amax (whose backward splits the gradient among ties) in value and gradient."""
+    from harness.models.maxout import MaxoutConv
+
+    torch.manual_seed(0)
+    unit = MaxoutConv(3, 4, 3, pieces=2)
+    x = torch.randn(5, 3, 6, 6, requires_grad=True)
+    out = unit(x)
+    grad_fast = torch.autograd.grad(out.square().sum(), x)[0]
+    y = unit.conv(x)
+    reference = y.view(5, 4, 2, 6, 6).amax(dim=2)
+    grad_reference = torch.autograd.grad(reference.square().sum(), x)[0]
+    assert torch.equal(out, reference)
+    assert torch.allclose(grad_fast, grad_reference, atol=1e-6)

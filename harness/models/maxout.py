@@ -21,7 +21,7 @@ class MaxoutConv(nn.Module):
 
     def forward(self, x):
         y = self.conv(x)
-        return y.view(y.shape[0], self.out_ch, self.pieces, *y.shape[2:]).amax(dim=2)
+        return y.view(y.shape[0], self.out_ch, self.pieces, *y.shape[2:]).max(dim=2).values
 
 
 class MaxoutNet(nn.Module):
@@ -78,7 +78,7 @@ class MaxoutNet(nn.Module):
         x = x.flatten(1)
         if self.fc_maxout is not None:
             y = self.fc_maxout(x)
-            x = y.view(y.shape[0], -1, self.fc_pieces).amax(dim=2)
+            x = y.view(y.shape[0], -1, self.fc_pieces).max(dim=2).values
         return x if pre_logits else self.fc(x)
 
     def forward(self, x):
