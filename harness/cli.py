@@ -47,6 +47,24 @@ def parse_overrides(items: list[str], method_id: str) -> dict[str, dict]:
     return out
 
 
+def cell_overrides(items: list[str], cell, in_suite: bool, cells: list) -> dict[str, dict]:
+    """The --set values for one cell. In a suite each item is METHOD.NAME=VALUE and applies to the
+    cells that have METHOD; a method in none of the suite's cells is an error."""
+    from harness.spec import method_parts
+
+    if not in_suite:
+        return parse_overrides(items, cell.method)
+    for item in items:
+        method = item.partition("=")[0].rpartition(".")[0]
+        if not method:
+            raise UserError(f"--set {item!r}: on a suite, name the method: METHOD.NAME=VALUE "
+                            "(it applies to every cell that has METHOD)")
+        if not any(method in method_parts(c.method) for c in cells):
+            raise UserError(f"--set {item!r}: no cell of the suite uses method {method!r}")
+    mine = [i for i in items if i.partition("=")[0].rpartition(".")[0] in method_parts(cell.method)]
+    return parse_overrides(mine, cell.method)
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="harness", description="Reproducible knowledge-distillation benchmarks: "
                     "run cells DATASET/TEACHER-STUDENT/METHOD, tracked in MLflow.")
@@ -200,7 +218,7 @@ def command_run(args, spec, runner) -> int:
         raise UserError("seeds must be non-negative integers")
     cells = spec.cells(suite=args.suite) if args.suite else [spec.cell(args.cell)]
     base = _options(args, epochs=args.epochs, suite=args.suite)
-    plans = [(cell, replace(base, seed=seed, overrides=parse_overrides(args.overrides, cell.method)))
+    plans = [(cell, replace(base, seed=seed, overrides=cell_overrides(args.overrides, cell, bool(args.suite), cells)))
              for cell in cells for seed in seeds]
     for cell, opts in plans:  # validate every cell before training any
         runner.prepare(cell, opts)
@@ -316,8 +334,11 @@ def command_report(args, spec, tracking_uri: str) -> int:
         cells = [spec.cell(c).id for c in args.cells]
     elif args.suite:
         require_known(args.suite, spec.suites, "suite")
+    if args.out and not args.out.endswith("/") and not Path(args.out).is_dir() \
+            and not Path(args.out).parent.is_dir():
+        raise UserError(f"cannot write {args.out}: {Path(args.out).parent} is not a directory")
     result = rep.build(spec, tracking_uri, args.suite, cells, args.select, args.include_smoke)
-    if args.out and args.out.endswith("/"):
+    if args.out and (args.out.endswith("/") or Path(args.out).is_dir()):
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         images = rep.plots(result)
@@ -411,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"harness: training failed: {e}", file=sys.stderr)
             return 1
         if isinstance(e, Interrupted):
-            print(f"harness: interrupted: {e}; run the same command again to resume", file=sys.stderr)
+            again = "the same command without --force" if getattr(args, "force", False) else "the same command"
+            print(f"harness: interrupted: {e}; run {again} again to resume", file=sys.stderr)
             return 130
         raise

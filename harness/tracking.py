@@ -14,6 +14,18 @@ from harness.errors import UserError
 EXPERIMENT = "kd-harness"
 
 
+# the MLflow UI opens an experiment of this kind on its runs table (not the GenAI traces view)
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def artifact_location(uri: str) -> str | None:
+    """Artifacts beside a SQLite store (`HOME/artifacts`), never in the current directory; a
+    tracking server keeps its own default."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+    return None
+
+
 def default_tracking_uri(home: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
 
@@ -34,7 +46,10 @@ class Tracker:
         try:
             self.client = MlflowClient(tracking_uri=uri)
             found = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+            self.experiment_id = found.experiment_id if found else self.client.create_experiment(
+                experiment, artifact_location=artifact_location(uri))
+            if found is None or found.tags.get(EXPERIMENT_KIND[0]) is None:
+                self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
         except mlflow.exceptions.MlflowException as e:
             raise UserError(f"tracking URI {uri!r} is not usable: {str(e).splitlines()[0]}") from None
         except Exception as e:  # unreachable server, bad scheme, unwritable path

@@ -33,11 +33,15 @@ def resolve_params(spec: Spec, name: str, overrides: dict | None = None):
     """The method's validated hyperparameters: yaml defaults, then overrides."""
     method = spec.methods[name]
     values = {key: d.value for key, d in method.defaults.items()} | (overrides or {})
+    params = method_class(name, method).Params
     try:
-        return method_class(name, method).Params.model_validate(values)
+        return params.model_validate(values)
     except ValidationError as e:
         first = e.errors()[0]
         key = ".".join(str(p) for p in first["loc"]) or "?"
+        if first["type"] == "extra_forbidden":
+            known = ", ".join(params.model_fields) or "none"
+            raise UserError(f"method {name} has no hyperparameter {key!r}; its hyperparameters: {known}") from None
         raise UserError(f"method {name}, hyperparameter {key}: {first['msg']}") from None
 
 

@@ -311,3 +311,39 @@ def test_runs_record_their_configuration_and_overrides(home):
         assert "epoch_cpu_seconds" in r.data.metrics
     result = rep.build(SPEC, f"sqlite:///{home / 'mlflow.db'}", None, [KD], "last", include_smoke=True)
     assert result.runs["tags.overrides"].tolist() == [""]
+
+
+def test_artifacts_stay_in_the_runs_home_and_the_ui_opens_on_runs(home, tmp_path, monkeypatch):
+    from harness.tracking import Tracker
+
+    monkeypatch.chdir(tmp_path)
+    tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}")
+    run_id = tracker.create("r", {"role": "student"})
+    tracker.log_dict(run_id, {"a": 1}, "config.json")
+    experiment = tracker.client.get_experiment(tracker.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.artifact_location == (home / "artifacts").resolve().as_uri()
+    assert list((home / "artifacts").rglob("config.json")) and not (tmp_path / "mlruns").exists()
+
+
+def test_small_user_errors_are_one_clear_line(home, capsys, tmp_path):
+    assert main(["run", "--cell", KD, "--smoke", "--set", "tua=2"]) == 2
+    err = capsys.readouterr().err
+    assert "no hyperparameter 'tua'" in err and "tau" in err and err.count("\n") == 1
+    assert main(["run", "--suite", "digits", "--smoke", "--set", "tau=2"]) == 2
+    assert "METHOD.NAME" in capsys.readouterr().err
+    assert main(["run", "--suite", "digits", "--smoke", "--set", "nmt.lam=2"]) == 2
+    assert "no cell of the suite uses method 'nmt'" in capsys.readouterr().err
+    assert main(["report", "--cells", KD, "--out", str(tmp_path / "missing" / "r.md")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert not (home / "mlflow.db").exists() or not MlflowClient(f"sqlite:///{home / 'mlflow.db'}").search_runs(
+        [e.experiment_id for e in MlflowClient(f"sqlite:///{home / 'mlflow.db'}").search_experiments()])
+
+
+def test_suite_set_applies_where_the_method_is(home):
+    from harness.cli import cell_overrides
+
+    cells = SPEC.cells(suite="digits")
+    by_cell = {c.method: cell_overrides(["kd.tau=2"], c, True, cells) for c in cells}
+    assert by_cell["kd"] == {"kd": {"tau": 2}} and by_cell["kd+nst_poly"] == {"kd": {"tau": 2}}
+    assert by_cell["baseline"] == {} and by_cell["lpl"] == {}
