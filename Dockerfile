@@ -3,10 +3,10 @@
 #   docker run --gpus all -v "$PWD/data:/data" -v "$PWD/runs:/runs" kd-harness run --cell cifar100/resnet32-resnet14/kd
 FROM python:3.11-slim
 WORKDIR /opt/kd-harness
-COPY pyproject.toml README.md benchmarks.yaml ./
+COPY pyproject.toml README.md ./
 COPY harness ./harness
 COPY methods ./methods
-RUN pip install --no-cache-dir -e . psycopg2-binary
+RUN pip install --no-cache-dir . psycopg2-binary   # benchmarks.yaml ships inside the package
 ENV KD_HARNESS_DATA=/data KD_HARNESS_HOME=/runs
 VOLUME ["/data", "/runs"]
 ENTRYPOINT ["harness"]

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness.errors import UserError
 from harness.preprocess import MAX_ZCA_DIM
 
-DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "benchmarks.yaml"
+DEFAULT_SPEC = Path(__file__).resolve().parent / "benchmarks.yaml"  # the repository root links to it
 NAME = r"[a-z0-9][a-z0-9_.]*"
 NAME_RE = re.compile(rf"^{NAME}$")
 
