@@ -113,6 +113,7 @@ def build_parser() -> Parser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="[METHOD.]NAME=VALUE",
                    help="override a method hyperparameter (repeatable)")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs (logged)")
+    p.add_argument("--register", metavar="NAME", help="register each trained student in MLflow's model registry")
     training_options(p)
 
     p = sub.add_parser("teacher", help="train and cache a teacher", description="Train (or find cached) the "
@@ -217,7 +218,9 @@ def command_run(args, spec, runner) -> int:
     if any(seed < 0 for seed in seeds + [args.teacher_seed]):
         raise UserError("seeds must be non-negative integers")
     cells = spec.cells(suite=args.suite) if args.suite else [spec.cell(args.cell)]
-    base = _options(args, epochs=args.epochs, suite=args.suite)
+    base = _options(args, epochs=args.epochs, suite=args.suite, register=args.register)
+    if args.register:
+        runner.tracker.check_registry()
     plans = [(cell, replace(base, seed=seed, overrides=cell_overrides(args.overrides, cell, bool(args.suite), cells)))
              for cell in cells for seed in seeds]
     for cell, opts in plans:  # validate every cell before training any

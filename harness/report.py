@@ -60,14 +60,19 @@ def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False) 
     if runs.empty:
         return runs, []
     runs = runs[runs["tags.cell"].isin(cells)].copy()
+    notes = []
     if not include_smoke:
-        runs = runs[runs["tags.smoke"] != "True"]
+        smoke = runs["tags.smoke"] == "True"
+        if smoke.any():
+            notes.append(f"{int(smoke.sum())} --smoke runs of these cells are left out (tiny subsets, 1 epoch); "
+                         "--include-smoke counts them")
+        runs = runs[~smoke]
     if runs.empty:
-        return runs, []
+        return runs, notes
     runs["configuration"] = [configuration_of(r) for _, r in runs.iterrows()]
     overrides = runs["tags.overrides"] if "tags.overrides" in runs else pd.Series("", index=runs.index)
     runs["overrides"] = overrides.fillna("")
-    chosen, notes = [], []
+    chosen = []
     for cell, group in runs.groupby("tags.cell", sort=False):
         ranked = sorted(group.groupby("configuration"), key=lambda item: (
             item[1]["overrides"].iloc[0] != "", -item[1]["tags.seed"].nunique(), -item[1]["start_time"].max().value))
@@ -199,8 +204,9 @@ def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | N
         suite_spec = SuiteSpec(title="Selected cells", source="kd-harness", cells=cells)
     runs, notes = load_runs(tracking_uri, cells, include_smoke)
     if runs.empty:
-        raise UserError(f"no finished runs for {'suite ' + suite if suite else 'these cells'} in {tracking_uri}; "
-                        "run them with `harness run` first")
+        hint = f" ({notes[0]})" if notes else ""
+        raise UserError(f"no finished runs for {'suite ' + suite if suite else 'these cells'} in {tracking_uri}"
+                        f"{hint}; run them with `harness run` first")
     detail = summarize(runs, cells, references(suite_spec), select)
     recipes = sorted(set(runs["params.recipe_name"]))
     epochs = sorted(set(runs["params.recipe.epochs"]), key=int)
@@ -310,6 +316,17 @@ def provenance(report: Report, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+LATEX_SYMBOLS = {"±": r"$\pm$", "Δ": r"$\Delta$", "†": r"$\dagger$", "−": "-", "·": r"$\cdot$", "σ": r"$\sigma$",
+                 "→": r"$\to$", "≥": r"$\geq$", "≤": r"$\leq$", "×": r"$\times$"}
+
+
+def latex_symbols(text: str) -> str:
+    """Our tables' Unicode symbols as LaTeX math, so that pdflatex compiles the output as it is."""
+    for symbol, latex in LATEX_SYMBOLS.items():
+        text = text.replace(symbol, latex)
+    return text
+
+
 def render(report: Report, fmt: str, images: dict[str, bytes] | None = None) -> str:
     details = detail_table(report)
     notes = "".join(f"- {n}\n" for n in report.notes)
@@ -321,7 +338,8 @@ def render(report: Report, fmt: str, images: dict[str, bytes] | None = None) -> 
     if fmt == "latex":
         body = report.table.to_latex(escape=True)
         comments = "".join(f"% {n}\n" for n in report.notes)
-        return f"% {report.title}\n% {report.caption}\n{comments}{body}\n{details.to_latex(index=False, escape=True)}"
+        return latex_symbols(f"% {report.title}\n% {report.caption}\n{comments}{body}\n"
+                             f"{details.to_latex(index=False, escape=True)}")
     if fmt == "html":
         figures = "".join(
             f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}"></figure>'

@@ -65,6 +65,7 @@ class RunOptions:
     teacher_epochs: int | None = None
     progress: bool = True
     full_train: bool = False  # train on train + validation, evaluate test only (a sweep's final runs)
+    register: str | None = None  # register the trained student in MLflow's model registry under this name
     tags: dict = field(default_factory=dict)
 
 
@@ -128,6 +129,12 @@ def identity_dump(model) -> dict:
 
 def config_key(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_name(cell: Cell, seed: int, departures: dict) -> str:
+    """Method first (the MLflow UI cuts long names at the end), then any override, setting and seed."""
+    changed = " [" + " ".join(f"{k}={v}" for k, v in sorted(departures.items())) + "]" if departures else ""
+    return f"{cell.method}{changed} · {cell.dataset}/{cell.pair} · seed {seed}"
 
 
 def configuration_key(identity: dict) -> str:
@@ -353,6 +360,8 @@ class Runner:
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
                       metadata={"run_id": run_id, "config": json.dumps(config, default=str)})
             tmp.replace(path)
+            self.tracker.log_model(run_id, model, data.probe_images(2).to(device))
+            self.tracker.set_tags(run_id, {"teacher_file": str(path)})
 
         self._configure(device, opts)
         job = Job(
@@ -434,7 +443,7 @@ class Runner:
         objective.to(device)
         self._configure(device, opts)
         job = Job(
-            run_key=config_key(identity), run_name=f"{cell.id} seed {opts.seed}",
+            run_key=config_key(identity), run_name=run_name(cell, opts.seed, departures),
             tags={"role": "student", "cell": cell.id, "dataset": cell.dataset, "teacher": pair.teacher,
                   "student": pair.student, "method": cell.method, "suite": opts.suite or "", "seed": opts.seed,
                   "smoke": opts.smoke, "config_key": configuration_key(identity),
@@ -448,7 +457,9 @@ class Runner:
                 TrainConfig(recipe, opts.seed, pair.stages.teacher, pair.stages.student, opts.amp,
                             cell.id, opts.progress, ("test",) if opts.full_train else ("val", "test"),
                             opts.channels_last, opts.compile, opts.teacher_cache),
-                device, teacher=teacher, log=log, checkpoints=ckpts, stop=stop, context=self.context))
+                device, teacher=teacher, log=log, checkpoints=ckpts, stop=stop, context=self.context),
+            on_success=lambda trainer, run_id: self.tracker.log_model(run_id, student, data.probe_images(2).to(device),
+                                                                      opts.register))
         return self._execute(job, opts.force)
 
     def _world_size(self) -> dict:

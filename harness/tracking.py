@@ -98,6 +98,39 @@ class Tracker:
         for k, v in tags.items():
             self.client.set_tag(run_id, k, str(v)[:5000])
 
+    def check_registry(self) -> None:
+        """Before any training: `--register` needs a store with a model registry."""
+        import mlflow
+
+        try:
+            self.client.search_registered_models(max_results=1)
+        except mlflow.exceptions.MlflowException as e:
+            raise UserError(f"--register: the store {self.uri} has no usable model registry "
+                            f"({str(e).splitlines()[0]})") from None
+
+    def log_model(self, run_id: str, model, example, register: str | None = None) -> None:
+        """The trained network as an MLflow model of the run (`runs:/RUN_ID/model`), with its
+        signature and an input example; optionally registered under `register`."""
+        import mlflow
+        import torch
+
+        was_training = model.training
+        model.eval()
+        mlflow.set_tracking_uri(self.uri)
+        with mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id), torch.no_grad():
+            # requirements given, not inferred: inference imports the model in a subprocess (seconds)
+            # pickle: loads back as the eager module (its class from the harness package), which .eval()s
+            info = mlflow.pytorch.log_model(model, name="model", input_example=example.cpu().numpy(),
+                                            serialization_format="pickle",
+                                            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "timm"])
+        model.train(was_training)
+        if register:
+            try:
+                mlflow.register_model(info.model_uri, register)
+            except mlflow.exceptions.MlflowException as e:
+                raise UserError(f"cannot register the model as {register!r} in {self.uri}: "
+                                f"{str(e).splitlines()[0]}") from None
+
     def finish(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
 

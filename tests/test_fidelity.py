@@ -347,3 +347,29 @@ def test_suite_set_applies_where_the_method_is(home):
     by_cell = {c.method: cell_overrides(["kd.tau=2"], c, True, cells) for c in cells}
     assert by_cell["kd"] == {"kd": {"tau": 2}} and by_cell["kd+nst_poly"] == {"kd": {"tau": 2}}
     assert by_cell["baseline"] == {} and by_cell["lpl"] == {}
+
+
+def test_student_is_a_loadable_mlflow_model_that_reproduces_its_accuracy(home):
+    import mlflow
+
+    from harness.data import load_data
+
+    assert main(["run", "--cell", KD, "--smoke", "--no-progress", "--register", "digits-kd"]) == 0
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (student,) = [r for r in runs if r.data.tags["role"] == "student"]
+    (teacher,) = [r for r in runs if r.data.tags["role"] == "teacher"]
+    assert student.info.run_name.startswith("kd · digits/resnet20-resnet8 · seed 0")
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    model = mlflow.pytorch.load_model(f"runs:/{student.info.run_id}/model").eval()
+    data = load_data("digits", SPEC.datasets["digits"], home, smoke=True)
+    batches = data.batches(torch.device("cpu"), ("test",))
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in batches.eval_batches("test", 128):
+            correct += (model(x).argmax(1) == y).sum().item()
+            total += len(y)
+    assert 100.0 * correct / total == pytest.approx(student.data.metrics["test_top1_last"], abs=1e-6)
+    assert mlflow.pytorch.load_model(f"runs:/{teacher.info.run_id}/model") is not None
+    assert teacher.data.tags["teacher_file"].endswith(".safetensors")
+    assert [str(v.version) for v in client.search_model_versions("name = 'digits-kd'")] == ["1"]

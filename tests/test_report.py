@@ -175,3 +175,19 @@ def test_harness_ui_serves_runs_over_the_rest_api(store, home):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_latex_output_compiles_with_pdflatex(store, tmp_path):
+    """The LaTeX table goes into a document as it is: a real TeX engine must compile it."""
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex not installed (Debian: texlive-latex-base, texlive-latex-recommended)")
+    uri, spec_path = store
+    body = rep.render(rep.build(load_spec(spec_path), uri, "known", None, "last"), "latex")
+    assert "±" not in body and "Δ" not in body and r"$\pm$" in body
+    (tmp_path / "table.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage[margin=1cm,"
+                                        "landscape]{geometry}\n\\begin{document}\n\\tiny\n" + body +
+                                        "\n\\end{document}\n")
+    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "table.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert (tmp_path / "table.pdf").stat().st_size > 0
