@@ -387,7 +387,15 @@ def command_audit(args, spec, tracking_uri: str) -> int:
 def command_ui(args, tracking_uri: str) -> int:
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
         raise UserError(f"no MLflow store at {tracking_uri}; run some cells first")
-    print(f"MLflow UI on http://{args.host}:{args.port} (store: {tracking_uri}); Ctrl-C stops it", flush=True)
+    from mlflow.tracking import MlflowClient
+
+    from harness.tracking import EXPERIMENT
+
+    experiment = MlflowClient(tracking_uri).get_experiment_by_name(EXPERIMENT)
+    # MLflow 3's UI opens an experiment on its GenAI overview; the runs table has its own address
+    runs = f"#/experiments/{experiment.experiment_id}/runs" if experiment else ""
+    print(f"MLflow UI on http://{args.host}:{args.port}/{runs} (the runs table; store: {tracking_uri}); "
+          "Ctrl-C stops it", flush=True)
     os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri,
                                "--host", args.host, "--port", str(args.port)])
 

@@ -191,3 +191,37 @@ def test_latex_output_compiles_with_pdflatex(store, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert (tmp_path / "table.pdf").stat().st_size > 0
+
+
+@pytest.mark.skipif(not _chromium(), reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_mlflow_ui_opens_on_the_runs_table_with_readable_names(home, tmp_path):
+    """A real run, `harness ui`, and Chromium: the address `harness ui` prints opens the runs table,
+    which lists the run by its name (method first)."""
+    assert main(["run", "--cell", B, "--smoke", "--no-progress"]) == 0
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("kd-harness")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "--home", str(home), "ui", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs"
+        assert url in proc.stdout.readline()
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the MLflow server did not start"
+                time.sleep(0.5)
+        flags = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1600,900", "--virtual-time-budget=30000"]
+        dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
+        assert "kd · digits/resnet20-resnet8 · seed 0" in dom, dom[-2000:]
+        subprocess.run(flags + [f"--screenshot={tmp_path / 'ui.png'}", url], capture_output=True, timeout=180)
+        assert (tmp_path / "ui.png").exists()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
