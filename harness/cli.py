@@ -85,8 +85,8 @@ def build_parser() -> Parser:
         p.add_argument("--download", action="store_true", help="let torchvision download missing datasets")
         p.add_argument("--smoke", action="store_true", help="tiny subset, 1 epoch: for CI and quick checks")
         p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-        p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off",
-                       help="autocast mixed precision (fp16 adds a GradScaler)")
+        p.add_argument("--amp", choices=["off", "bf16", "fp16", "auto"], default="off",
+                       help="autocast mixed precision (fp16 adds a GradScaler); auto: the fastest safe one here")
         p.add_argument("--channels-last", action="store_true", help="channels-last memory format (CPU and CUDA)")
         p.add_argument("--compile", action="store_true", help="torch.compile the forward passes")
         p.add_argument("--teacher-cache", action="store_true",
@@ -203,10 +203,20 @@ def _options(args, **extra):
 
     _positive("--teacher-epochs", args.teacher_epochs)
     return RunOptions(smoke=args.smoke, data_root=args.data_root, download=args.download, device=args.device,
-                      amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+                      amp=_amp(args), channels_last=args.channels_last, compile=args.compile,
                       teacher_cache=args.teacher_cache, deterministic=args.deterministic, force=args.force,
                       teacher_seed=args.teacher_seed, teacher_epochs=args.teacher_epochs,
                       progress=not args.no_progress, **extra)
+
+
+def _amp(args) -> str:
+    """--amp resolved for the device the run will use (auto -> off/bf16/fp16)."""
+    import torch
+
+    from harness.engine import resolve_amp
+
+    cuda = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
+    return resolve_amp(args.amp, "cuda" if cuda else "cpu")
 
 
 def command_run(args, spec, runner) -> int:
@@ -296,12 +306,19 @@ def command_sweep(args, spec, runner) -> int:
 
 def command_bench(args, spec, runner) -> int:
     from harness.bench import bench
+    from harness.runner import cpu_name
 
     for name in ("--steps", "--warmup"):
         _positive(name, getattr(args, name.strip("-")))
     _positive("--batch-size", args.batch_size)
     table = bench(runner, args.dataset, args.pair, args.methods, _options(args), args.steps, args.warmup,
                   args.profile, args.batch_size)
+    from harness.engine import NATIVE_BF16_FLAGS, cpu_flags
+
+    flags = cpu_flags()
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    print(f"CPU: {cpu_name()}; features: {' '.join(shown) or 'unknown'}; native bf16: "
+          f"{'yes' if flags & set(NATIVE_BF16_FLAGS) else 'no (bf16 autocast is emulated: slow)'}")
     options = f"amp={args.amp}, channels_last={args.channels_last}, compile={args.compile}, device={args.device}"
     print(f"{args.dataset}/{args.pair}, {options}: harness kd step / bare kd loop = "
           f"{table.attrs['harness_over_bare']:.3f}")

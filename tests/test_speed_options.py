@@ -146,3 +146,16 @@ def test_sweep_trials_share_one_teacher_cache(home):
     study = sweep.run()
     assert len([t for t in study.trials if t.value is not None]) == 3
     assert seen[0] == len(runner.data("digits", opts).train)
+
+
+def test_amp_auto_and_the_bf16_warning_follow_the_cpu(monkeypatch, capsys):
+    from harness import engine
+
+    monkeypatch.setattr(engine, "cpu_flags", lambda: {"avx2", "fma"})  # an AVX2-only CPU
+    assert engine.resolve_amp("auto", "cpu") == "off"
+    assert engine.resolve_amp("bf16", "cpu") == "bf16"  # allowed, but said loudly
+    assert "emulated" in capsys.readouterr().err
+    monkeypatch.setattr(engine, "cpu_flags", lambda: {"avx512f", "avx512_bf16", "amx_bf16"})
+    assert engine.resolve_amp("auto", "cpu") == "bf16"
+    assert engine.resolve_amp("bf16", "cpu") == "bf16" and capsys.readouterr().err == ""
+    assert engine.resolve_amp("off", "cpu") == "off"
