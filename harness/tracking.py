@@ -114,6 +114,8 @@ class Tracker:
         import mlflow
         import torch
 
+        # its pickle warning says what the docstring says: the module loads back through the harness's classes
+        logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
         was_training = model.training
         model.eval()
         mlflow.set_tracking_uri(self.uri)
