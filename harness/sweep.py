@@ -167,11 +167,11 @@ class Sweep:
             self.space = resolve_space(runner, cell, opts.space)
             self.grid_points = None
         objective = runner.prepare(cell, run_opts)[-1]  # data, models, pair: fail before the study exists
+        self.storage = open_storage(opts.storage)  # a bad storage URL fails before any teacher trains
         pair = runner.spec.pairs[cell.pair]
         # the teacher is trained (or loaded) before any trial, so no trial ever evaluates the test split
         self.teacher = runner.teacher(cell.dataset, pair.teacher, run_opts)[0] if objective.needs_teacher else None
         self.teacher_features: dict | None = None  # with --teacher-cache: computed by the first trial, shared
-        self.storage = open_storage(opts.storage)
         self.study = optuna.create_study(study_name=opts.study, storage=self.storage, direction="maximize",
                                          sampler=make_sampler(opts.sampler if self.grid_points is None else "grid",
                                                               opts.seed),
