@@ -15,6 +15,8 @@ import html
 import io
 import json
 import math
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,12 +53,12 @@ def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False) 
 
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
         raise UserError(f"no MLflow store at {tracking_uri}; run some cells first, or pass --tracking-uri/--home")
-    mlflow.set_tracking_uri(tracking_uri)
-    experiment = mlflow.get_experiment_by_name("kd-harness")
-    if experiment is None:
-        raise UserError(f"the store {tracking_uri} has no kd-harness runs")
-    runs = mlflow.search_runs([experiment.experiment_id], output_format="pandas",
-                              filter_string="tags.role = 'student' and attributes.status = 'FINISHED'")
+    with tracking_uri_scope(tracking_uri):  # mlflow.search_runs reads the process-wide URI
+        experiment = mlflow.get_experiment_by_name("kd-harness")
+        if experiment is None:
+            raise UserError(f"the store {tracking_uri} has no kd-harness runs")
+        runs = mlflow.search_runs([experiment.experiment_id], output_format="pandas",
+                                  filter_string="tags.role = 'student' and attributes.status = 'FINISHED'")
     if runs.empty:
         return runs, []
     runs = runs[runs["tags.cell"].isin(cells)].copy()
@@ -87,6 +89,25 @@ def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False) 
                          + (f", {keep['overrides'].iloc[0]}" if keep["overrides"].iloc[0] else "")
                          + f"); left out: {others}")
     return pd.concat(chosen), notes
+
+
+@contextmanager
+def tracking_uri_scope(uri: str):
+    """MLflow's process-wide tracking URI set to `uri` for a block, then put back as it was (it also
+    sets MLFLOW_TRACKING_URI, which later commands in the same process would otherwise inherit)."""
+    import mlflow
+
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+    previous = mlflow.get_tracking_uri() if previous_env is not None else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
 
 
 IGNORED_PARAMS = ("params.env.", "params.teacher.path", "params.seed")

@@ -110,7 +110,10 @@ class Tracker:
 
     def log_model(self, run_id: str, model, example, register: str | None = None) -> None:
         """The trained network as an MLflow model of the run (`runs:/RUN_ID/model`), with its
-        signature and an input example; optionally registered under `register`."""
+        signature and an input example; optionally registered under `register`. Through the client
+        only: MLflow's fluent API would set the process-wide tracking URI (and MLFLOW_TRACKING_URI)."""
+        import tempfile
+
         import mlflow
         import torch
 
@@ -118,17 +121,19 @@ class Tracker:
         logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
         was_training = model.training
         model.eval()
-        mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id), torch.no_grad():
-            # requirements given, not inferred: inference imports the model in a subprocess (seconds)
-            # pickle: loads back as the eager module (its class from the harness package), which .eval()s
-            info = mlflow.pytorch.log_model(model, name="model", input_example=example.cpu().numpy(),
-                                            serialization_format="pickle",
-                                            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "timm"])
+        with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+            # pickle: loads back as the eager module (its class from the harness package), which .eval()s;
+            # requirements given, not inferred (inference imports the model in a subprocess: seconds)
+            mlflow.pytorch.save_model(model, f"{tmp}/model", input_example=example.cpu().numpy(),
+                                      serialization_format="pickle",
+                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "timm"])
+            self.client.log_artifacts(run_id, f"{tmp}/model", "model")
         model.train(was_training)
         if register:
             try:
-                mlflow.register_model(info.model_uri, register)
+                if not self.client.search_registered_models(f"name = '{register}'"):
+                    self.client.create_registered_model(register)
+                self.client.create_model_version(register, f"runs:/{run_id}/model", run_id=run_id)
             except mlflow.exceptions.MlflowException as e:
                 raise UserError(f"cannot register the model as {register!r} in {self.uri}: "
                                 f"{str(e).splitlines()[0]}") from None

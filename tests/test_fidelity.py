@@ -354,7 +354,12 @@ def test_student_is_a_loadable_mlflow_model_that_reproduces_its_accuracy(home):
 
     from harness.data import load_data
 
+    import os
+
     assert main(["run", "--cell", KD, "--smoke", "--no-progress", "--register", "digits-kd"]) == 0
+    rep.build(SPEC, f"sqlite:///{home / 'mlflow.db'}", None, [KD], "last", include_smoke=True)
+    # nothing process-wide leaks: a later command in this process must not inherit this store
+    assert "MLFLOW_TRACKING_URI" not in os.environ
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     (student,) = [r for r in runs if r.data.tags["role"] == "student"]
@@ -373,3 +378,4 @@ def test_student_is_a_loadable_mlflow_model_that_reproduces_its_accuracy(home):
     assert mlflow.pytorch.load_model(f"runs:/{teacher.info.run_id}/model") is not None
     assert teacher.data.tags["teacher_file"].endswith(".safetensors")
     assert [str(v.version) for v in client.search_model_versions("name = 'digits-kd'")] == ["1"]
+    mlflow.set_tracking_uri(None)  # this test's own use of the fluent API, undone
