@@ -40,7 +40,7 @@ def test_digits_kd_run_is_fully_recorded(home, capsys):
     assert run.data.metrics["extra_parameters"] == 0
     assert run.data.metrics["student_parameters"] > 0
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
-    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["config.json"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["config.json", "model"]
 
 
 def test_finished_cell_is_not_retrained_and_teacher_is_reused(home, capsys):
