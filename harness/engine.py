@@ -304,7 +304,8 @@ class Trainer:
         phase_index, phase, phase_start = self.phase_at(self.epoch)
         if phase_index != self.optimizer_phase:  # each phase starts with a fresh optimizer
             self.optimizer, self.optimizer_phase = self._new_optimizer(), phase_index
-        factor = lr_factor(self.recipe, self.epoch - phase_start) if phase == "main" else 1.0
+        factor = lr_factor(self.recipe, self.epoch - phase_start) if phase == "main" \
+            else self.objective.phase_lr_scale(phase, self.recipe.epochs)
         for group in self.optimizer.param_groups:
             group["lr"] = self.recipe.lr * factor
         for spec, opt in zip(self.extra_specs, self.extra):

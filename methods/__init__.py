@@ -77,6 +77,11 @@ class Objective(nn.Module):
         pre = [(p.name, p.epochs) for part in self.parts.values() for p in part.pre_phases(main_epochs)]
         return pre + [("main", main_epochs)]
 
+    def phase_lr_scale(self, phase: str, main_epochs: int) -> float:
+        """The multiplier of the recipe's base lr in a pre-phase (the main phase follows the recipe)."""
+        scales = {p.name: p.lr_scale for part in self.parts.values() for p in part.pre_phases(main_epochs)}
+        return scales.get(phase, 1.0)
+
     def forward(self, student: dict, teacher: dict | None, targets: torch.Tensor,
                 phase: str = "main") -> dict[str, torch.Tensor]:
         if phase != "main":

@@ -38,10 +38,11 @@ class Probe:
 @dataclass(frozen=True)
 class PrePhase:
     """Training before the main phase: `epochs` epochs on the owner's `phase_losses(name, ...)`
-    alone (no cross-entropy), at the recipe's base lr, with a fresh optimizer."""
+    alone (no cross-entropy), at the recipe's base lr times `lr_scale`, with a fresh optimizer."""
 
     name: str
     epochs: int
+    lr_scale: float = 1.0
 
 
 @dataclass

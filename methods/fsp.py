@@ -33,6 +33,7 @@ def fsp_loss(student_stages: list[torch.Tensor], teacher_stages: list[torch.Tens
 
 class FSPParams(Params):
     pretrain_fraction: Annotated[float, Field(gt=0, le=1, description="FSP-stage epochs / main epochs")]
+    pretrain_lr_scale: Annotated[float, Field(gt=0, le=1, description="FSP-stage lr / the recipe's base lr")] = 1.0
 
 
 class FSP(Distiller):
@@ -52,7 +53,8 @@ class FSP(Distiller):
                 raise UserError(f"fsp needs equal channel counts; stage {i} has {c_t} (teacher) vs {c_s} (student)")
 
     def pre_phases(self, main_epochs: int) -> list[PrePhase]:
-        return [PrePhase("fsp", max(1, round(self.params.pretrain_fraction * main_epochs)))]
+        return [PrePhase("fsp", max(1, round(self.params.pretrain_fraction * main_epochs)),
+                         self.params.pretrain_lr_scale)]
 
     def phase_losses(self, phase, student, teacher, targets):
         return {"fsp": fsp_loss(student["stages"], teacher["stages"])}

@@ -162,3 +162,13 @@ def test_fitnet_run_shows_both_stages(shared_home):
     assert run.data.metrics["best_val_epoch"] >= 1  # selection ignores the hint stage
     assert run.data.metrics["extra_parameters"] > 0
 
+
+
+def test_fsp_stage_runs_at_its_scaled_lr(shared_home):
+    cell = "digits/resnet20-resnet8/fsp"
+    assert main(["run", "--cell", cell, "--epochs", "5", "--no-progress"]) == 0
+    client, run = _finished(shared_home, cell, epochs="5")
+    lr = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "lr")}
+    base = float(run.data.params["recipe.lr"])
+    assert lr[0] == pytest.approx(0.1 * base)  # the FSP stage (pretrain_lr_scale 0.1)
+    assert lr[1] == pytest.approx(base)  # the main stage starts at the recipe's lr
