@@ -144,9 +144,11 @@ def render_runs(result: Audit) -> str:
     """The runs behind the audit, for provenance."""
     if result.runs.empty:
         return ""
-    lines = ["", "## Runs used", "", "| cell | seed | MLflow run id | commit |", "| --- | --- | --- | --- |"]
+    lines = ["", "## Runs used", "", "| cell | seed | MLflow run id | commit | departures from the cell's defaults |",
+             "| --- | --- | --- | --- | --- |"]
     for _, r in result.runs.sort_values(["tags.cell", "tags.seed"]).iterrows():
-        lines.append(f"| {r['tags.cell']} | {r['tags.seed']} | {r['run_id']} | {r['params.env.git_commit'][:10]} |")
+        lines.append(f"| {r['tags.cell']} | {r['tags.seed']} | {r['run_id']} | {r['params.env.git_commit'][:10]} | "
+                     f"{r['overrides'] or 'none'} |")
     return "\n".join(lines) + "\n"
 
 
