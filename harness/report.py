@@ -3,7 +3,8 @@
 Runs come from `mlflow.search_runs` (FINISHED student runs of the requested cells; smoke runs
 left out unless asked; for each cell and seed the latest run). Each table cell is
 `mean ± std (n)` over seeds of the chosen accuracy; a paper's number stands beside it as a
-labelled reference with the difference, flagged when it lies outside mean ± 2·std. Cells
+labelled reference with the difference, flagged when it lies outside mean ± max(2·std, the suite's
+tolerance). Cells
 without runs show as missing, never as zero.
 """
 
@@ -141,7 +142,7 @@ def _fmt(mean: float, std: float, n: int) -> str:
     return f"{mean:.2f} ± {std:.2f} ({n})" if n > 1 else f"{mean:.2f} (1)"
 
 
-def summarize(runs: pd.DataFrame, cells: list[str], refs: dict, select: str) -> pd.DataFrame:
+def summarize(runs: pd.DataFrame, cells: list[str], refs: dict, select: str, tolerance: float = 0.5) -> pd.DataFrame:
     top1_key, top5_key, _ = SELECTIONS[select]
     rows = []
     for cell in cells:
@@ -157,8 +158,11 @@ def summarize(runs: pd.DataFrame, cells: list[str], refs: dict, select: str) -> 
             row[f"{metric}_paper"] = ref[0] if ref else math.nan
             row[f"{metric}_paper_source"] = ref[1] if ref else ""
             row[f"{metric}_delta"] = mean - ref[0] if ref and n else math.nan
-            # flagged: the paper's number lies outside mean ± 2 std (needs 2 or more seeds)
-            row[f"{metric}_flag"] = bool(ref and n > 1 and abs(mean - ref[0]) > 2 * std)
+            # in units of our std: how far the paper's number lies from our seeds
+            row[f"{metric}_z"] = (mean - ref[0]) / std if ref and n > 1 and std > 0 else math.nan
+            # flagged: the paper's number lies outside mean ± max(2 std, tolerance); the tolerance stands for
+            # the paper's own seed noise, so a tiny std of ours does not flag every row (needs 2+ seeds)
+            row[f"{metric}_flag"] = bool(ref and n > 1 and abs(mean - ref[0]) > max(2 * std, tolerance))
         for column, key in (("sec_per_epoch", "mean_epoch_seconds"), ("peak_memory_mb", "peak_memory_mb")):
             row[column] = group[f"metrics.{key}"].astype(float).median() if n else math.nan
         row["cost_under_load"] = bool(n and under_load(group).any())
@@ -228,7 +232,7 @@ def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | N
         hint = f" ({notes[0]})" if notes else ""
         raise UserError(f"no finished runs for {'suite ' + suite if suite else 'these cells'} in {tracking_uri}"
                         f"{hint}; run them with `harness run` first")
-    detail = summarize(runs, cells, references(suite_spec), select)
+    detail = summarize(runs, cells, references(suite_spec), select, suite_spec.tolerance)
     recipes = sorted(set(runs["params.recipe_name"]))
     epochs = sorted(set(runs["params.recipe.epochs"]), key=int)
     devices = sorted(set(runs["params.env.device_name"]))
@@ -236,7 +240,8 @@ def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | N
     caption = (f"Test top-1 accuracy (%) at {SELECTIONS[select][2]}, mean ± sample std over seeds (n). "
                f"Recipe(s): {', '.join(recipes)}, {', '.join(epochs)} epochs. "
                f"Paper numbers are references from {suite_spec.source}, converted to accuracy where the paper "
-               "reports error; Δ = ours − paper; * marks a paper number outside mean ± 2·std; † marks a "
+               f"reports error; Δ = ours − paper (z: Δ in units of our std); * marks a paper number outside "
+               f"mean ± max(2·std, {suite_spec.tolerance:g} points); † marks a "
                "s/epoch figure from runs that shared the machine (1-min load average above the core count + "
                f"{LOAD_MARGIN}): not a cost figure. "
                f"Hardware: {', '.join(devices)}. Commit(s): {', '.join(commits)}.")
@@ -246,7 +251,7 @@ def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | N
 
 # ---- rendering ---------------------------------------------------------------------------------
 DETAIL_COLUMNS = {"cell": "cell", "n": "n", "top1": "top-1", "top5": "top-5", "top1_paper": "paper top-1",
-                  "top1_delta": "Δ top-1", "sec_per_epoch": "s/epoch (median)", "extra_parameters": "extra params",
+                  "top1_delta": "Δ top-1", "top1_z": "z", "sec_per_epoch": "s/epoch (median)", "extra_parameters": "extra params",
                   "student_parameters": "student params", "peak_memory_mb": "peak MB", "epochs": "epochs"}
 
 
@@ -259,6 +264,7 @@ def detail_table(report: Report) -> pd.DataFrame:
         "top1_paper": [f"{v:.2f}" if not math.isnan(v) else "" for v in d.top1_paper],
         "top1_delta": [(f"{v:+.2f}" + ("*" if f else "")) if not math.isnan(v) else ""
                        for v, f in zip(d.top1_delta, d.top1_flag)],
+        "top1_z": [f"{v:+.1f}" if not math.isnan(v) else "" for v in d.top1_z],
         "sec_per_epoch": [(f"{v:.2f}" + (" †" if loaded else "")) if not math.isnan(v) else ""
                           for v, loaded in zip(d.sec_per_epoch, d.cost_under_load)],
         "extra_parameters": [f"{int(v):,}" if not math.isnan(v) else "" for v in d.extra_parameters],

@@ -217,6 +217,9 @@ class SuiteSpec(Strict):
     references: list[Reference] = []
     claims: list[Claim] = Field([], description="the paper's ordering claims, audited by `harness audit`")
     departures: list[str] = Field([], description="where this suite cannot follow the paper as printed, and why")
+    tolerance: float = Field(0.5, ge=0, description=(
+        "accuracy points a paper's single number may differ by (its own run-to-run noise, which the paper does "
+        "not print) before a report flags it; the flag needs |ours - paper| > max(2 std, tolerance)"))
 
 
 class GridSpec(Strict):

@@ -349,6 +349,24 @@ def test_suite_set_applies_where_the_method_is(home):
     assert by_cell["baseline"] == {} and by_cell["lpl"] == {}
 
 
+def test_register_without_a_registry_is_refused_before_training(home, monkeypatch, capsys):
+    """A store whose registry does not answer (simulated: MLflow raises as a registry-less server does)."""
+    import mlflow
+
+    from harness.tracking import Tracker
+
+    def no_registry(self, *args, **kwargs):
+        raise mlflow.exceptions.MlflowException("model registry functionality is unavailable")
+
+    monkeypatch.setattr(MlflowClient, "search_registered_models", no_registry)
+    assert main(["run", "--cell", KD, "--smoke", "--no-progress", "--register", "digits-kd"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("harness: error: --register:") and "no usable model registry" in err
+    assert len(err.splitlines()) == 1
+    tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}")
+    assert tracker.client.search_runs([e.experiment_id for e in tracker.client.search_experiments()]) == []
+
+
 def test_student_is_a_loadable_mlflow_model_that_reproduces_its_accuracy(home):
     import mlflow
 

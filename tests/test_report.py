@@ -2,6 +2,7 @@
 browser; `harness ui` serving the runs over MLflow's REST API."""
 
 import json
+import math
 import shutil
 import socket
 import subprocess
@@ -59,6 +60,20 @@ def store(home, tmp_path):
     return uri, path
 
 
+def test_flag_needs_more_than_the_suite_tolerance(store):
+    """A paper number 5 points (5 std) off is flagged at the default tolerance, not at a tolerance of 6:
+    a tiny std of ours alone must not flag every paper row."""
+    uri, spec_path = store
+    raw = yaml.safe_load(spec_path.read_text())
+    raw["suites"]["known"]["tolerance"] = 6.0
+    spec_path.write_text(yaml.safe_dump(raw))
+    result = rep.build(load_spec(spec_path), uri, "known", None, "last")
+    d = result.detail.set_index("cell")
+    assert not bool(d.loc[B, "top1_flag"]) and d.loc[B, "top1_z"] == pytest.approx(-5.0)
+    assert result.table.loc["kd", "digits"] == "94.00 ± 1.00 (3) [paper 99.00, Δ -5.00]"
+    assert "max(2·std, 6 points)" in result.caption
+
+
 def test_known_store_gives_known_table(store):
     uri, spec_path = store
     result = rep.build(load_spec(spec_path), uri, "known", None, "last")
@@ -74,6 +89,7 @@ def test_known_store_gives_known_table(store):
     assert table.loc["baseline", "digits"] == "91.00 ± 1.00 (3) [paper 91.00, Δ +0.00]"
     assert table.loc["kd", "digits"] == "94.00 ± 1.00 (3) [paper 99.00, Δ -5.00]*"
     assert table.loc["at", "digits"] == "missing [paper 80.00]"  # missing, never zero
+    assert d.loc[B, "top1_z"] == pytest.approx(-5.0) and math.isnan(d.loc[C, "top1_z"])
     best = rep.build(load_spec(spec_path), uri, "known", None, "best-val").detail.set_index("cell")
     assert best.loc[A, "top1_mean"] == pytest.approx(90.0)
     assert "best validation" in rep.build(load_spec(spec_path), uri, "known", None, "best-val").caption
