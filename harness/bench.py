@@ -62,7 +62,7 @@ def bench(runner: Runner, dataset: str, pair: str, methods: list[str], opts: Run
         if batch_size is not None:
             recipe = recipe.model_copy(update={"batch_size": batch_size})
         if objective.needs_teacher and teacher is None:
-            teacher = runner.teacher(dataset, runner.spec.pairs[pair].teacher, opts)[0]
+            teacher = runner.teachers(dataset, runner.spec.pairs[pair], opts)[0]
         student.to(device)
         objective.to(device)
         batches = data.batches(device, splits=("train",))
@@ -78,7 +78,7 @@ def bench(runner: Runner, dataset: str, pair: str, methods: list[str], opts: Run
         rows.append({"method": method, "path": "harness", "ms_per_step": 1000 * seconds,
                      "images_per_s": recipe.batch_size / seconds, "extra_parameters": objective.extra_parameters()})
         if method == "kd":
-            rows.append(_bare_kd_row(runner, cell, opts, teacher, batches, plan, steps, warmup, device, recipe,
+            rows.append(_bare_kd_row(runner, cell, opts, teacher[0], batches, plan, steps, warmup, device, recipe,
                                      objective.parts["kd"].params))
     frame = pd.DataFrame(rows)
     harness_kd = frame[(frame.method == "kd") & (frame.path == "harness")].ms_per_step.item()

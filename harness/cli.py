@@ -193,8 +193,11 @@ def _positive(name: str, value: int | None) -> None:
 
 
 def command_list(args, spec) -> int:
+    from methods import runs_on_pair
+
     for cell in spec.cells(suite=args.suite, dataset=args.dataset, method=args.method):
-        print(cell.id)
+        if runs_on_pair(spec, cell.method, cell.pair):  # e.g. no single-teacher method on a multi-teacher pair
+            print(cell.id)
     return 0
 
 

@@ -172,16 +172,20 @@ class StudentStep(nn.Module):
 
 class Trainer:
     def __init__(self, student: nn.Module, objective: Objective, batches: Batches, config: TrainConfig,
-                 device: torch.device, teacher: nn.Module | None = None,
+                 device: torch.device, teacher: nn.Module | list[nn.Module] | None = None,
                  log: Callable[[dict, int], None] | None = None, checkpoints: CheckpointStore | None = None,
                  stop: threading.Event | None = None, context: distributed.Context = distributed.SINGLE,
                  teacher_cache: dict | None = None):
-        """teacher_cache: the teacher's features for every training image, as an earlier Trainer of the
+        """teacher: one network or several (a multi-teacher pair); the objective receives a list of
+        feature dicts, one per teacher, in this order.
+        teacher_cache: the teachers' features for every training image, as an earlier Trainer of the
         same cell and data computed them (`config.teacher_cache`; a sweep's trials share one)."""
-        if objective.needs_teacher and teacher is None:
+        self.teachers = [] if teacher is None else list(teacher) if isinstance(teacher, list) else [teacher]
+        if objective.needs_teacher and not self.teachers:
             raise ValueError("this objective reads teacher features but no teacher was given")
+        objective.check_teachers(len(self.teachers))
         self.student, self.objective, self.batches, self.config = student, objective, batches, config
-        self.device, self.teacher = device, teacher
+        self.device = device
         self.log = log or (lambda metrics, step: None)
         self.checkpoints, self.stop = checkpoints, stop or threading.Event()
         self.context = context
@@ -189,8 +193,7 @@ class Trainer:
         self.recipe = config.recipe
         self.phases = objective.phases(self.recipe.epochs)  # [(name, epochs)], "main" last
         self.extra_specs = objective.extra_optimizers()
-        self.extra = [torch.optim.SGD(s.params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
-                      for s in self.extra_specs]
+        self.extra = [s.build() for s in self.extra_specs]
         self.total_epochs = sum(epochs for _, epochs in self.phases)
         self.optimizer, self.optimizer_phase = self._new_optimizer(), 0
         self.generator = torch.Generator()
@@ -199,9 +202,8 @@ class Trainer:
         self.teacher_cache = teacher_cache
         self.extract = torch.compile(extract_features) if config.compile else extract_features
         if config.channels_last:
-            for model in (student, teacher):
-                if model is not None:
-                    model.to(memory_format=torch.channels_last)
+            for model in [student, *self.teachers]:
+                model.to(memory_format=torch.channels_last)
         self.step_module = StudentStep(student, objective, self.extract, config.student_stages)
         if context.enabled:  # a pre-phase (hint training) leaves some parameters unused
             self.step_module = nn.parallel.DistributedDataParallel(
@@ -211,6 +213,7 @@ class Trainer:
         self.epoch, self.step = 0, 0
         self.epoch_start_generator: torch.Tensor | None = None
         self.partial: dict = {}
+        self.teacher_seconds = 0.0  # the teachers' forward time in the current epoch
         self.resumed = False
         self.meta: dict = {}  # stored with every checkpoint (the runner puts the MLflow run id here)
 
@@ -299,6 +302,7 @@ class Trainer:
     def _train_epoch(self, bar) -> None:
         epoch_started = time.perf_counter() - self.partial.get("seconds", 0.0)
         cpu_started = time.process_time() - self.partial.get("cpu_seconds", 0.0)
+        self.teacher_seconds = self.partial.get("teacher_seconds", 0.0)
         self.generator.set_state(self.epoch_start_generator)
         plan = self.batches.epoch_plan(self.recipe.batch_size, self.generator)
         phase_index, phase, phase_start = self.phase_at(self.epoch)
@@ -317,8 +321,8 @@ class Trainer:
         sums = {k: torch.tensor(v, device=self.device) for k, v in partial.get("sums", {}).items()}
         correct = torch.tensor(partial.get("correct", 0), device=self.device)
         self.student.train()
-        if self.teacher is not None:
-            self.teacher.eval()
+        for teacher in self.teachers:
+            teacher.eval()
         for step in range(self.step, Batches.steps(plan)):
             indices = self.batches.batch_indices(plan, step) if self.teacher_cache is not None else None
             losses, batch_correct, stop = self._train_step(*self.batches.train_batch(plan, step), step, phase,
@@ -332,7 +336,8 @@ class Trainer:
                 all_sums, all_correct = self._over_ranks(sums, correct)
                 self.partial = {"sums": {k: v.item() for k, v in all_sums.items()}, "correct": all_correct.item(),
                                 "seconds": time.perf_counter() - epoch_started,
-                                "cpu_seconds": time.process_time() - cpu_started}
+                                "cpu_seconds": time.process_time() - cpu_started,
+                                "teacher_seconds": self.teacher_seconds}
                 self._save()
                 raise Interrupted(f"stopped at epoch {self.epoch}, step {self.step}; checkpoint written")
         n_steps = Batches.steps(plan)
@@ -350,6 +355,8 @@ class Trainer:
         # how loaded the machine was: a cost figure measured beside other work is not a cost figure
         metrics["epoch_cpu_seconds"] = time.process_time() - cpu_started
         metrics["load_1m"] = machine_load()
+        if self.teachers and self.teacher_cache is None:  # the teachers' share of the epoch
+            metrics["epoch_teacher_seconds"] = self.teacher_seconds
         metrics["epoch"] = self.epoch
         metrics["phase"] = phase_index
         bar.set_postfix(epoch=self.epoch, **{s: f"{metrics[f'{s}/top1']:.2f}" for s in self.eval_splits})
@@ -372,15 +379,20 @@ class Trainer:
         runner checks that. Computed in evaluation batches, so values can differ from the per-batch
         ones by floating-point rounding of batch-size-dependent kernels.
         """
-        self.teacher.eval()
         chunks = []
         with torch.no_grad(), _autocast(self.device, self.config.amp):
             for x, _ in self.batches.eval_batches("train", self.recipe.eval_batch_size):
                 if self.config.channels_last and x.ndim == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
-                chunks.append(self.extract(self.teacher, x, self.objective.teacher_features,
-                                           self.config.teacher_stages))
+                chunks.append(self._teacher_features(x))
         return _concat_trees(chunks)
+
+    def _teacher_features(self, x: torch.Tensor) -> list[dict]:
+        """Every teacher's requested features for one batch, in the pair's teacher order."""
+        for teacher in self.teachers:
+            teacher.eval()
+        return [self.extract(teacher, x, self.objective.teacher_features, self.config.teacher_stages)
+                for teacher in self.teachers]
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, step: int, phase: str,
                     indices: torch.Tensor | None = None):
@@ -391,10 +403,13 @@ class Trainer:
             if self.teacher_cache is not None:
                 teacher_features = _take_tree(self.teacher_cache, indices)
             elif self.objective.needs_teacher:
+                started = time.perf_counter()
                 with torch.inference_mode():
-                    teacher_features = self.extract(self.teacher, x, self.objective.teacher_features,
-                                                    self.config.teacher_stages)
+                    teacher_features = self._teacher_features(x)
                 teacher_features = _clone_tree(teacher_features)  # inference tensors cannot enter autograd
+                if self.device.type == "cuda":  # kernels run asynchronously: wait for them before the clock
+                    torch.cuda.synchronize(self.device)
+                self.teacher_seconds += time.perf_counter() - started
             losses, logits = self.step_module(x, teacher_features, y, phase)
         total = sum(losses.values())
         # one collective per step decides for every rank: a diverged loss anywhere, a stop request anywhere
@@ -435,6 +450,7 @@ class Trainer:
             "cpu_count": os.cpu_count() or 1,
             "extra_parameters": self.objective.extra_parameters(),
             "student_parameters": count_parameters(self.student),
+            "teacher_parameters": sum(count_parameters(t) for t in self.teachers),
             "peak_memory_mb": peak_memory_mb(self.device),
             "wall_seconds": wall_seconds,
         }

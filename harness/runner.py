@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Callable
@@ -33,12 +33,18 @@ from harness.engine import (Interrupted, NonFiniteLoss, TrainConfig, Trainer, co
                             seed_everything)
 from harness.errors import UserError
 from harness.models import build_model, extract_features
-from harness.spec import Cell, RecipeSpec, Spec, method_parts, require_known
+from harness.spec import Cell, PairSpec, RecipeSpec, Spec, method_parts, require_known
 from harness.tracking import Tracker
 from methods import Objective, build_objective
 from methods.base import Probe
 
 ALL_FEATURES = frozenset({"logits", "pre_logits", "stages"})
+
+
+def _frozen(teacher: torch.nn.Module) -> torch.nn.Module:
+    """A trained teacher as students see it: eval mode, no gradients (none left from its own training)."""
+    teacher.zero_grad(set_to_none=True)
+    return teacher.requires_grad_(False).eval()
 
 
 class TrainingFailed(Exception):
@@ -350,7 +356,7 @@ class Runner:
         info = {"teacher.key": key, "teacher.path": str(path)}
         if path.exists():
             model.load_state_dict(load_file(path, device=str(device)))
-            return model.eval(), info
+            return _frozen(model), info
 
         def save(trainer: Trainer, run_id: str) -> None:
             if not self.context.is_main:
@@ -377,7 +383,17 @@ class Runner:
             on_success=save)
         # the MLflow run may be FINISHED while the file is gone (another home dir): retrain then
         self._execute(job, force=True if not path.exists() else opts.force)
-        return model.eval(), info
+        return _frozen(model), info
+
+    def teachers(self, dataset: str, pair: PairSpec, opts: RunOptions) -> tuple[list[torch.nn.Module], dict]:
+        """Every teacher of the pair (one, or a multi-teacher pair's several), each cached on its own."""
+        models, keys, paths = [], [], []
+        for model_name, seed in pair.teacher_members(opts.teacher_seed):
+            model, info = self.teacher(dataset, model_name, replace(opts, teacher_seed=seed))
+            models.append(model)
+            keys.append(info["teacher.key"])
+            paths.append(info["teacher.path"])
+        return models, {"teacher.key": "+".join(keys), "teacher.path": ", ".join(paths)}
 
     # ---- students ---------------------------------------------------------------------------
     def prepare(self, cell: Cell, opts: RunOptions):
@@ -399,14 +415,16 @@ class Runner:
         if opts.teacher_cache and data.spec.augment != "none":
             raise UserError(f"--teacher-cache needs a dataset trained without augmentation; {cell.dataset} "
                             f"uses augment={data.spec.augment}, so each epoch shows the teacher new images")
-        teacher_arch = build_model(spec.models[pair.teacher], spec.datasets[cell.dataset])
+        teacher_archs = [build_model(spec.models[name], spec.datasets[cell.dataset])
+                         for name, _ in pair.teacher_members(opts.teacher_seed)]
         seed_everything(opts.seed)
         student = build_model(spec.models[pair.student], spec.datasets[cell.dataset])
-        probe = self._probe(teacher_arch, student, data, pair, cell, recipe.batch_size)
+        probe = self._probe(teacher_archs, student, data, pair, cell, recipe.batch_size)
         suite_overrides = spec.suites[opts.suite].overrides if opts.suite else {}
         overrides = {m: suite_overrides.get(m, {}) | opts.overrides.get(m, {})
                      for m in set(opts.overrides) | (set(suite_overrides) & set(method_parts(cell.method)))}
         objective = build_objective(spec, cell.method, overrides, probe)
+        objective.check_teachers(len(teacher_archs))
 
         def describe(dump):
             config = {
@@ -415,7 +433,8 @@ class Runner:
                 "smoke": opts.smoke, "amp": opts.amp,
                 "method_params": {name: dump(part.params) for name, part in objective.parts.items()},
                 "recipe_name": recipe_name, "recipe": dump(recipe), "dataset_spec": dump(spec.datasets[cell.dataset]),
-                "models": {"teacher": dump(spec.models[pair.teacher]), "student": dump(spec.models[pair.student])},
+                "models": {"teacher": dump(spec.models[pair.teacher]), "student": dump(spec.models[pair.student])}
+                | ({"more_teachers": [dump(m) for m in pair.more_teachers]} if pair.more_teachers else {}),
                 "stages": dump(pair.stages), "hint": pair.hint, "teacher_seed": opts.teacher_seed,
                 "deterministic": deterministic(opts, device), "phases": dict(objective.phases(recipe.epochs)),
                 "train_on": "train+val" if opts.full_train else "train",
@@ -431,7 +450,7 @@ class Runner:
     def run_cell(self, cell: Cell, opts: RunOptions) -> Outcome:
         config, recipe, device, data, student, objective = self.prepare(cell, opts)
         pair = self.spec.pairs[cell.pair]
-        teacher, teacher_info = (self.teacher(cell.dataset, pair.teacher, opts) if objective.needs_teacher
+        teacher, teacher_info = (self.teachers(cell.dataset, pair, opts) if objective.needs_teacher
                                  else (None, {}))
         config["teacher_key"] = config["identity"]["teacher_key"] = teacher_info.get("teacher.key", "")
         identity = config.pop("identity")
@@ -470,11 +489,11 @@ class Runner:
         configure_determinism(deterministic(opts, device), device)
 
     @staticmethod
-    def _probe(teacher, student, data: Data, pair, cell: Cell, batch_size: int) -> Probe:
+    def _probe(teachers: list, student, data: Data, pair, cell: Cell, batch_size: int) -> Probe:
         x = data.probe_images(2)
         features = {}
-        for role, model, stages in (("teacher", teacher, pair.stages.teacher),
-                                    ("student", student, pair.stages.student)):
+        roles = [(f"teacher {i}", model, pair.stages.teacher) for i, model in enumerate(teachers)]
+        for role, model, stages in roles + [("student", student, pair.stages.student)]:
             model.eval()
             blocks = hasattr(model, "stage_list") and all(isinstance(s, torch.nn.Sequential)
                                                           for s in model.stage_list())
@@ -483,7 +502,12 @@ class Runner:
                     features[role] = extract_features(model, x, ALL_FEATURES | ({"blocks"} if blocks else set()),
                                                       stages)
             except (AssertionError, IndexError) as e:
-                raise UserError(f"pair {cell.pair}: the {role}'s stage taps {stages} do not fit the model ({e})") \
+                raise UserError(f"pair {cell.pair}: {role}'s stage taps {stages} do not fit the model ({e})") \
                     from None
             model.train()
-        return Probe(features["teacher"], features["student"], pair.hint, batch_size)
+        teacher_features = tuple(features[f"teacher {i}"] for i in range(len(teachers)))
+        widths = {f["logits"].shape[1] for f in teacher_features} | {features["student"]["logits"].shape[1]}
+        if len(widths) > 1:
+            raise UserError(f"pair {cell.pair}: its teachers and student predict different numbers of classes "
+                            f"({sorted(widths)})")
+        return Probe(teacher_features[0], features["student"], pair.hint, batch_size, teacher_features)

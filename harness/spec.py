@@ -128,12 +128,29 @@ class StageTaps(Strict):
         return self
 
 
+class TeacherMember(Strict):
+    model: str
+    seed: int = Field(ge=0, description="this teacher's own training seed (absolute, not shifted by --teacher-seed)")
+
+
 class PairSpec(Strict):
     teacher: str
     student: str
     datasets: list[str]
     stages: StageTaps = Field(description="paired forward_intermediates indices that feature methods compare")
     hint: int = Field(-1, description="which entry of `stages` is FitNet's hint/guided pair")
+    more_teachers: list[TeacherMember] = Field([], description=(
+        "a multi-teacher pair: teachers besides `teacher` (which trains at --teacher-seed), each trained and "
+        "cached on its own; the stage taps apply to every teacher. Named TEACHERxN-STUDENT, N teachers in all"))
+
+    def teacher_members(self, teacher_seed: int) -> list[tuple[str, int]]:
+        """(model, seed) of every teacher, `teacher` first."""
+        return [(self.teacher, teacher_seed)] + [(m.model, m.seed) for m in self.more_teachers]
+
+    @property
+    def name(self) -> str:
+        ensemble = f"x{1 + len(self.more_teachers)}" if self.more_teachers else ""
+        return f"{self.teacher}{ensemble}-{self.student}"
 
 
 class Default(Strict):
@@ -261,11 +278,19 @@ class Spec(Strict):
                 if d not in self.datasets or ref not in self.recipes:
                     raise ValueError(f"models.{name}.recipes: unknown dataset {d!r} or recipe {ref!r}")
         for name, p in self.pairs.items():
-            if name != f"{p.teacher}-{p.student}":
-                raise ValueError(f"pairs.{name}: a pair is named TEACHER-STUDENT, here {p.teacher}-{p.student}")
+            if name != p.name:
+                raise ValueError(f"pairs.{name}: a pair is named TEACHER-STUDENT (TEACHERxN-STUDENT with N "
+                                 f"teachers), here {p.name}")
             for role in ("teacher", "student"):
                 if getattr(p, role) not in self.models:
                     raise ValueError(f"pairs.{name}.{role}: unknown model {getattr(p, role)!r}")
+            for i, member in enumerate(p.more_teachers):
+                if member.model not in self.models:
+                    raise ValueError(f"pairs.{name}.more_teachers[{i}]: unknown model {member.model!r}")
+            members = p.teacher_members(0)
+            if len(set(members)) != len(members):
+                raise ValueError(f"pairs.{name}.more_teachers: each teacher needs its own (model, seed); the first "
+                                 "teacher trains at seed 0 by default")
             for d in p.datasets:
                 if d not in self.datasets:
                     raise ValueError(f"pairs.{name}.datasets: unknown dataset {d!r}")

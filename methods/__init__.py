@@ -45,6 +45,16 @@ def resolve_params(spec: Spec, name: str, overrides: dict | None = None):
         raise UserError(f"method {name}, hyperparameter {key}: {first['msg']}") from None
 
 
+def runs_on_pair(spec: Spec, method_id: str, pair: str) -> bool:
+    """Whether a method can run on a pair as far as the spec tells (`Objective.check_teachers`): a
+    multi-teacher pair takes only methods whose teacher-reading parts read every teacher, and those
+    methods take only multi-teacher pairs."""
+    classes = [method_class(name, spec.methods[name]) for name in method_parts(method_id)]
+    if not spec.pairs[pair].more_teachers:
+        return not any(cls.multi_teacher for cls in classes)
+    return all(cls.multi_teacher or not cls.teacher_features for cls in classes)
+
+
 def validate_defaults(spec: Spec) -> None:
     for name in spec.methods:
         resolve_params(spec, name)
@@ -82,14 +92,34 @@ class Objective(nn.Module):
         scales = {p.name: p.lr_scale for part in self.parts.values() for p in part.pre_phases(main_epochs)}
         return scales.get(phase, 1.0)
 
-    def forward(self, student: dict, teacher: dict | None, targets: torch.Tensor,
+    def check_teachers(self, count: int) -> None:
+        """A multi-teacher pair feeds only parts that read every teacher (or no teacher); a part that
+        reads every teacher needs a pair of two or more."""
+        single = [name for name, part in self.parts.items() if part.teacher_features and not part.multi_teacher]
+        multi = [name for name, part in self.parts.items() if part.multi_teacher]
+        if count > 1 and single:
+            raise UserError(f"method {single[0]} reads one teacher, and this pair has {count}; "
+                            "use a multi-teacher method (e.g. mt) or a single-teacher pair")
+        if count < 2 and multi:
+            raise UserError(f"method {multi[0]} learns from several teachers, and this pair has {count}; "
+                            "use a multi-teacher pair (TEACHERxN-STUDENT)")
+
+    def forward(self, student: dict, teachers: list[dict] | None, targets: torch.Tensor,
                 phase: str = "main") -> dict[str, torch.Tensor]:
+        """teachers: one feature dict per teacher (None when no part reads a teacher)."""
         if phase != "main":
-            return self.phase_owner[phase].phase_losses(phase, student, teacher, targets)
+            owner = self.phase_owner[phase]
+            return owner.phase_losses(phase, student, self._for(owner, teachers), targets)
         losses = {"ce": F.cross_entropy(student["logits"], targets)}
         for part in self.parts.values():
-            losses.update(part(student, teacher, targets))
+            losses.update(part(student, self._for(part, teachers), targets))
         return losses
+
+    @staticmethod
+    def _for(part: Distiller, teachers: list[dict] | None):
+        if teachers is None or part.multi_teacher:
+            return teachers
+        return teachers[0]
 
     def extra_parameters(self) -> int:
         return sum(d.extra_parameters() for d in self.parts.values())

@@ -6,6 +6,10 @@ The student's cross-entropy is added once by `methods.Objective`, so methods com
 '+' without counting it twice. Hyperparameters arrive validated by the method's `Params`
 (a pydantic model with no defaults: benchmarks.yaml is the single source of defaults).
 
+A multi-teacher pair gives several teachers. A Distiller that declares `multi_teacher` receives
+`teacher` as a list of feature dicts, one per teacher, and runs on multi-teacher pairs only; the
+others receive the one teacher's dict and are refused on a multi-teacher pair.
+
 A method that needs a stage before the main training (FitNet's hint training, FSP's
 pre-training) declares it with `pre_phases`; the engine runs it, the method never loops.
 """
@@ -13,7 +17,7 @@ pre-training) declares it with `pre_phases`; the engine runs it, the method neve
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -27,12 +31,14 @@ class Params(BaseModel):
 @dataclass(frozen=True)
 class Probe:
     """What a method may check at set-up: example features of the teacher and the student
-    (from a 2-image forward), the stage pairing and the training batch size."""
+    (from a 2-image forward), the stage pairing and the training batch size; `teachers` holds
+    every teacher's example features on a multi-teacher pair (the first is `teacher`)."""
 
     teacher: dict
     student: dict
     hint: int
     batch_size: int
+    teachers: tuple[dict, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -47,9 +53,11 @@ class PrePhase:
 
 @dataclass
 class ExtraOptimizer:
-    """An optimizer a method owns for its auxiliary parameters (KR's aggregation layers): SGD,
-    stepped after the student's optimizer at every iteration, lr multiplied by `gamma` at each
-    milestone (fractions of the main phase)."""
+    """An optimizer a method owns for its auxiliary parameters (KR's aggregation layers, a GAN's
+    discriminator): SGD (`momentum`) or Adam (`betas`), stepped after the student's optimizer at
+    every iteration of the main phase, lr multiplied by `gamma` at each milestone (fractions of the
+    main phase). Its parameters' gradients come from the same backward pass as the student's: a
+    method whose owned module plays against the student detaches what each side must not move."""
 
     name: str
     params: list
@@ -58,6 +66,13 @@ class ExtraOptimizer:
     weight_decay: float = 0.0
     milestones: tuple[float, ...] = ()
     gamma: float = 0.1
+    kind: Literal["sgd", "adam"] = "sgd"
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def build(self) -> torch.optim.Optimizer:
+        if self.kind == "adam":
+            return torch.optim.Adam(self.params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        return torch.optim.SGD(self.params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
 
 
 class Distiller(nn.Module):
@@ -65,6 +80,7 @@ class Distiller(nn.Module):
     teacher_features: ClassVar[frozenset[str]] = frozenset()
     student_features: ClassVar[frozenset[str]] = frozenset()
     loss_terms: ClassVar[frozenset[str]] = frozenset()  # the names forward() returns
+    multi_teacher: ClassVar[bool] = False  # forward() receives every teacher's features as a list
 
     def __init__(self, params: Params, probe: Probe):
         super().__init__()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from harness.errors import UserError
 
@@ -38,3 +39,27 @@ def stage_indices(layers: str, probe) -> list[int]:
     if n == 0:
         raise UserError("this method compares intermediate features, but the pair lists no stages")
     return {"all": list(range(n)), "last": [n - 1], "hint": [probe.hint % n]}[layers]
+
+
+class Discriminator(nn.Module):
+    """A GAN's critic: an MLP from a feature vector to one real/fake logit per sample."""
+
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(width, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden),
+                                 nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)
+
+
+def judge_frozen(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`module(x)` with its parameters detached: gradients reach x (the student) but not the module,
+    so a generator's loss and its critic's loss can share one backward pass."""
+    frozen = {name: p.detach() for name, p in module.named_parameters()}
+    return torch.func.functional_call(module, frozen, (x,))
+
+
+def ramp(step: torch.Tensor, warmup_steps: int) -> torch.Tensor | float:
+    """A weight's linear warm-up: step / warmup_steps, capped at 1 (1 without warm-up)."""
+    return (step.float() / warmup_steps).clamp(max=1.0) if warmup_steps else 1.0
