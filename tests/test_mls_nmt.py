@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from methods.mls import mls_project
+from methods.mls import _poly_features, mls_project
 from methods.nmt import nmt_distance
 
 
@@ -53,3 +53,76 @@ def test_nmt_distance_is_zero_for_identical_sets_and_grows_with_a_perturbation()
     assert nmt_distance(points, points, 1, 10, 3, 1, 2.0).item() < 1e-5
     shifted = [nmt_distance(points + s, points, 1, 10, 3, 1, 2.0).item() for s in (0.1, 0.5, 1.0)]
     assert shifted == sorted(shifted) and abs(shifted[0] - 0.1 * math.sqrt(3)) < 1e-3  # a rigid shift moves m_S too
+
+
+# ---- golden test: the restructured projection against the first, direct implementation ----------
+# (methods/mls.py before the speed-up, kept here verbatim as the naive reference: it forms every
+# n x k x D offset, solves for all P x D fit coefficients, and uses torch.cdist)
+
+
+def _reference_mls_project(points: torch.Tensor, dim: int, neighbours: int = 16, iterations: int = 5,
+                           degree: int = 1, eps: float = 1e-2, ridge: float = 1e-6,
+                           differentiable_geometry: bool = False) -> torch.Tensor:
+    """Project each row of `points` (n x D) onto the MLS approximation of the set's manifold."""
+    n, _ = points.shape
+    k = min(neighbours, n)
+    geometry = points if differentiable_geometry else points.detach()
+    d2 = torch.cdist(geometry, geometry).pow(2)
+    index = d2.topk(k, dim=1, largest=False).indices  # n x k (each point is its own nearest)
+    near = points[index]  # n x k x D
+    near_g = geometry[index]
+    scale2 = d2.gather(1, index).mean().clamp_min(1e-12)  # mean squared neighbour distance
+    q = geometry.clone()
+
+    def weights(origin):
+        s2 = (near_g - origin[:, None, :]).pow(2).sum(-1) / scale2
+        w = 1.0 / (s2 + eps)
+        return w / w.sum(dim=1, keepdim=True)  # n x k
+
+    for _ in range(iterations):
+        w = weights(q)
+        mean = (w[..., None] * near_g).sum(1)
+        centred = (near_g - mean[:, None, :]) * w.sqrt()[..., None]  # n x k x D
+        values, vectors = torch.linalg.eigh(centred @ centred.transpose(1, 2))  # k x k Grams, ascending
+        basis = centred.transpose(1, 2) @ vectors[..., -dim:]  # n x D x dim
+        basis = basis / basis.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        q = mean + ((geometry - mean)[:, None, :] @ basis @ basis.transpose(1, 2)).squeeze(1)
+    w = weights(q)
+    if not differentiable_geometry:
+        w, basis = w.detach(), basis.detach()
+    # the origin, once more from the points themselves, so that the projection is differentiable in them
+    mean = (w[..., None] * near).sum(1)
+    origin = mean + ((points - mean)[:, None, :] @ basis @ basis.transpose(1, 2)).squeeze(1)
+    offsets = near - origin[:, None, :]  # n x k x D
+    coords = offsets @ basis  # n x k x dim
+    phi = _poly_features(coords, degree)  # n x k x P
+    weighted = phi * w[..., None]
+    gram = weighted.transpose(1, 2) @ phi + ridge * torch.eye(phi.shape[-1], device=points.device, dtype=points.dtype)
+    coefficients = torch.linalg.solve(gram, weighted.transpose(1, 2) @ offsets)  # n x P x D
+    return origin + coefficients[:, 0, :]
+
+
+@pytest.mark.parametrize("n, width, dim, neighbours, degree, iterations, differentiable", [
+    (128, 1200, 8, 16, 1, 3, False),   # NMT's default on the Hinton MLP pair
+    (64, 50, 3, 10, 2, 5, False),
+    (60, 20, 3, 12, 2, 4, True),
+])
+def test_projection_and_its_gradient_equal_the_direct_implementation(n, width, dim, neighbours, degree, iterations,
+                                                                     differentiable):
+    torch.manual_seed(n)
+    x = torch.randn(n, width, dtype=torch.float64, requires_grad=True)
+    want = _reference_mls_project(x, dim, neighbours, iterations, degree, differentiable_geometry=differentiable)
+    (want_grad,) = torch.autograd.grad(want.pow(2).sum(), x)
+    got = mls_project(x, dim, neighbours, iterations, degree, differentiable_geometry=differentiable)
+    (got_grad,) = torch.autograd.grad(got.pow(2).sum(), x)
+    assert torch.allclose(got, want, atol=1e-9) and torch.allclose(got_grad, want_grad, atol=1e-8)
+
+
+def test_nmt_loss_equals_the_direct_implementation_in_float32():
+    torch.manual_seed(3)
+    f_s, f_t = torch.randn(128, 1200, requires_grad=True), torch.randn(128, 1200)
+    got = nmt_distance(f_s, f_t, 8, 16, 3, 1, 2.0)
+    with torch.no_grad():
+        m_t = _reference_mls_project(f_t, 8, 16, 3, 1)
+    want = (m_t - _reference_mls_project(f_s, 8, 16, 3, 1)).norm(p=2, dim=1).mean()
+    assert abs(got.item() - want.item()) < 1e-4
