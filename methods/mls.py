@@ -47,9 +47,11 @@ def mls_project(points: torch.Tensor, dim: int, neighbours: int = 16, iterations
     d2 = (squares[:, None] + squares[None, :] - 2 * geometry @ geometry.T).clamp_min(0)  # cdist is slower on CPU
     index = d2.topk(k, dim=1, largest=False).indices  # n x k (each point is its own nearest)
     near = points[index]  # n x k x D
-    near_g = near if differentiable_geometry else near.detach()
+    # step 1 is translation-invariant: work with the neighbours' offsets from their point r, whose
+    # inner products carry no large common term to cancel in float32
+    near_g = (near if differentiable_geometry else near.detach()) - geometry[:, None, :]
     scale2 = d2.gather(1, index).mean().clamp_min(1e-12)  # mean squared neighbour distance
-    gram = near_g @ near_g.transpose(1, 2)  # n x k x k: the neighbours' inner products
+    gram = near_g @ near_g.transpose(1, 2)  # n x k x k: the offsets' inner products
     norms2 = gram.diagonal(dim1=1, dim2=2)  # n x k
 
     def matvec(matrix, vector):
@@ -61,8 +63,7 @@ def mls_project(points: torch.Tensor, dim: int, neighbours: int = 16, iterations
         w = 1.0 / (s2 + eps)
         return w / w.sum(dim=1, keepdim=True)  # n x k
 
-    own = matvec(near_g, geometry)  # N r: the neighbours' inner products with the point r itself
-    q_dots, q_norm2 = own, geometry.pow(2).sum(1)  # q starts at r
+    q_dots, q_norm2 = torch.zeros_like(norms2), torch.zeros_like(scale2).expand(n)  # q starts at r (offset 0)
     for _ in range(iterations):
         w = weights(q_dots, q_norm2)
         mean_dots = matvec(gram, w)  # N m, m = w^T N the weighted mean
@@ -73,8 +74,8 @@ def mls_project(points: torch.Tensor, dim: int, neighbours: int = 16, iterations
         top = vectors[..., -dim:] * root[..., None]  # n x k x dim
         # the basis U = N^T T: the top weighted principal directions, unit length (||C^T v||^2 = eigenvalue)
         coefficients = (top - w[..., None] * top.sum(1, keepdim=True)) / values[:, None, -dim:].clamp_min(1e-24).sqrt()
-        # q = m + U U^T (r - m), as coefficients over the neighbours: w + T (T^T N (r - m))
-        along = ((own - mean_dots)[:, None, :] @ coefficients).squeeze(1)  # n x dim
+        # q = m + U U^T (r - m), as coefficients over the offsets: w + T (T^T N (0 - m))
+        along = (-mean_dots[:, None, :] @ coefficients).squeeze(1)  # n x dim
         q = w + matvec(coefficients, along)
         q_dots = matvec(gram, q)
         q_norm2 = (q * q_dots).sum(1)

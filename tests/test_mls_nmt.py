@@ -126,3 +126,9 @@ def test_nmt_loss_equals_the_direct_implementation_in_float32():
         m_t = _reference_mls_project(f_t, 8, 16, 3, 1)
     want = (m_t - _reference_mls_project(f_s, 8, 16, 3, 1)).norm(p=2, dim=1).mean()
     assert abs(got.item() - want.item()) < 1e-4
+
+
+def test_non_finite_features_give_a_nan_distance_not_a_traceback():
+    f_s, f_t = torch.randn(32, 10), torch.randn(32, 10)
+    f_s[3, 2] = float("nan")
+    assert math.isnan(nmt_distance(f_s, f_t, 2, 8, 3, 1, 2.0).item())
