@@ -72,8 +72,13 @@ def mls_project(points: torch.Tensor, dim: int, neighbours: int = 16, iterations
         root = w.sqrt()
         values, vectors = torch.linalg.eigh(root[:, :, None] * centred * root[:, None, :])  # ascending
         top = vectors[..., -dim:] * root[..., None]  # n x k x dim
-        # the basis U = N^T T: the top weighted principal directions, unit length (||C^T v||^2 = eigenvalue)
-        coefficients = (top - w[..., None] * top.sum(1, keepdim=True)) / values[:, None, -dim:].clamp_min(1e-24).sqrt()
+        # the basis U = N^T T: the top weighted principal directions, unit length (||C^T v||^2 = eigenvalue);
+        # a direction whose eigenvalue is rounding noise (fewer neighbours than dim + 1, or a flat
+        # neighbourhood) is dropped, a zero column, rather than blown up to a random unit vector
+        top_values = values[:, None, -dim:]
+        real = top_values > 1e-5 * values[:, None, -1:].clamp_min(1e-30)
+        scale = torch.where(real, top_values.clamp_min(1e-30).rsqrt(), torch.zeros_like(top_values))
+        coefficients = (top - w[..., None] * top.sum(1, keepdim=True)) * scale
         # q = m + U U^T (r - m), as coefficients over the offsets: w + T (T^T N (0 - m))
         along = (-mean_dots[:, None, :] @ coefficients).squeeze(1)  # n x dim
         q = w + matvec(coefficients, along)

@@ -132,3 +132,13 @@ def test_non_finite_features_give_a_nan_distance_not_a_traceback():
     f_s, f_t = torch.randn(32, 10), torch.randn(32, 10)
     f_s[3, 2] = float("nan")
     assert math.isnan(nmt_distance(f_s, f_t, 2, 8, 3, 1, 2.0).item())
+
+
+def test_fewer_neighbours_than_the_dimension_needs_stays_finite():
+    """8 points, dim 8: the centred neighbourhoods have rank 7, so one direction is rounding noise;
+    it is dropped, not blown up (the loss on a tiny batch stays finite, with a finite gradient)."""
+    torch.manual_seed(4)
+    x = (torch.randn(2, 300).repeat(4, 1) + 0.1 * torch.randn(8, 300)).requires_grad_()
+    projected = mls_project(x, dim=8, neighbours=16, iterations=3)
+    projected.sum().backward()
+    assert torch.isfinite(projected).all() and torch.isfinite(x.grad).all()
