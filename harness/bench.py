@@ -22,6 +22,7 @@ from harness.data import Batches
 from harness.engine import TrainConfig, Trainer, _autocast, build_optimizer
 from harness.runner import Runner, RunOptions
 from harness.spec import Cell
+from harness.workshare import until_free
 
 
 def _timed(step, batches, plan, steps: int, warmup: int, device: torch.device) -> float:
@@ -62,7 +63,7 @@ def bench(runner: Runner, dataset: str, pair: str, methods: list[str], opts: Run
         if batch_size is not None:
             recipe = recipe.model_copy(update={"batch_size": batch_size})
         if objective.needs_teacher and teacher is None:
-            teacher = runner.teachers(dataset, runner.spec.pairs[pair], opts)[0]
+            teacher = until_free(runner.teachers, dataset, runner.spec.pairs[pair], opts)[0]
         student.to(device)
         objective.to(device)
         batches = data.batches(device, splits=("train",))

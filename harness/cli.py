@@ -238,21 +238,35 @@ def command_run(args, spec, runner) -> int:
              for cell in cells for seed in seeds]
     for cell, opts in plans:  # validate every cell before training any
         runner.prepare(cell, opts)
-    from harness.runner import TrainingFailed
+    import time
 
-    failed = []
-    for cell, opts in plans:
-        try:
-            outcome = runner.run_cell(cell, opts)
-        except TrainingFailed as e:  # a diverged cell is a result too: record it, go on with the rest
-            print(f"harness: training failed: {e}", file=sys.stderr)
-            failed.append(f"{cell.id} seed {opts.seed}")
-            continue
-        s = outcome.summary
-        verb = "already finished" if outcome.status == "SKIPPED" else "finished"
-        print(f"{cell.id} seed {opts.seed}: {verb}; test top-1 {s.get('test_top1_last', float('nan')):.2f}% "
-              f"(last epoch), {s.get('test_top1_best_val', float('nan')):.2f}% (best val epoch); "
-              f"MLflow run {outcome.run_id}")
+    from harness.runner import TrainingFailed
+    from harness.workshare import POLL_SECONDS, Claimed
+
+    failed, pending, told = [], plans, set()
+    while pending:  # a run another worker trains is left for later; its result is reported when found
+        deferred = []
+        for cell, opts in pending:
+            try:
+                outcome = runner.run_cell(cell, opts)
+            except Claimed as e:
+                deferred.append((cell, opts))
+                if (cell.id, opts.seed) not in told:
+                    print(f"{cell.id} seed {opts.seed}: {e}; coming back to it", file=sys.stderr)
+                    told.add((cell.id, opts.seed))
+                continue
+            except TrainingFailed as e:  # a diverged cell is a result too: record it, go on with the rest
+                print(f"harness: training failed: {e}", file=sys.stderr)
+                failed.append(f"{cell.id} seed {opts.seed}")
+                continue
+            s = outcome.summary
+            verb = "already finished" if outcome.status == "SKIPPED" else "finished"
+            print(f"{cell.id} seed {opts.seed}: {verb}; test top-1 {s.get('test_top1_last', float('nan')):.2f}% "
+                  f"(last epoch), {s.get('test_top1_best_val', float('nan')):.2f}% (best val epoch); "
+                  f"MLflow run {outcome.run_id}")
+        if len(deferred) == len(pending):  # every run left is another worker's: wait for them
+            time.sleep(POLL_SECONDS)
+        pending = deferred
     if failed:
         if len(plans) > 1:
             print(f"harness: {len(failed)} of {len(plans)} runs failed: {', '.join(failed)}", file=sys.stderr)
@@ -270,7 +284,9 @@ def command_teacher(args, spec, runner) -> int:
         raise UserError("seeds must be non-negative integers")
     opts = _options(args)
     opts.teacher_seed, opts.teacher_epochs = args.seed, args.epochs or args.teacher_epochs
-    _, info = runner.teacher(dataset, model, opts)
+    from harness.workshare import until_free
+
+    _, info = until_free(runner.teacher, dataset, model, opts)
     print(f"teacher {dataset}/{model} seed {args.seed}: {info['teacher.path']}")
     return 0
 

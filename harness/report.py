@@ -200,6 +200,7 @@ def paper_table(detail: pd.DataFrame) -> pd.DataFrame:
     frame = pd.DataFrame({"method": detail["method"], "column": column, "text": text})
     table = frame.pivot(index="method", columns="column", values="text")
     table = table.reindex(index=list(dict.fromkeys(detail["method"])), columns=list(dict.fromkeys(column)))
+    table = table.fillna("")  # a method the suite has in another column only: not a missing run
     table.index.name, table.columns.name = "method", None
     return table
 

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from importlib import metadata
@@ -35,6 +36,7 @@ from harness.errors import UserError
 from harness.models import build_model, extract_features
 from harness.spec import Cell, PairSpec, RecipeSpec, Spec, method_parts, require_known
 from harness.tracking import Tracker
+from harness.workshare import WORKER, Claimed, claim_tags, first_claim, heartbeat, is_live
 from methods import Objective, build_objective
 from methods.base import Probe
 
@@ -45,6 +47,9 @@ def _frozen(teacher: torch.nn.Module) -> torch.nn.Module:
     """A trained teacher as students see it: eval mode, no gradients (none left from its own training)."""
     teacher.zero_grad(set_to_none=True)
     return teacher.requires_grad_(False).eval()
+
+
+TAKEOVER_PAUSE = 1.0  # seconds between writing a takeover's claim and reading it back
 
 
 class TrainingFailed(Exception):
@@ -204,18 +209,17 @@ def environment_params(device: torch.device) -> dict:
 
 
 @contextmanager
-def exclusive(path: Path, waiting_message: str | None = None):
-    """An exclusive file lock; a second process waits for it (saying so, when told what to say)."""
+def exclusive(path: Path, wait: bool = False):
+    """An exclusive file lock; yields whether it is held (a busy lock: False, or wait for it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            if waiting_message:
-                print(waiting_message, file=sys.stderr)
-            fcntl.flock(f, fcntl.LOCK_EX)
+            yield False
+            return
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -246,7 +250,7 @@ class Runner:
     @property
     def tracker(self) -> Tracker:
         if self._tracker is None:
-            with exclusive(self.home / "tracking.lock"):  # first use creates the SQLite tables: once
+            with exclusive(self.home / "tracking.lock", wait=True):  # first use creates the SQLite tables: once
                 self._tracker = Tracker(self.tracking_uri)
         return self._tracker
 
@@ -265,20 +269,33 @@ class Runner:
         if not self.context.is_main:
             return self._execute_follower(job)
         run_dir = self.home / "runs" / job.run_key
-        # one lock per run key: a second process waits, then finds the run finished
-        with exclusive(run_dir / "lock", f"another process is training run {job.run_key}; waiting for it"):
+        # who trains this run: a local lock (processes of this machine), then the store (every worker
+        # that shares it; harness/workshare.py). Another worker's live claim raises Claimed.
+        with exclusive(run_dir / "lock") as held:
+            if not held:
+                raise Claimed(job.run_key, "another process of this machine")
             runs = self.tracker.find(job.run_key)
             latest = runs[0] if runs else None
             if latest is not None and latest.info.status == "FINISHED" and not force:
                 distributed.broadcast(self.context, ("skip", latest.info.run_id, latest.data.metrics))
                 return Outcome(latest.info.run_id, "SKIPPED", latest.data.metrics)
+            live = next((r for r in runs if is_live(r)), None)
+            if live is not None:
+                raise Claimed(job.run_key, live.data.tags["worker"])
             checkpoints = CheckpointStore(run_dir / "checkpoints")
             if latest is not None and latest.info.status in ("RUNNING", "KILLED") and not force:
-                run_id = latest.info.run_id
-                self.tracker.client.update_run(run_id, status="RUNNING")
+                run_id = latest.info.run_id  # its worker died or was stopped: take it over, resume
+                self.tracker.reopen(run_id, claim_tags())
+                time.sleep(TAKEOVER_PAUSE)
+                if self.tracker.tag(run_id, "worker") != WORKER:  # another worker took it over after us
+                    raise Claimed(job.run_key, self.tracker.tag(run_id, "worker"))
             else:
+                run_id = self.tracker.create(job.run_name, job.tags | {"run_key": job.run_key} | claim_tags())
+                winner = first_claim(self.tracker.find(job.run_key))
+                if winner is not None and winner.info.run_id != run_id:  # two workers raced; the first won
+                    self.tracker.withdraw(run_id)
+                    raise Claimed(job.run_key, winner.data.tags["worker"])
                 checkpoints.clear()
-                run_id = self.tracker.create(job.run_name, job.tags | {"run_key": job.run_key})
                 self.tracker.log_params(run_id, job.params)
                 self.tracker.log_dict(run_id, job.config, "config.json")
             distributed.broadcast(self.context, ("train", run_id))  # checkpoints are settled: ranks may read them
@@ -287,7 +304,7 @@ class Runner:
             trainer = job.make_trainer(checkpoints, log, stop)
             trainer.meta = {"mlflow_run_id": run_id, "run_key": job.run_key}
             try:
-                with stop_on_signals(stop):
+                with stop_on_signals(stop), heartbeat(self.tracker, run_id):
                     summary = trainer.run()
                 for step, metrics in enumerate(trainer.history):  # epochs a crash kept from the store
                     log(metrics, step)

@@ -27,6 +27,7 @@ from PIL import Image
 from harness.engine import TrainConfig, Trainer
 from harness.errors import UserError
 from harness.runner import Runner, RunOptions, environment_params, exclusive, flatten
+from harness.workshare import until_free
 from harness.spec import Cell, method_parts, split_assignment
 from methods import method_class
 
@@ -170,7 +171,7 @@ class Sweep:
         self.storage = open_storage(opts.storage)  # a bad storage URL fails before any teacher trains
         pair = runner.spec.pairs[cell.pair]
         # the teacher is trained (or loaded) before any trial, so no trial ever evaluates the test split
-        self.teacher = runner.teachers(cell.dataset, pair, run_opts)[0] if objective.needs_teacher else None
+        self.teacher = until_free(runner.teachers, cell.dataset, pair, run_opts)[0] if objective.needs_teacher else None
         self.teacher_features: dict | None = None  # with --teacher-cache: computed by the first trial, shared
         self.study = optuna.create_study(study_name=opts.study, storage=self.storage, direction="maximize",
                                          sampler=make_sampler(opts.sampler if self.grid_points is None else "grid",
@@ -180,7 +181,7 @@ class Sweep:
 
     # ---- MLflow parent ------------------------------------------------------------------------
     def _parent_run(self) -> str:
-        with exclusive(self.runner.home / "sweeps" / f"{self.opts.study}.lock"):
+        with exclusive(self.runner.home / "sweeps" / f"{self.opts.study}.lock", wait=True):
             run_id = self.study.user_attrs.get("mlflow_parent_run_id")
             if run_id is None:
                 run_id = self.tracker.create(f"sweep {self.opts.study}", {

@@ -141,6 +141,18 @@ class Tracker:
     def finish(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
 
+    def reopen(self, run_id: str, tags: dict) -> None:
+        """A run resumed (by this or another worker): RUNNING again, with the new claim's tags."""
+        self.client.update_run(run_id, status="RUNNING")
+        self.set_tags(run_id, tags)
+
+    def tag(self, run_id: str, name: str) -> str | None:
+        return self.client.get_run(run_id).data.tags.get(name)
+
+    def withdraw(self, run_id: str) -> None:
+        """A claim that lost a race: deleted, so that no report or resume ever sees it."""
+        self.client.delete_run(run_id)
+
 
 def _check_reachable(uri: str) -> None:
     """MLflow's HTTP client retries for minutes; answer an unreachable server at once."""
