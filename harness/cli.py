@@ -79,6 +79,7 @@ def build_parser() -> Parser:
     p.add_argument("--suite")
     p.add_argument("--dataset")
     p.add_argument("--method")
+    p.add_argument("--all", action="store_true", help="also the cells that cannot run, with the reason")
 
     def training_options(p, teacher_only=False):
         p.add_argument("--data-root", help="dataset directory (default: $KD_HARNESS_DATA or a user cache dir)")
@@ -193,11 +194,14 @@ def _positive(name: str, value: int | None) -> None:
 
 
 def command_list(args, spec) -> int:
-    from methods import runs_on_pair
+    from methods import pair_mismatch
 
     for cell in spec.cells(suite=args.suite, dataset=args.dataset, method=args.method):
-        if runs_on_pair(spec, cell.method, cell.pair):  # e.g. no single-teacher method on a multi-teacher pair
+        reason = pair_mismatch(spec, cell.method, cell.pair)  # e.g. kd on a multi-teacher pair
+        if reason is None:
             print(cell.id)
+        elif args.all:
+            print(f"{cell.id}  # cannot run: {reason}")
     return 0
 
 

@@ -45,14 +45,20 @@ def resolve_params(spec: Spec, name: str, overrides: dict | None = None):
         raise UserError(f"method {name}, hyperparameter {key}: {first['msg']}") from None
 
 
-def runs_on_pair(spec: Spec, method_id: str, pair: str) -> bool:
-    """Whether a method can run on a pair as far as the spec tells (`Objective.check_teachers`): a
-    multi-teacher pair takes only methods whose teacher-reading parts read every teacher, and those
-    methods take only multi-teacher pairs."""
-    classes = [method_class(name, spec.methods[name]) for name in method_parts(method_id)]
+def pair_mismatch(spec: Spec, method_id: str, pair: str) -> str | None:
+    """Why a method cannot run on a pair, as far as the spec tells (`Objective.check_teachers`), or
+    None: a multi-teacher pair takes only methods whose teacher-reading parts read every teacher, and
+    those methods take only multi-teacher pairs."""
+    classes = {name: method_class(name, spec.methods[name]) for name in method_parts(method_id)}
     if not spec.pairs[pair].more_teachers:
-        return not any(cls.multi_teacher for cls in classes)
-    return all(cls.multi_teacher or not cls.teacher_features for cls in classes)
+        multi = [name for name, cls in classes.items() if cls.multi_teacher]
+        return f"{multi[0]} needs a multi-teacher pair" if multi else None
+    single = [name for name, cls in classes.items() if cls.teacher_features and not cls.multi_teacher]
+    return f"{single[0]} reads one teacher; the pair has several" if single else None
+
+
+def runs_on_pair(spec: Spec, method_id: str, pair: str) -> bool:
+    return pair_mismatch(spec, method_id, pair) is None
 
 
 def validate_defaults(spec: Spec) -> None:

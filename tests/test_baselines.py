@@ -253,6 +253,10 @@ def test_list_and_suites_keep_the_teacher_rule(capsys):
     listed = capsys.readouterr().out.split()
     assert "digits/hinton1200x3-hinton800/mt" in listed and "digits/hinton1200x3-hinton800/baseline" in listed
     assert "digits/hinton1200x3-hinton800/kd" not in listed and "digits/hinton1200-hinton800/kd" in listed
+    assert main(["list", "--dataset", "digits", "--all"]) == 0
+    everything = capsys.readouterr().out.splitlines()
+    assert "digits/hinton1200x3-hinton800/kd  # cannot run: kd reads one teacher; the pair has several" in everything
+    assert "digits/hinton1200-hinton800/mt  # cannot run: mt needs a multi-teacher pair" in everything
     for name, suite in SPEC.suites.items():
         for cell in map(SPEC.cell, suite.cells):
             assert runs_on_pair(SPEC, cell.method, cell.pair), f"suite {name}: {cell.id}"
