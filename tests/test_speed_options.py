@@ -44,7 +44,7 @@ def count_images(model: torch.nn.Module) -> list[int]:
 def test_teacher_cache_sees_each_image_once_and_matches_per_batch_features(home, cell):
     plain = _trainer(home, cell)
     cached = _trainer(home, cell, teacher_cache=True)
-    plain_seen, cached_seen = count_images(plain.teacher), count_images(cached.teacher)
+    plain_seen, cached_seen = count_images(plain.teachers[0]), count_images(cached.teachers[0])
     plain_summary, cached_summary = plain.run(), cached.run()
     n_train = len(cached.batches.splits["train"])
     steps = len(plain.history) * (n_train // plain.recipe.batch_size)
