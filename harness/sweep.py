@@ -171,7 +171,8 @@ class Sweep:
         self.storage = open_storage(opts.storage)  # a bad storage URL fails before any teacher trains
         pair = runner.spec.pairs[cell.pair]
         # the teacher is trained (or loaded) before any trial, so no trial ever evaluates the test split
-        self.teacher = until_free(runner.teachers, cell.dataset, pair, run_opts)[0] if objective.needs_teacher else None
+        self.teachers = (until_free(runner.teachers, cell.dataset, pair, run_opts)[0] if objective.needs_teacher
+                         else None)
         self.teacher_features: dict | None = None  # with --teacher-cache: computed by the first trial, shared
         self.study = optuna.create_study(study_name=opts.study, storage=self.storage, direction="maximize",
                                          sampler=make_sampler(opts.sampler if self.grid_points is None else "grid",
@@ -214,7 +215,7 @@ class Sweep:
             config, recipe, device, data, student, objective = self.runner.prepare(self.cell, opts)
             config.pop("identity")
             self.tracker.log_params(run_id, {f"trial.{k}": v for k, v in values.items()} | flatten(config))
-            teacher = self.teacher if objective.needs_teacher else None
+            teacher = self.teachers if objective.needs_teacher else None
             student.to(device)
             objective.to(device)
             pair = self.runner.spec.pairs[self.cell.pair]

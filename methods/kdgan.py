@@ -73,8 +73,8 @@ class KDGAN(Distiller):
         def pair(y):
             return torch.cat([image, y], dim=1)
 
-        d_loss = kdgan_discriminator_loss(self.discriminator(pair(y_true)), self.discriminator(pair(y_student.detach())),
-                                          self.discriminator(pair(y_teacher)), p.alpha)
+        d = self.discriminator
+        d_loss = kdgan_discriminator_loss(d(pair(y_true)), d(pair(y_student.detach())), d(pair(y_teacher)), p.alpha)
         fooled = generator_loss(judge_frozen(self.discriminator, pair(y_student)))
         return {"kdgan_kd": p.lam * kd_loss(s_logits, t_logits, p.tau),
                 "kdgan_adv": p.lam_adv * ramp(self.steps, p.warmup_steps) * fooled,

@@ -142,7 +142,7 @@ def test_sweep_trials_share_one_teacher_cache(home):
     opts = RunOptions(epochs=1, teacher_epochs=1, progress=False, teacher_cache=True)
     sweep = Sweep(runner, runner.spec.cell(MLP_CELL), opts, SweepOptions(
         trials=3, study="cache", storage=f"sqlite:///{home / 'optuna.db'}", pruner="none", space=["tau=float:1:8"]))
-    seen = count_images(sweep.teacher)
+    seen = count_images(sweep.teachers[0])
     study = sweep.run()
     assert len([t for t in study.trials if t.value is not None]) == 3
     assert seen[0] == len(runner.data("digits", opts).train)
