@@ -173,7 +173,7 @@ class Sweep:
         # the teacher is trained (or loaded) before any trial, so no trial ever evaluates the test split
         self.teachers = (until_free(runner.teachers, cell.dataset, pair, run_opts)[0] if objective.needs_teacher
                          else None)
-        self.teacher_features: dict | None = None  # with --teacher-cache: computed by the first trial, shared
+        self.teacher_features: list | None = None  # with --teacher-cache: computed by the first trial, shared
         self.study = optuna.create_study(study_name=opts.study, storage=self.storage, direction="maximize",
                                          sampler=make_sampler(opts.sampler if self.grid_points is None else "grid",
                                                               opts.seed),
