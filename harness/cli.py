@@ -11,6 +11,7 @@ from pathlib import Path
 import platformdirs
 import yaml
 
+from harness import launch
 from harness.errors import UserError
 from harness.spec import require_known
 
@@ -116,6 +117,7 @@ def build_parser() -> Parser:
     p.add_argument("--epochs", type=int, help="override the recipe's epochs (logged)")
     p.add_argument("--register", metavar="NAME", help="register each trained student in MLflow's model registry")
     training_options(p)
+    launch.add_arguments(p)
 
     p = sub.add_parser("teacher", help="train and cache a teacher", description="Train (or find cached) the "
                        "teacher DATASET/MODEL with the dataset's teacher recipe.")
@@ -145,6 +147,7 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=int, default=0, help="the trials' training seed")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
     training_options(p)
+    launch.add_arguments(p)
 
     p = sub.add_parser("bench", help="time the harness against a bare loop, and every method's step",
                        description="Median step time of each method through the harness, of a hand-written KD "
@@ -193,15 +196,15 @@ def _positive(name: str, value: int | None) -> None:
         raise UserError(f"{name} must be a positive integer, got {value}")
 
 
-def command_list(args, spec) -> int:
-    from methods import pair_mismatch
+def command_list(args, spec, home: Path) -> int:
+    from harness.compat import mismatches
 
-    for cell in spec.cells(suite=args.suite, dataset=args.dataset, method=args.method):
-        reason = pair_mismatch(spec, cell.method, cell.pair)  # e.g. kd on a multi-teacher pair
+    cells = spec.cells(suite=args.suite, dataset=args.dataset, method=args.method)
+    for cell_id, reason in mismatches(spec, cells, home).items():  # e.g. kr on a teacher without residual blocks
         if reason is None:
-            print(cell.id)
+            print(cell_id)
         elif args.all:
-            print(f"{cell.id}  # cannot run: {reason}")
+            print(f"{cell_id}  # cannot run: {reason}")
     return 0
 
 
@@ -240,37 +243,21 @@ def command_run(args, spec, runner) -> int:
         runner.tracker.check_registry()
     plans = [(cell, replace(base, seed=seed, overrides=cell_overrides(args.overrides, cell, bool(args.suite), cells)))
              for cell in cells for seed in seeds]
-    for cell, opts in plans:  # validate every cell before training any
-        runner.prepare(cell, opts)
-    import time
+    if args.launcher:
+        workers = launch.check(args)
+        for cell, opts in plans:  # validate every cell here, before any job exists
+            runner.prepare(cell, opts)
+        return launch.launch(args, args.argv, runner.home, runner.tracking_uri, workers)
+    from harness.api import run_plans
 
-    from harness.runner import TrainingFailed
-    from harness.workshare import POLL_SECONDS, Claimed
+    def tell(cell, opts, outcome):
+        s = outcome.summary
+        verb = "already finished" if outcome.status == "SKIPPED" else "finished"
+        print(f"{cell.id} seed {opts.seed}: {verb}; test top-1 {s.get('test_top1_last', float('nan')):.2f}% "
+              f"(last epoch), {s.get('test_top1_best_val', float('nan')):.2f}% (best val epoch); "
+              f"MLflow run {outcome.run_id}")
 
-    failed, pending, told = [], plans, set()
-    while pending:  # a run another worker trains is left for later; its result is reported when found
-        deferred = []
-        for cell, opts in pending:
-            try:
-                outcome = runner.run_cell(cell, opts)
-            except Claimed as e:
-                deferred.append((cell, opts))
-                if (cell.id, opts.seed) not in told:
-                    print(f"{cell.id} seed {opts.seed}: {e}; coming back to it", file=sys.stderr)
-                    told.add((cell.id, opts.seed))
-                continue
-            except TrainingFailed as e:  # a diverged cell is a result too: record it, go on with the rest
-                print(f"harness: training failed: {e}", file=sys.stderr)
-                failed.append(f"{cell.id} seed {opts.seed}")
-                continue
-            s = outcome.summary
-            verb = "already finished" if outcome.status == "SKIPPED" else "finished"
-            print(f"{cell.id} seed {opts.seed}: {verb}; test top-1 {s.get('test_top1_last', float('nan')):.2f}% "
-                  f"(last epoch), {s.get('test_top1_best_val', float('nan')):.2f}% (best val epoch); "
-                  f"MLflow run {outcome.run_id}")
-        if len(deferred) == len(pending):  # every run left is another worker's: wait for them
-            time.sleep(POLL_SECONDS)
-        pending = deferred
+    _, failed = run_plans(runner, plans, tell)
     if failed:
         if len(plans) > 1:
             print(f"harness: {len(failed)} of {len(plans)} runs failed: {', '.join(failed)}", file=sys.stderr)
@@ -298,7 +285,7 @@ def command_teacher(args, spec, runner) -> int:
 def command_sweep(args, spec, runner) -> int:
     from dataclasses import replace
 
-    from harness.sweep import Sweep, SweepOptions
+    from harness.sweep import Sweep, SweepOptions, check
 
     cell = spec.cell(args.cell)
     for name in ("--trials", "--epochs"):
@@ -309,10 +296,15 @@ def command_sweep(args, spec, runner) -> int:
         raise UserError("--sampler grid needs --grid NAME (a grid of benchmarks.yaml)")
     opts = replace(_options(args, epochs=args.epochs), seed=args.seed, progress=False)
     study = args.study or "sweep-" + cell.id.replace("/", "-")
-    sweep = Sweep(runner, cell, opts, SweepOptions(
+    sweep_opts = SweepOptions(
         trials=args.trials, study=study, storage=args.storage or f"sqlite:///{runner.home / 'optuna.db'}",
         sampler=args.sampler, pruner=args.pruner, seed=args.sampler_seed, space=args.space, grid=args.grid,
-        final_seeds=args.final_seeds))
+        final_seeds=args.final_seeds)
+    if args.launcher:
+        workers = launch.check(args)
+        check(runner, cell, opts, sweep_opts)  # space, cell, storage: before any job exists
+        return launch.launch(args, args.argv, runner.home, runner.tracking_uri, workers)
+    sweep = Sweep(runner, cell, opts, sweep_opts)
     result = sweep.run()
     print(sweep.summary_table())
     complete = [t for t in result.trials if t.value is not None]
@@ -441,7 +433,9 @@ def command_ui(args, tracking_uri: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv  # a launcher hands the same command to its workers
     warnings.filterwarnings("ignore", module="mlflow")
     try:
         from harness.spec import load_spec
@@ -449,12 +443,12 @@ def main(argv: list[str] | None = None) -> int:
 
         spec = load_spec(args.spec)
         validate_defaults(spec)
+        home = runs_home(args.home)
         if args.command == "list":
-            return command_list(args, spec)
+            return command_list(args, spec, home)
         from harness.runner import Runner
         from harness.tracking import default_tracking_uri
 
-        home = runs_home(args.home)
         tracking_uri = args.tracking_uri or default_tracking_uri(home)
         if args.command == "report":
             return command_report(args, spec, tracking_uri)

@@ -33,15 +33,12 @@ from harness.data import Batches, Data, data_root, load_data
 from harness.engine import (Interrupted, NonFiniteLoss, TrainConfig, Trainer, configure_determinism,
                             seed_everything)
 from harness.errors import UserError
-from harness.models import build_model, extract_features
+from harness.compat import PROBE_BATCH, make_probe
+from harness.models import build_model
 from harness.spec import Cell, PairSpec, RecipeSpec, Spec, method_parts, require_known
 from harness.tracking import Tracker
 from harness.workshare import WORKER, Claimed, claim_tags, first_claim, heartbeat, is_live
 from methods import Objective, build_objective
-from methods.base import Probe
-
-ALL_FEATURES = frozenset({"logits", "pre_logits", "stages"})
-
 
 def _frozen(teacher: torch.nn.Module) -> torch.nn.Module:
     """A trained teacher as students see it: eval mode, no gradients (none left from its own training)."""
@@ -436,7 +433,8 @@ class Runner:
                          for name, _ in pair.teacher_members(opts.teacher_seed)]
         seed_everything(opts.seed)
         student = build_model(spec.models[pair.student], spec.datasets[cell.dataset])
-        probe = self._probe(teacher_archs, student, data, pair, cell, recipe.batch_size)
+        probe = make_probe(teacher_archs, student, data.probe_images(PROBE_BATCH), pair, cell.pair,
+                           recipe.batch_size)
         suite_overrides = spec.suites[opts.suite].overrides if opts.suite else {}
         overrides = {m: suite_overrides.get(m, {}) | opts.overrides.get(m, {})
                      for m in set(opts.overrides) | (set(suite_overrides) & set(method_parts(cell.method)))}
@@ -504,27 +502,3 @@ class Runner:
 
     def _configure(self, device: torch.device, opts: RunOptions) -> None:
         configure_determinism(deterministic(opts, device), device)
-
-    @staticmethod
-    def _probe(teachers: list, student, data: Data, pair, cell: Cell, batch_size: int) -> Probe:
-        x = data.probe_images(2)
-        features = {}
-        roles = [(f"teacher {i}", model, pair.stages.teacher) for i, model in enumerate(teachers)]
-        for role, model, stages in roles + [("student", student, pair.stages.student)]:
-            model.eval()
-            blocks = hasattr(model, "stage_list") and all(isinstance(s, torch.nn.Sequential)
-                                                          for s in model.stage_list())
-            try:
-                with torch.inference_mode():
-                    features[role] = extract_features(model, x, ALL_FEATURES | ({"blocks"} if blocks else set()),
-                                                      stages)
-            except (AssertionError, IndexError) as e:
-                raise UserError(f"pair {cell.pair}: {role}'s stage taps {stages} do not fit the model ({e})") \
-                    from None
-            model.train()
-        teacher_features = tuple(features[f"teacher {i}"] for i in range(len(teachers)))
-        widths = {f["logits"].shape[1] for f in teacher_features} | {features["student"]["logits"].shape[1]}
-        if len(widths) > 1:
-            raise UserError(f"pair {cell.pair}: its teachers and student predict different numbers of classes "
-                            f"({sorted(widths)})")
-        return Probe(teacher_features[0], features["student"], pair.hint, batch_size, teacher_features)

@@ -138,6 +138,27 @@ def make_pruner(name: str):
     return pruners[name]()
 
 
+def search_space(runner: Runner, cell: Cell, opts: "SweepOptions") -> tuple[dict[str, Dimension], list | None]:
+    """The study's dimensions, and its points when it walks a named grid."""
+    if opts.grid is None:
+        return resolve_space(runner, cell, opts.space), None
+    grid = runner.spec.grids.get(opts.grid)
+    if grid is None:
+        raise UserError(f"unknown grid {opts.grid!r}; known: {', '.join(runner.spec.grids) or 'none'}")
+    if grid.method not in method_parts(cell.method):
+        raise UserError(f"grid {opts.grid} is for method {grid.method}, not part of {cell.method!r}")
+    space = {p: Dimension(grid.method, p, "cat", choices=tuple(v)) for p, v in grid.grid.items()}
+    return space, [dict(zip(grid.grid, values)) for values in itertools.product(*grid.grid.values())]
+
+
+def check(runner: Runner, cell: Cell, run_opts: RunOptions, opts: "SweepOptions"):
+    """Everything a sweep needs, validated before any teacher trains or any run exists: the search
+    space, the cell's data, models and hyperparameters, the storage. Returns (objective, storage)."""
+    search_space(runner, cell, opts)
+    objective = runner.prepare(cell, run_opts)[-1]
+    return objective, open_storage(opts.storage)
+
+
 @dataclass
 class SweepOptions:
     trials: int
@@ -156,19 +177,8 @@ class Sweep:
         self.runner, self.cell, self.run_opts, self.opts = runner, cell, run_opts, opts
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress line says it once
         self.tracker = runner.tracker
-        if opts.grid is not None:
-            grid = runner.spec.grids.get(opts.grid)
-            if grid is None:
-                raise UserError(f"unknown grid {opts.grid!r}; known: {', '.join(runner.spec.grids) or 'none'}")
-            if grid.method not in method_parts(cell.method):
-                raise UserError(f"grid {opts.grid} is for method {grid.method}, not part of {cell.method!r}")
-            self.space = {p: Dimension(grid.method, p, "cat", choices=tuple(v)) for p, v in grid.grid.items()}
-            self.grid_points = [dict(zip(grid.grid, values)) for values in itertools.product(*grid.grid.values())]
-        else:
-            self.space = resolve_space(runner, cell, opts.space)
-            self.grid_points = None
-        objective = runner.prepare(cell, run_opts)[-1]  # data, models, pair: fail before the study exists
-        self.storage = open_storage(opts.storage)  # a bad storage URL fails before any teacher trains
+        self.space, self.grid_points = search_space(runner, cell, opts)
+        objective, self.storage = check(runner, cell, run_opts, opts)
         pair = runner.spec.pairs[cell.pair]
         # the teacher is trained (or loaded) before any trial, so no trial ever evaluates the test split
         self.teachers = (until_free(runner.teachers, cell.dataset, pair, run_opts)[0] if objective.needs_teacher

@@ -246,7 +246,7 @@ def test_adversarial_cells_run_and_their_critic_moves(home, method):
     assert math.isfinite(student.data.metrics[critic])
 
 
-def test_list_and_suites_keep_the_teacher_rule(capsys):
+def test_list_and_suites_keep_the_teacher_rule(home, capsys):
     from methods import runs_on_pair
 
     assert main(["list", "--dataset", "digits"]) == 0

@@ -1,0 +1,125 @@
+"""The harness from Python (a notebook, a script): run cells, read results.
+
+    from harness import run_cell, results
+    records = run_cell("digits/resnet20-resnet8/kd", seeds=3, epochs=5, T=4.0)
+    table = results(suite="positive_control")      # the report's per-cell DataFrame
+
+`run_cell` takes the same run options as `harness run` (as keywords: epochs, smoke, data_root,
+device, amp, channels_last, compile, teacher_cache, teacher_seed, teacher_epochs, force, ...);
+any other keyword is a hyperparameter of the cell's method (`--set NAME=VALUE`; write
+`params={"kd.T": 4.0}` for one part of a combined method). Mistakes raise `harness.UserError`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.errors import UserError
+from harness.runner import RunOptions
+from harness.spec import split_assignment
+
+# RunOptions a caller may set by keyword; the seed, the method values and the suite come from the call
+OPTION_NAMES = {f.name for f in fields(RunOptions)} - {"seed", "overrides", "tags", "suite"}
+
+
+def open_runner(home: str | Path | None = None, tracking_uri: str | None = None, spec_path: str | None = None):
+    """(spec, Runner) on a runs home (default: $KD_HARNESS_HOME or the user data dir)."""
+    from harness.cli import runs_home
+    from harness.runner import Runner
+    from harness.spec import load_spec
+    from harness.tracking import default_tracking_uri
+    from methods import validate_defaults
+
+    spec = load_spec(spec_path)
+    validate_defaults(spec)
+    home = runs_home(str(home) if home is not None else None)
+    return spec, Runner(spec, home, tracking_uri or default_tracking_uri(home))
+
+
+def run_plans(runner, plans: list, on_done: Callable | None = None,
+              say: Callable[[str], None] = lambda line: print(line, file=sys.stderr)):
+    """Train every (cell, options) plan once, sharing the work with any other worker on the same
+    store: a run another live worker holds is left for later, and its result taken when found.
+    `on_done(cell, opts, outcome)` hears of each as it ends. Returns (outcomes by plan index,
+    failed plan ids). Every plan is validated before any trains."""
+    from harness.runner import TrainingFailed
+    from harness.workshare import POLL_SECONDS, Claimed
+
+    for cell, opts in plans:
+        runner.prepare(cell, opts)
+    outcomes, failed, told = {}, [], set()
+    pending = list(enumerate(plans))
+    while pending:
+        deferred = []
+        for index, (cell, opts) in pending:
+            try:
+                outcomes[index] = runner.run_cell(cell, opts)
+                if on_done is not None:
+                    on_done(cell, opts, outcomes[index])
+            except Claimed as e:
+                deferred.append((index, (cell, opts)))
+                if index not in told:
+                    say(f"{cell.id} seed {opts.seed}: {e}; coming back to it")
+                    told.add(index)
+            except TrainingFailed as e:  # a diverged cell is a result too: record it, go on with the rest
+                say(f"harness: training failed: {e}")
+                failed.append(f"{cell.id} seed {opts.seed}")
+        if deferred and len(deferred) == len(pending):  # every run left is another worker's: wait
+            time.sleep(POLL_SECONDS)
+        pending = deferred
+    return outcomes, failed
+
+
+def run_cell(cell: str, seeds: int | list[int] = 1, *, params: dict[str, Any] | None = None,
+             home: str | Path | None = None, tracking_uri: str | None = None, spec_path: str | None = None,
+             **overrides) -> list[dict]:
+    """Run one cell over `seeds` (a count, 0..N-1, or a list); returns one record per seed: cell,
+    seed, status (FINISHED: trained now, SKIPPED: found finished, FAILED), MLflow run id and the
+    run's summary metrics (test_top1_last, test_top1_best_val, sec_per_epoch, ...)."""
+    spec, runner = open_runner(home, tracking_uri, spec_path)
+    target = spec.cell(cell)
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if not seed_list or any(s < 0 for s in seed_list):
+        raise UserError(f"seeds: a positive count or a list of non-negative seeds, got {seeds!r}")
+    options = {k: v for k, v in overrides.items() if k in OPTION_NAMES}
+    hyper = {k: v for k, v in overrides.items() if k not in OPTION_NAMES} | (params or {})
+    method_values: dict[str, dict] = {}
+    for name, value in hyper.items():
+        method, key, _ = split_assignment("run_cell", f"{name}=", target.method, "[METHOD.]NAME")
+        method_values.setdefault(method, {})[key] = value
+    base = RunOptions(progress=False, **options)
+    plans = [(target, replace(base, seed=seed, overrides=method_values)) for seed in seed_list]
+    outcomes, _ = run_plans(runner, plans)
+    return [{"cell": target.id, "seed": opts.seed,
+             "status": outcomes[i].status if i in outcomes else "FAILED",
+             "run_id": outcomes[i].run_id if i in outcomes else None}
+            | (outcomes[i].summary if i in outcomes else {})
+            for i, (_, opts) in enumerate(plans)]
+
+
+def results(suite: str | None = None, cells: list[str] | None = None, select: str = "last",
+            include_smoke: bool = False, home: str | Path | None = None, tracking_uri: str | None = None,
+            spec_path: str | None = None):
+    """The report's per-cell table (pandas): mean ± std over seeds, n, paper number, Δ, z, cost
+    columns; `.attrs["runs"]` holds the runs it was computed from."""
+    from harness import report
+    from harness.cli import runs_home
+    from harness.spec import load_spec, require_known
+    from harness.tracking import default_tracking_uri
+
+    if (suite is None) == (cells is None):
+        raise UserError("results: give a suite or a list of cells")
+    spec = load_spec(spec_path)
+    if suite is not None:
+        require_known(suite, spec.suites, "suite")
+    else:
+        cells = [spec.cell(c).id for c in cells]
+    uri = tracking_uri or default_tracking_uri(runs_home(str(home) if home is not None else None))
+    built = report.build(spec, uri, suite, cells, select, include_smoke)
+    table = built.detail.copy()
+    table.attrs["runs"] = built.runs
+    return table

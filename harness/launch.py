@@ -1,0 +1,117 @@
+"""Several workers for one command, through submitit: K local processes or a SLURM job array.
+
+Each worker runs the same `harness` command without the launcher flags, on the same store; the
+workers split the work the way separate terminals would (`run`: claims in the tracking store,
+`sweep`: the shared Optuna storage). The launcher validates the command before it submits
+anything, so a mistake is one line here rather than K failed jobs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from harness.errors import UserError
+
+# the flags that configure the launch itself, with whether each takes a value
+LAUNCHER_FLAGS = {"--launcher": True, "--workers": True, "--partition": True, "--gpus-per-task": True,
+                  "--cpus-per-task": True, "--array-parallelism": True, "--timeout-min": True}
+
+
+def add_arguments(p) -> None:
+    group = p.add_argument_group("launching workers (submitit)")
+    group.add_argument("--launcher", choices=["local", "slurm"],
+                       help="run the work on --workers workers: local processes or a SLURM job array")
+    group.add_argument("--workers", type=int, help="how many workers (default 2 local, 4 on SLURM)")
+    group.add_argument("--partition", help="SLURM partition")
+    group.add_argument("--gpus-per-task", type=int, default=0, help="GPUs per SLURM task")
+    group.add_argument("--cpus-per-task", type=int, help="CPUs per SLURM task (local: torch threads per worker)")
+    group.add_argument("--array-parallelism", type=int, help="SLURM: at most K array tasks at once")
+    group.add_argument("--timeout-min", type=int, default=24 * 60, help="each job's time limit (minutes)")
+
+
+def worker_argv(argv: list[str], home: Path, tracking_uri: str) -> list[str]:
+    """The command without the launcher flags, its store named explicitly (a SLURM node may not
+    see this shell's environment)."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        name = item.split("=", 1)[0]
+        if name in LAUNCHER_FLAGS:
+            skip = LAUNCHER_FLAGS[name] and "=" not in item
+            continue
+        out.append(item)
+    command = next(i for i, item in enumerate(out) if item in ("run", "sweep") and
+                   (i == 0 or "=" in out[i - 1] or out[i - 1] not in ("--spec", "--home", "--tracking-uri")))
+    return out[:command] + ["--home", str(home), "--tracking-uri", tracking_uri] + out[command:]
+
+
+def worker(argv: list[str], threads: int | None) -> int:
+    """One worker: the harness command line in this process."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    from harness.cli import main
+
+    return main(argv)
+
+
+def check(args) -> int:
+    """The worker count, after refusing what cannot be submitted."""
+    workers = args.workers if args.workers is not None else (2 if args.launcher == "local" else 4)
+    if workers < 1:
+        raise UserError(f"--workers must be a positive integer, got {workers}")
+    if args.launcher == "slurm" and shutil.which("sbatch") is None:
+        raise UserError("--launcher slurm: no `sbatch` on this machine's PATH; submit from a SLURM login node "
+                        "(or use --launcher local)")
+    if getattr(args, "final_seeds", 0):
+        raise UserError("--final-seeds with --launcher: let the workers finish the study, then run the same "
+                        "sweep once more without --launcher with --final-seeds")
+    for name in ("gpus_per_task", "cpus_per_task", "array_parallelism", "timeout_min"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "gpus_per_task" else 1):
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    return workers
+
+
+def launch(args, argv: list[str], home: Path, tracking_uri: str, workers: int) -> int:
+    import submitit
+
+    folder = home / "submitit"
+    executor = submitit.AutoExecutor(folder=folder, cluster=args.launcher)
+    executor.update_parameters(timeout_min=args.timeout_min, name=f"harness-{args.command}")
+    threads = None
+    if args.launcher == "slurm":
+        executor.update_parameters(slurm_partition=args.partition, gpus_per_node=args.gpus_per_task,
+                                   cpus_per_task=args.cpus_per_task or 1,
+                                   slurm_array_parallelism=args.array_parallelism or workers)
+    else:  # K processes on this machine's cores: torch threads split between them
+        threads = args.cpus_per_task or max(1, (os.cpu_count() or 1) // workers)
+    command = worker_argv(argv, home, tracking_uri)
+    try:
+        jobs = executor.map_array(worker, [command] * workers, [threads] * workers)
+    except Exception as e:  # sbatch refused the array, the folder is not writable, ...
+        raise UserError(f"--launcher {args.launcher}: could not submit the workers: {e}") from None
+    ids = ", ".join(job.job_id for job in jobs)
+    print(f"submitted {workers} {args.launcher} workers (jobs {ids}): harness {' '.join(command)}; "
+          f"logs in {folder}", flush=True)
+    if args.launcher == "slurm":
+        print("follow them with `squeue`; `harness report` reads the store when they are done")
+        return 0
+    codes = []
+    for job in jobs:
+        try:
+            codes.append(job.result())
+        except Exception as e:  # the worker raised: its log holds the traceback
+            print(f"worker {job.job_id} failed: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
+            codes.append(1)
+        output = "\n".join(line for line in (job.stdout() or "").splitlines() if not line.startswith("submitit "))
+        if output.strip():
+            print(f"--- worker {job.job_id}\n{output.rstrip()}")
+    print(f"workers' exit codes: {codes}")
+    return max(codes)
