@@ -40,6 +40,16 @@ def open_runner(home: str | Path | None = None, tracking_uri: str | None = None,
     return spec, Runner(spec, home, tracking_uri or default_tracking_uri(home))
 
 
+def validate(runner, plans: list) -> list:
+    """Each (cell, options) as a RunPlan, checked before anything trains: the cell, its options and
+    hyperparameters, and the data of every run that is not finished yet."""
+    resolved = [runner.plan(cell, opts) for cell, opts in plans]
+    for plan in resolved:
+        if not runner.context.is_main or runner.finished(plan) is None:  # only rank 0 reads the store
+            plan.data  # noqa: B018  (present and readable)
+    return resolved
+
+
 def run_plans(runner, plans: list, on_done: Callable | None = None,
               say: Callable[[str], None] = lambda line: print(line, file=sys.stderr)):
     """Train every (cell, options) plan once, sharing the work with any other worker on the same
@@ -49,15 +59,14 @@ def run_plans(runner, plans: list, on_done: Callable | None = None,
     from harness.runner import TrainingFailed
     from harness.workshare import POLL_SECONDS, Claimed
 
-    for cell, opts in plans:
-        runner.prepare(cell, opts)
+    resolved = validate(runner, plans)
     outcomes, failed, told = {}, [], set()
     pending = list(enumerate(plans))
     while pending:
         deferred = []
         for index, (cell, opts) in pending:
             try:
-                outcomes[index] = runner.run_cell(cell, opts)
+                outcomes[index] = runner.run_plan(resolved[index])
                 if on_done is not None:
                     on_done(cell, opts, outcomes[index])
             except Claimed as e:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.data import Batches
-from harness.engine import TrainConfig, Trainer, _autocast, build_optimizer
+from harness.engine import autocast, build_optimizer
 from harness.runner import Runner, RunOptions
 from harness.spec import Cell
 from harness.workshare import until_free
@@ -59,27 +59,22 @@ def bench(runner: Runner, dataset: str, pair: str, methods: list[str], opts: Run
     teacher = None
     for method in ["baseline", "kd"] + [m for m in methods if m not in ("baseline", "kd")]:
         cell = runner.spec.cell(f"{dataset}/{pair}/{method}")
-        config, recipe, device, data, student, objective = runner.prepare(cell, dataclasses.replace(opts, seed=0))
+        plan = runner.plan(cell, dataclasses.replace(opts, seed=0, progress=False))
+        recipe, device, objective = plan.recipe, plan.device, plan.objective
         if batch_size is not None:
-            recipe = recipe.model_copy(update={"batch_size": batch_size})
+            recipe = plan.recipe = recipe.model_copy(update={"batch_size": batch_size})
         if objective.needs_teacher and teacher is None:
             teacher = until_free(runner.teachers, dataset, runner.spec.pairs[pair], opts)[0]
-        student.to(device)
-        objective.to(device)
-        batches = data.batches(device, splits=("train",))
-        plan = batches.epoch_plan(recipe.batch_size, torch.Generator().manual_seed(0))
-        stages = runner.spec.pairs[pair].stages
-        trainer = Trainer(student, objective, batches, TrainConfig(
-            recipe, 0, stages.teacher, stages.student, opts.amp, method, False, channels_last=opts.channels_last,
-            compile=opts.compile), device, teacher=teacher if objective.needs_teacher else None)
-        seconds = _timed(lambda x, y: trainer._train_step(x, y, 0, "main"), batches, plan, steps, warmup, device)
+        trainer = plan.trainer(teacher if objective.needs_teacher else None, eval_splits=(), label=method)
+        batches = trainer.batches
+        epoch = batches.epoch_plan(recipe.batch_size, torch.Generator().manual_seed(0))
+        seconds = _timed(trainer.train_step, batches, epoch, steps, warmup, device)
         if profile:
-            profiles[method] = profile_steps(lambda x, y: trainer._train_step(x, y, 0, "main"), batches, plan,
-                                             min(steps, 5))
+            profiles[method] = profile_steps(trainer.train_step, batches, epoch, min(steps, 5))
         rows.append({"method": method, "path": "harness", "ms_per_step": 1000 * seconds,
                      "images_per_s": recipe.batch_size / seconds, "extra_parameters": objective.extra_parameters()})
         if method == "kd":
-            rows.append(_bare_kd_row(runner, cell, opts, teacher[0], batches, plan, steps, warmup, device, recipe,
+            rows.append(_bare_kd_row(runner, cell, opts, teacher[0], batches, epoch, steps, warmup, device, recipe,
                                      objective.parts["kd"].params))
     frame = pd.DataFrame(rows)
     harness_kd = frame[(frame.method == "kd") & (frame.path == "harness")].ms_per_step.item()
@@ -94,7 +89,7 @@ def bench(runner: Runner, dataset: str, pair: str, methods: list[str], opts: Run
 
 def _bare_kd_row(runner, cell: Cell, opts, teacher, batches, plan, steps, warmup, device, recipe, kd) -> dict:
     """The same KD work, written as a plain loop: the yardstick for the harness's overhead."""
-    _, _, _, _, student, _ = runner.prepare(cell, dataclasses.replace(opts, seed=0))
+    student = runner.plan(cell, dataclasses.replace(opts, seed=0)).student
     student.to(device)
     if opts.channels_last:
         student.to(memory_format=torch.channels_last)
@@ -106,7 +101,7 @@ def _bare_kd_row(runner, cell: Cell, opts, teacher, batches, plan, steps, warmup
     def step(x, y):
         if opts.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, opts.amp):
+        with autocast(device, opts.amp):
             with torch.no_grad():
                 t = teacher_forward(x)
             s = forward(x)

@@ -245,8 +245,9 @@ def command_run(args, spec, runner) -> int:
              for cell in cells for seed in seeds]
     if args.launcher:
         workers = launch.check(args)
-        for cell, opts in plans:  # validate every cell here, before any job exists
-            runner.prepare(cell, opts)
+        from harness.api import validate
+
+        validate(runner, plans)  # every cell here, before any job exists
         return launch.launch(args, args.argv, runner.home, runner.tracking_uri, workers)
     from harness.api import run_plans
 
@@ -321,7 +322,7 @@ def command_sweep(args, spec, runner) -> int:
 
 def command_bench(args, spec, runner) -> int:
     from harness.bench import bench
-    from harness.runner import cpu_name
+    from harness.provenance import cpu_name
 
     for name in ("--steps", "--warmup"):
         _positive(name, getattr(args, name.strip("-")))
@@ -341,7 +342,8 @@ def command_bench(args, spec, runner) -> int:
     for method, operators in table.attrs["profiles"].items():
         print(f"\n## {method}: operators by CPU time (torch.profiler)\n{operators}")
     if args.log:
-        from harness.runner import environment_params, resolve_device
+        from harness.provenance import environment_params
+        from harness.runner import resolve_device
 
         tracker = runner.tracker
         run_id = tracker.create(f"bench {args.dataset}/{args.pair}", {"role": "bench", "dataset": args.dataset,
@@ -439,13 +441,14 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", module="mlflow")
     try:
         from harness.spec import load_spec
-        from methods import validate_defaults
 
         spec = load_spec(args.spec)
-        validate_defaults(spec)
         home = runs_home(args.home)
-        if args.command == "list":
+        if args.command == "list":  # validates the methods' defaults unless its cache knows this spec
             return command_list(args, spec, home)
+        from methods import validate_defaults
+
+        validate_defaults(spec)
         from harness.runner import Runner
         from harness.tracking import default_tracking_uri
 

@@ -96,7 +96,7 @@ def evaluate(model: nn.Module, batches: Batches, split: str, batch_size: int, am
     model.eval()
     correct1 = correct5 = total = 0
     for x, y in batches.eval_batches(split, batch_size):
-        with _autocast(x.device, amp):
+        with autocast(x.device, amp):
             logits = model(x)
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top == y[:, None]
@@ -139,7 +139,7 @@ def resolve_amp(amp: str, device_type: str) -> str:
     return amp
 
 
-def _autocast(device: torch.device, amp: str):
+def autocast(device: torch.device, amp: str):
     return torch.autocast(device_type=device.type, dtype=AMP_DTYPES.get(amp), enabled=amp in AMP_DTYPES)
 
 
@@ -325,7 +325,7 @@ class Trainer:
             teacher.eval()
         for step in range(self.step, Batches.steps(plan)):
             indices = self.batches.batch_indices(plan, step) if self.teacher_cache is not None else None
-            losses, batch_correct, stop = self._train_step(*self.batches.train_batch(plan, step), step, phase,
+            losses, batch_correct, stop = self.train_step(*self.batches.train_batch(plan, step), step, phase,
                                                            indices)
             for term, value in losses.items():
                 sums[term] = sums.get(term, 0) + value.detach().float()
@@ -380,7 +380,7 @@ class Trainer:
         ones by floating-point rounding of batch-size-dependent kernels.
         """
         chunks = []
-        with torch.no_grad(), _autocast(self.device, self.config.amp):
+        with torch.no_grad(), autocast(self.device, self.config.amp):
             for x, _ in self.batches.eval_batches("train", self.recipe.eval_batch_size):
                 if self.config.channels_last and x.ndim == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -394,11 +394,12 @@ class Trainer:
         return [self.extract(teacher, x, self.objective.teacher_features, self.config.teacher_stages)
                 for teacher in self.teachers]
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor, step: int, phase: str,
-                    indices: torch.Tensor | None = None):
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, step: int = 0, phase: str = "main",
+                   indices: torch.Tensor | None = None):
+        """One optimisation step on a batch: returns (named losses, correct count, stop requested)."""
         if self.config.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(self.device, self.config.amp):
+        with autocast(self.device, self.config.amp):
             teacher_features = None
             if self.teacher_cache is not None:
                 teacher_features = _take_tree(self.teacher_cache, indices)

@@ -25,7 +25,6 @@ import torch
 GCN_SCALE = 55.0
 GCN_EPS = 1e-8
 ZCA_BIAS = 0.1
-MAX_ZCA_DIM = 16384  # a d x d float64 covariance of at most 2 GiB (the spec refuses larger images)
 
 
 def gcn(images: torch.Tensor, scale: float = GCN_SCALE) -> torch.Tensor:

@@ -8,34 +8,29 @@ FINISHED, FAILED (with the reason as tags) or KILLED (stopped by a signal, resum
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import os
-import platform
-import signal
-import subprocess
-import sys
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from importlib import metadata
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from harness import __version__, distributed
+from harness import distributed
 from harness.checkpoint import CheckpointStore
 from harness.data import Batches, Data, data_root, load_data
 from harness.engine import (Interrupted, NonFiniteLoss, TrainConfig, Trainer, configure_determinism,
                             seed_everything)
 from harness.errors import UserError
-from harness.compat import PROBE_BATCH, make_probe
+from harness.probe import make_probe, probe_batch
 from harness.models import build_model
 from harness.spec import Cell, PairSpec, RecipeSpec, Spec, method_parts, require_known
+from harness.process import exclusive, stop_on_signals
+from harness.provenance import environment_params
 from harness.tracking import Tracker
 from harness.workshare import WORKER, Claimed, claim_tags, first_claim, heartbeat, is_live
 from methods import Objective, build_objective
@@ -84,7 +79,7 @@ class Job:
     run_key: str
     run_name: str
     tags: dict
-    params: dict
+    params: Callable[[], dict]  # asked for only when a new MLflow run is created
     config: dict
     make_trainer: Callable[[CheckpointStore, Callable, threading.Event], Trainer]
     on_success: Callable[[Trainer, str], None] = lambda trainer, run_id: None
@@ -95,6 +90,61 @@ class Outcome:
     run_id: str
     status: str  # "FINISHED" (trained now), "SKIPPED" (already finished)
     summary: dict
+
+
+@dataclass
+class RunPlan:
+    """One student run, resolved and validated once (`Runner.plan`): `run`, sweep trials and
+    `bench` all start from it. Its data loads on first use, its teachers on `teachers()`."""
+
+    runner: "Runner"
+    cell: Cell
+    opts: RunOptions
+    recipe_name: str
+    recipe: RecipeSpec
+    device: torch.device
+    student: torch.nn.Module
+    objective: Objective
+    config: dict  # every resolved value: what the run logs
+    identity: dict  # what names the run: its key
+    teacher_info: dict  # teacher.key, teacher.path ({} when no part reads a teacher)
+
+    @property
+    def pair(self) -> PairSpec:
+        return self.runner.spec.pairs[self.cell.pair]
+
+    @property
+    def run_key(self) -> str:
+        return config_key(self.identity)
+
+    @cached_property
+    def data(self) -> Data:
+        data = self.runner.data(self.cell.dataset, self.opts)
+        return data.merged_train() if self.opts.full_train else data
+
+    def teachers(self) -> list[torch.nn.Module] | None:
+        """The pair's trained teachers (cached, or trained now), or None when no part reads one."""
+        if not self.objective.needs_teacher:
+            return None
+        return self.runner.teachers(self.cell.dataset, self.pair, self.opts)[0]
+
+    def trainer(self, teachers: list | None, eval_splits: tuple[str, ...] | None = None, label: str | None = None,
+                **engine) -> Trainer:
+        """The engine for this plan, with the student and objective on the device. `eval_splits`:
+        what each epoch evaluates (default: val and test; test only for a train+val run); `label`:
+        the progress line's name; `engine`: Trainer keywords (log, checkpoints, stop, ...)."""
+        opts, stages = self.opts, self.pair.stages
+        if eval_splits is None:
+            eval_splits = ("test",) if opts.full_train else ("val", "test")
+        splits = ("train", "val", "test") if "test" in eval_splits else ("train", *eval_splits)
+        self.student.to(self.device)
+        self.objective.to(self.device)
+        batches = self.data.batches(self.device, splits, shard=(self.runner.context.rank,
+                                                                self.runner.context.world_size))
+        config = TrainConfig(self.recipe, opts.seed, stages.teacher, stages.student, opts.amp, label or self.cell.id,
+                             opts.progress, eval_splits, opts.channels_last, opts.compile, opts.teacher_cache)
+        return Trainer(self.student, self.objective, batches, config, self.device, teacher=teachers,
+                       context=self.runner.context, **engine)
 
 
 def resolve_device(name: str, context: distributed.Context = distributed.SINGLE) -> torch.device:
@@ -161,82 +211,6 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git_state() -> tuple[str, bool]:
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or "unknown"
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = "unknown", False
-    return commit, dirty
-
-
-# read once, when the code is loaded: a long suite keeps running the code it started with, whatever
-# is committed meanwhile
-GIT_COMMIT, GIT_DIRTY = _git_state()
-
-
-def environment_params(device: torch.device) -> dict:
-    def version(pkg):
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return "absent"
-
-    return {
-        "env.git_commit": GIT_COMMIT, "env.git_dirty": GIT_DIRTY, "env.harness": __version__,
-        "env.python": platform.python_version(), "env.torch": torch.__version__,
-        "env.timm": version("timm"), "env.mlflow": version("mlflow"), "env.torchvision": version("torchvision"),
-        "env.device": str(device),
-        "env.device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-        "env.threads": torch.get_num_threads(),
-    }
-
-
-@contextmanager
-def exclusive(path: Path, wait: bool = False):
-    """An exclusive file lock; yields whether it is held (a busy lock: False, or wait for it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-@contextmanager
-def stop_on_signals(stop: threading.Event):
-    """SIGTERM and SIGINT ask the trainer to checkpoint and stop after the current step."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    for s in previous:
-        signal.signal(s, lambda signum, frame: stop.set())
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
 class Runner:
     def __init__(self, spec: Spec, home: Path, tracking_uri: str,
                  context: distributed.Context = distributed.SINGLE):
@@ -293,7 +267,7 @@ class Runner:
                     self.tracker.withdraw(run_id)
                     raise Claimed(job.run_key, winner.data.tags["worker"])
                 checkpoints.clear()
-                self.tracker.log_params(run_id, job.params)
+                self.tracker.log_params(run_id, job.params())
                 self.tracker.log_dict(run_id, job.config, "config.json")
             distributed.broadcast(self.context, ("train", run_id))  # checkpoints are settled: ranks may read them
             stop = threading.Event()
@@ -344,8 +318,8 @@ class Runner:
         return Outcome(run_id, "FINISHED", summary)
 
     # ---- teachers ---------------------------------------------------------------------------
-    def teacher(self, dataset: str, model_name: str, opts: RunOptions) -> tuple[torch.nn.Module, dict]:
-        """The cached teacher for (dataset, model, recipe, seed), trained first if needed."""
+    def teacher_identity(self, dataset: str, model_name: str, opts: RunOptions):
+        """A teacher's (dataset, recipe, device, config, key, file), known without data."""
         spec = self.spec
         require_known(model_name, spec.models, "model")
         dataset = spec.datasets[dataset].teacher_dataset or dataset
@@ -363,7 +337,12 @@ class Runner:
                     "deterministic": deterministic(opts, device)} | self._world_size()
 
         config, key = describe(full_dump), config_key(describe(identity_dump))
-        path = self.home / "teachers" / f"{dataset}-{model_name}-{key}.safetensors"
+        return dataset, recipe, device, config, key, self.home / "teachers" / f"{dataset}-{model_name}-{key}.safetensors"
+
+    def teacher(self, dataset: str, model_name: str, opts: RunOptions) -> tuple[torch.nn.Module, dict]:
+        """The cached teacher for (dataset, model, recipe, seed), trained first if needed."""
+        spec = self.spec
+        dataset, recipe, device, config, key, path = self.teacher_identity(dataset, model_name, opts)
         data = self.data(dataset, opts)
         seed_everything(opts.teacher_seed)
         model = build_model(spec.models[model_name], spec.datasets[dataset]).to(device)
@@ -388,7 +367,7 @@ class Runner:
             run_key=key, run_name=f"teacher {dataset}/{model_name} seed {opts.teacher_seed}",
             tags={"role": "teacher", "dataset": dataset, "teacher": model_name, "model": model_name,
                   "seed": opts.teacher_seed, "smoke": opts.smoke} | determinism_tags(config, device),
-            params=flatten(config) | data.params() | environment_params(device) | self.context.params(),
+            params=lambda: flatten(config) | data.params() | environment_params(device) | self.context.params(),
             config=config,
             make_trainer=lambda ckpts, log, stop: Trainer(
                 model, Objective({}), self._batches(data, device),
@@ -409,9 +388,16 @@ class Runner:
             paths.append(info["teacher.path"])
         return models, {"teacher.key": "+".join(keys), "teacher.path": ", ".join(paths)}
 
+    def teacher_keys(self, dataset: str, pair: PairSpec, opts: RunOptions) -> dict:
+        """What `teachers` reports of the pair's teachers, known without data or training."""
+        found = [self.teacher_identity(dataset, name, replace(opts, teacher_seed=seed))
+                 for name, seed in pair.teacher_members(opts.teacher_seed)]
+        return {"teacher.key": "+".join(f[4] for f in found), "teacher.path": ", ".join(str(f[5]) for f in found)}
+
     # ---- students ---------------------------------------------------------------------------
-    def prepare(self, cell: Cell, opts: RunOptions):
-        """Resolve and validate everything a student run needs; no run is created here."""
+    def plan(self, cell: Cell, opts: RunOptions) -> RunPlan:
+        """Resolve and validate everything a student run needs: no data is read, nothing trains
+        and no run is created (the methods' checks see a random batch of the dataset's shape)."""
         spec = self.spec
         pair = spec.pairs[cell.pair]
         recipe_name, recipe = spec.recipe_for(cell.dataset, pair.student, suite=opts.suite)
@@ -423,23 +409,21 @@ class Runner:
         if recipe.batch_size % self.context.world_size:
             raise UserError(f"batch size {recipe.batch_size} (recipe {recipe_name}) does not divide into "
                             f"{self.context.world_size} processes: the recipe's batch is the global batch")
-        data = self.data(cell.dataset, opts)
-        if opts.full_train:
-            data = data.merged_train()
-        if opts.teacher_cache and data.spec.augment != "none":
+        dataset_spec = spec.datasets[cell.dataset]
+        if opts.teacher_cache and dataset_spec.augment != "none":
             raise UserError(f"--teacher-cache needs a dataset trained without augmentation; {cell.dataset} "
-                            f"uses augment={data.spec.augment}, so each epoch shows the teacher new images")
-        teacher_archs = [build_model(spec.models[name], spec.datasets[cell.dataset])
+                            f"uses augment={dataset_spec.augment}, so each epoch shows the teacher new images")
+        teacher_archs = [build_model(spec.models[name], dataset_spec)
                          for name, _ in pair.teacher_members(opts.teacher_seed)]
         seed_everything(opts.seed)
-        student = build_model(spec.models[pair.student], spec.datasets[cell.dataset])
-        probe = make_probe(teacher_archs, student, data.probe_images(PROBE_BATCH), pair, cell.pair,
-                           recipe.batch_size)
+        student = build_model(spec.models[pair.student], dataset_spec)
+        probe = make_probe(teacher_archs, student, probe_batch(dataset_spec), pair, cell.pair, recipe.batch_size)
         suite_overrides = spec.suites[opts.suite].overrides if opts.suite else {}
         overrides = {m: suite_overrides.get(m, {}) | opts.overrides.get(m, {})
                      for m in set(opts.overrides) | (set(suite_overrides) & set(method_parts(cell.method)))}
         objective = build_objective(spec, cell.method, overrides, probe)
         objective.check_teachers(len(teacher_archs))
+        teacher_info = self.teacher_keys(cell.dataset, pair, opts) if objective.needs_teacher else {}
 
         def describe(dump):
             config = {
@@ -447,7 +431,7 @@ class Runner:
                 "teacher": pair.teacher, "student": pair.student, "method": cell.method, "seed": opts.seed,
                 "smoke": opts.smoke, "amp": opts.amp,
                 "method_params": {name: dump(part.params) for name, part in objective.parts.items()},
-                "recipe_name": recipe_name, "recipe": dump(recipe), "dataset_spec": dump(spec.datasets[cell.dataset]),
+                "recipe_name": recipe_name, "recipe": dump(recipe), "dataset_spec": dump(dataset_spec),
                 "models": {"teacher": dump(spec.models[pair.teacher]), "student": dump(spec.models[pair.student])}
                 | ({"more_teachers": [dump(m) for m in pair.more_teachers]} if pair.more_teachers else {}),
                 "stages": dump(pair.stages), "hint": pair.hint, "teacher_seed": opts.teacher_seed,
@@ -456,44 +440,48 @@ class Runner:
             }
             # options enter the identity only when used, so that adding an option orphans no finished run
             return config | {k: True for k in ("channels_last", "compile", "teacher_cache") if getattr(opts, k)} \
-                | self._world_size()
+                | self._world_size() | {"teacher_key": teacher_info.get("teacher.key", "")}
 
-        config = describe(full_dump)
-        config["identity"] = describe(identity_dump)
-        return config, recipe, device, data, student, objective
+        return RunPlan(self, cell, opts, recipe_name, recipe, device, student, objective, describe(full_dump),
+                       describe(identity_dump), teacher_info)
+
+    def finished(self, plan: RunPlan) -> Outcome | None:
+        """The plan's FINISHED run, if there is one (and --force was not given)."""
+        if plan.opts.force:
+            return None
+        runs = self.tracker.find(plan.run_key)
+        if runs and runs[0].info.status == "FINISHED":
+            return Outcome(runs[0].info.run_id, "SKIPPED", runs[0].data.metrics)
+        return None
 
     def run_cell(self, cell: Cell, opts: RunOptions) -> Outcome:
-        config, recipe, device, data, student, objective = self.prepare(cell, opts)
-        pair = self.spec.pairs[cell.pair]
-        teacher, teacher_info = (self.teachers(cell.dataset, pair, opts) if objective.needs_teacher
-                                 else (None, {}))
-        config["teacher_key"] = config["identity"]["teacher_key"] = teacher_info.get("teacher.key", "")
-        identity = config.pop("identity")
+        return self.run_plan(self.plan(cell, opts))
+
+    def run_plan(self, plan: RunPlan) -> Outcome:
+        cell, opts, pair, device = plan.cell, plan.opts, plan.pair, plan.device
+        if not self.context.enabled:  # a finished run needs neither its data nor its teachers
+            done = self.finished(plan)
+            if done is not None:
+                return done
+        teachers = plan.teachers()  # trained first if needed, each under its own run, before our claim
         # departures from the cell's defaults a user asked for: the report never averages them with the rest
         departures = {f"{m}.{k}": v for m, values in opts.overrides.items() for k, v in values.items()}
         departures |= {k: v for k, v in (("epochs", opts.epochs), ("teacher_epochs", opts.teacher_epochs))
                        if v is not None}
-        student.to(device)
-        objective.to(device)
         self._configure(device, opts)
         job = Job(
-            run_key=config_key(identity), run_name=run_name(cell, opts.seed, departures),
+            run_key=plan.run_key, run_name=run_name(cell, opts.seed, departures),
             tags={"role": "student", "cell": cell.id, "dataset": cell.dataset, "teacher": pair.teacher,
                   "student": pair.student, "method": cell.method, "suite": opts.suite or "", "seed": opts.seed,
-                  "smoke": opts.smoke, "config_key": configuration_key(identity),
+                  "smoke": opts.smoke, "config_key": configuration_key(plan.identity),
                   "overrides": " ".join(f"{k}={v}" for k, v in sorted(departures.items()))}
-            | determinism_tags(config, device) | opts.tags,
-            params=flatten(config) | data.params() | teacher_info | environment_params(device)
-            | self.context.params(),
-            config=config,
-            make_trainer=lambda ckpts, log, stop: Trainer(
-                student, objective, self._batches(data, device),
-                TrainConfig(recipe, opts.seed, pair.stages.teacher, pair.stages.student, opts.amp,
-                            cell.id, opts.progress, ("test",) if opts.full_train else ("val", "test"),
-                            opts.channels_last, opts.compile, opts.teacher_cache),
-                device, teacher=teacher, log=log, checkpoints=ckpts, stop=stop, context=self.context),
-            on_success=lambda trainer, run_id: self.tracker.log_model(run_id, student, data.probe_images(2).to(device),
-                                                                      opts.register))
+            | determinism_tags(plan.config, device) | opts.tags,
+            params=lambda: flatten(plan.config) | plan.data.params() | plan.teacher_info
+            | environment_params(device) | self.context.params(),
+            config=plan.config,
+            make_trainer=lambda ckpts, log, stop: plan.trainer(teachers, log=log, checkpoints=ckpts, stop=stop),
+            on_success=lambda trainer, run_id: self.tracker.log_model(
+                run_id, plan.student, plan.data.probe_images(2).to(device), opts.register))
         return self._execute(job, opts.force)
 
     def _world_size(self) -> dict:

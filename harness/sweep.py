@@ -24,9 +24,10 @@ import torch
 from optuna.trial import TrialState
 from PIL import Image
 
-from harness.engine import TrainConfig, Trainer
 from harness.errors import UserError
-from harness.runner import Runner, RunOptions, environment_params, exclusive, flatten
+from harness.process import exclusive
+from harness.provenance import environment_params
+from harness.runner import Runner, RunOptions, flatten
 from harness.workshare import until_free
 from harness.spec import Cell, method_parts, split_assignment
 from methods import method_class
@@ -155,8 +156,9 @@ def check(runner: Runner, cell: Cell, run_opts: RunOptions, opts: "SweepOptions"
     """Everything a sweep needs, validated before any teacher trains or any run exists: the search
     space, the cell's data, models and hyperparameters, the storage. Returns (objective, storage)."""
     search_space(runner, cell, opts)
-    objective = runner.prepare(cell, run_opts)[-1]
-    return objective, open_storage(opts.storage)
+    plan = runner.plan(cell, run_opts)
+    plan.data  # noqa: B018  (present and readable)
+    return plan.objective, open_storage(opts.storage)
 
 
 @dataclass
@@ -222,13 +224,8 @@ class Sweep:
             "study": self.opts.study, "trial": trial.number})
         trial.set_user_attr("mlflow_run_id", run_id)
         try:
-            config, recipe, device, data, student, objective = self.runner.prepare(self.cell, opts)
-            config.pop("identity")
-            self.tracker.log_params(run_id, {f"trial.{k}": v for k, v in values.items()} | flatten(config))
-            teacher = self.teachers if objective.needs_teacher else None
-            student.to(device)
-            objective.to(device)
-            pair = self.runner.spec.pairs[self.cell.pair]
+            plan = self.runner.plan(self.cell, opts)
+            self.tracker.log_params(run_id, {f"trial.{k}": v for k, v in values.items()} | flatten(plan.config))
 
             def log(metrics: dict, epoch: int) -> None:
                 self.tracker.log_metrics(run_id, metrics, epoch)
@@ -236,13 +233,9 @@ class Sweep:
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned after epoch {epoch} (val top-1 {metrics['val/top1']:.2f})")
 
-            trainer = Trainer(student, objective, data.batches(device, splits=("train", "val")),
-                              TrainConfig(recipe, opts.seed, pair.stages.teacher, pair.stages.student, opts.amp,
-                                          f"trial {trial.number}", False, eval_splits=("val",),
-                                          channels_last=opts.channels_last, compile=opts.compile,
-                                          teacher_cache=opts.teacher_cache),
-                              device, teacher=teacher, log=log, stop=threading.Event(),
-                              teacher_cache=self.teacher_features)
+            trainer = plan.trainer(self.teachers if plan.objective.needs_teacher else None, eval_splits=("val",),
+                                   label=f"trial {trial.number}", log=log, stop=threading.Event(),
+                                   teacher_cache=self.teacher_features)
             summary = trainer.run()
             self.teacher_features = trainer.teacher_cache  # the same teacher and images for every trial
         except optuna.TrialPruned as e:

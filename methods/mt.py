@@ -17,6 +17,8 @@ All B^3 triplets of a batch are used (no sampling): deterministic, and cheap at 
 
 from __future__ import annotations
 
+import functools
+
 from typing import Annotated, Literal
 
 import torch
@@ -41,6 +43,14 @@ def _distances(features: torch.Tensor) -> torch.Tensor:
     return torch.cdist(f, f)
 
 
+@functools.lru_cache(maxsize=8)
+def distinct_triplets(n: int, device: torch.device) -> torch.Tensor:
+    """[i, j, k]: True where i, j, k are three different samples (one mask per batch size)."""
+    idx = torch.arange(n, device=device)
+    return (idx[:, None, None] != idx[None, :, None]) & (idx[:, None, None] != idx[None, None, :]) \
+        & (idx[None, :, None] != idx[None, None, :])
+
+
 def relative_dissimilarity_loss(student: torch.Tensor, teachers: list[torch.Tensor],
                                 margin: float) -> torch.Tensor:
     """Mean triplet hinge over the triplets (i, j, k) whose positive j the teachers' majority names."""
@@ -48,10 +58,7 @@ def relative_dissimilarity_loss(student: torch.Tensor, teachers: list[torch.Tens
     with torch.no_grad():
         votes = sum(torch.sign(d[:, None, :] - d[:, :, None]) for d in map(_distances, teachers))
         # votes[i, j, k] > 0: more teachers put j closer to i than k
-        idx = torch.arange(n, device=student.device)
-        distinct = (idx[:, None, None] != idx[None, :, None]) & (idx[:, None, None] != idx[None, None, :]) \
-            & (idx[None, :, None] != idx[None, None, :])
-        voted = (votes > 0) & distinct
+        voted = (votes > 0) & distinct_triplets(n, student.device)
     d_s = _distances(student)
     hinge = F.relu(d_s[:, :, None] - d_s[:, None, :] + margin)  # [i, j, k]: j the positive, k the negative
     return hinge[voted].sum() / voted.sum().clamp_min(1)

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -284,7 +283,8 @@ def test_every_teacher_runs_once_per_batch_and_gets_no_gradient(home):
     runner = Runner(SPEC, home, default_tracking_uri(home))
     cell = SPEC.cell("digits/hinton1200x3-hinton800/mt")
     opts = RunOptions(smoke=True, progress=False)
-    config, recipe, device, data, student, objective = runner.prepare(cell, opts)
+    plan = runner.plan(cell, opts)
+    recipe, device, data, student, objective = plan.recipe, plan.device, plan.data, plan.student, plan.objective
     teachers, _ = runner.teachers(cell.dataset, SPEC.pairs[cell.pair], opts)
     assert len(teachers) == 3 and len({id(t) for t in teachers}) == 3
     calls = [0, 0, 0]
@@ -300,7 +300,7 @@ def test_every_teacher_runs_once_per_batch_and_gets_no_gradient(home):
     batches = trainer.batches
     plan = batches.epoch_plan(recipe.batch_size, torch.Generator().manual_seed(0))
     for step in range(2):
-        trainer._train_step(*batches.train_batch(plan, step), step, "main")
+        trainer.train_step(*batches.train_batch(plan, step), step, "main")
     assert calls == [2, 2, 2]
     for teacher, saved in zip(teachers, before):
         assert all(p.grad is None for p in teacher.parameters())
@@ -317,7 +317,8 @@ def test_one_engine_step_moves_both_the_student_and_the_critic(home):
     runner = Runner(SPEC, home, default_tracking_uri(home))
     cell = SPEC.cell("digits/hinton1200-hinton800/adv")
     opts = RunOptions(smoke=True, progress=False)
-    config, recipe, device, data, student, objective = runner.prepare(cell, opts)
+    plan = runner.plan(cell, opts)
+    recipe, device, data, student, objective = plan.recipe, plan.device, plan.data, plan.student, plan.objective
     teachers, _ = runner.teachers(cell.dataset, SPEC.pairs[cell.pair], opts)
     pair = SPEC.pairs[cell.pair]
     trainer = Trainer(student, objective, data.batches(device, splits=("train",)),
@@ -329,6 +330,6 @@ def test_one_engine_step_moves_both_the_student_and_the_critic(home):
     main_ids = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     assert not main_ids & {id(p) for p in critic.parameters()}
     plan = trainer.batches.epoch_plan(recipe.batch_size, torch.Generator().manual_seed(0))
-    trainer._train_step(*trainer.batches.train_batch(plan, 0), 0, "main")
+    trainer.train_step(*trainer.batches.train_batch(plan, 0), 0, "main")
     assert any(not torch.equal(p, q) for p, q in zip(student.parameters(), student_before))
     assert any(not torch.equal(p, q) for p, q in zip(critic.parameters(), critic_before))

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from harness.cli import main
-from harness.compat import cell_mismatch, fingerprint, mismatches
+from harness.compat import fingerprint, mismatches
+from harness.probe import cell_mismatch
 from harness.spec import load_spec
 
 SPEC = load_spec(None)

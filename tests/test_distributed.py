@@ -113,4 +113,4 @@ def test_a_stop_reaches_both_ranks_and_the_run_resumes_to_the_same_result(tmp_pa
 def test_the_batch_must_divide_into_the_ranks(home):
     runner = Runner(load_spec(), home, f"sqlite:///{home / 'mlflow.db'}", distributed.Context(0, 3, 0))
     with pytest.raises(UserError, match="does not divide into 3 processes"):
-        runner.prepare(runner.spec.cell(MLP_CELL), RunOptions(smoke=True))
+        runner.plan(runner.spec.cell(MLP_CELL), RunOptions(smoke=True))

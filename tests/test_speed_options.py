@@ -24,7 +24,8 @@ def _trainer(home, cell=CELL, epochs=2, **config):
     runner = Runner(load_spec(), home, f"sqlite:///{home / 'mlflow.db'}")
     opts = RunOptions(epochs=epochs, teacher_epochs=1, progress=False)
     spec_cell = runner.spec.cell(cell)
-    _, recipe, device, data, student, objective = runner.prepare(spec_cell, opts)
+    plan = runner.plan(spec_cell, opts)
+    recipe, device, data, student, objective = plan.recipe, plan.device, plan.data, plan.student, plan.objective
     pair = runner.spec.pairs[spec_cell.pair]
     teacher = runner.teacher(spec_cell.dataset, pair.teacher, opts)[0] if objective.needs_teacher else None
     train_config = TrainConfig(recipe, 0, pair.stages.teacher, pair.stages.student, label="t", progress=False)

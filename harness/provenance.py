@@ -1,0 +1,57 @@
+"""What a run records about where it ran: code version, packages, device, threads."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from harness import __version__
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_state() -> tuple[str, bool]:
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or "unknown"
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "unknown", False
+    return commit, dirty
+
+
+# read once, when the code is loaded: a long suite keeps running the code it started with, whatever
+# is committed meanwhile
+GIT_COMMIT, GIT_DIRTY = _git_state()
+
+
+def environment_params(device: torch.device) -> dict:
+    def version(pkg):
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return "absent"
+
+    return {
+        "env.git_commit": GIT_COMMIT, "env.git_dirty": GIT_DIRTY, "env.harness": __version__,
+        "env.python": platform.python_version(), "env.torch": torch.__version__,
+        "env.timm": version("timm"), "env.mlflow": version("mlflow"), "env.torchvision": version("torchvision"),
+        "env.device": str(device),
+        "env.device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "env.threads": torch.get_num_threads(),
+    }
