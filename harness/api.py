@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.errors import UserError
-from harness.runner import RunOptions
+from harness.options import RunOptions
 from harness.spec import split_assignment
 
 # RunOptions a caller may set by keyword; the seed, the method values and the suite come from the call
@@ -50,16 +50,19 @@ def validate(runner, plans: list) -> list:
     return resolved
 
 
-def run_plans(runner, plans: list, on_done: Callable | None = None,
+def run_plans(runner, plans: list, on_done: Callable | None = None, on_planned: Callable | None = None,
               say: Callable[[str], None] = lambda line: print(line, file=sys.stderr)):
     """Train every (cell, options) plan once, sharing the work with any other worker on the same
     store: a run another live worker holds is left for later, and its result taken when found.
-    `on_done(cell, opts, outcome)` hears of each as it ends. Returns (outcomes by plan index,
+    `on_planned(run_plans)` hears of the resolved plans, `on_done(cell, opts, outcome)` of each run
+    as it ends. Returns (outcomes by plan index,
     failed plan ids). Every plan is validated before any trains."""
     from harness.runner import TrainingFailed
     from harness.workshare import POLL_SECONDS, Claimed
 
     resolved = validate(runner, plans)
+    if on_planned is not None:
+        on_planned(resolved)
     outcomes, failed, told = {}, [], set()
     pending = list(enumerate(plans))
     while pending:

@@ -12,7 +12,7 @@ import hashlib
 import json
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Callable
@@ -29,6 +29,7 @@ from harness.errors import UserError
 from harness.probe import make_probe, probe_batch
 from harness.models import build_model
 from harness.spec import Cell, PairSpec, RecipeSpec, Spec, method_parts, require_known
+from harness.options import RunOptions
 from harness.process import exclusive, stop_on_signals
 from harness.provenance import environment_params
 from harness.tracking import Tracker
@@ -46,30 +47,6 @@ TAKEOVER_PAUSE = 1.0  # seconds between writing a takeover's claim and reading i
 
 class TrainingFailed(Exception):
     """The training itself failed (e.g. the loss diverged); its MLflow run is FAILED."""
-
-
-@dataclass
-class RunOptions:
-    seed: int = 0
-    teacher_seed: int = 0
-    smoke: bool = False
-    data_root: str | None = None
-    download: bool = False
-    device: str = "auto"
-    amp: str = "off"
-    channels_last: bool = False
-    compile: bool = False
-    teacher_cache: bool = False
-    deterministic: bool | None = None  # None: on for CPU, off for CUDA
-    force: bool = False
-    overrides: dict[str, dict] = field(default_factory=dict)
-    suite: str | None = None
-    epochs: int | None = None
-    teacher_epochs: int | None = None
-    progress: bool = True
-    full_train: bool = False  # train on train + validation, evaluate test only (a sweep's final runs)
-    register: str | None = None  # register the trained student in MLflow's model registry under this name
-    tags: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -22,7 +22,6 @@ from pathlib import Path
 import optuna
 import torch
 from optuna.trial import TrialState
-from PIL import Image
 
 from harness.errors import UserError
 from harness.process import exclusive
@@ -209,7 +208,7 @@ class Sweep:
                     for point in self.grid_points:
                         self.study.enqueue_trial(point)
             else:
-                self.tracker.client.update_run(run_id, status="RUNNING")
+                self.tracker.reopen(run_id, {})
         return run_id
 
     # ---- one trial ------------------------------------------------------------------------------
@@ -296,8 +295,8 @@ class Sweep:
 
         matplotlib.use("Agg")
         frame = self.study.trials_dataframe()
-        client, run_id = self.tracker.client, self.parent_run
-        client.log_text(run_id, frame.to_csv(index=False), "trials.csv")
+        run_id = self.parent_run
+        self.tracker.log_text(run_id, frame.to_csv(index=False), "trials.csv")
         complete = [t for t in self.study.trials if t.state == TrialState.COMPLETE]
         counts = {s.name.lower(): sum(t.state == s for t in self.study.trials)
                   for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
@@ -328,7 +327,7 @@ class Sweep:
             figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
             buffer = io.BytesIO()
             figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-            self.tracker.client.log_image(self.parent_run, Image.open(io.BytesIO(buffer.getvalue())), name)
+            self.tracker.log_image(self.parent_run, buffer.getvalue(), name)
 
     def summary_table(self) -> str:
         frame = self.study.trials_dataframe(attrs=("number", "value", "params", "state"))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -137,6 +138,14 @@ class Tracker:
             except mlflow.exceptions.MlflowException as e:
                 raise UserError(f"cannot register the model as {register!r} in {self.uri}: "
                                 f"{str(e).splitlines()[0]}") from None
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    def log_image(self, run_id: str, png: bytes, name: str) -> None:
+        from PIL import Image
+
+        self.client.log_image(run_id, Image.open(io.BytesIO(png)), name)
 
     def finish(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)

@@ -71,3 +71,15 @@ def test_local_workers_split_a_suite_and_train_each_run_once(home):
     assert len(students) == 2 * cells and all(r.info.status == "FINISHED" for r in students)
     print(f"\nwall time, 2 workers / 1 worker: {seconds[2]:.0f} s / {seconds[1]:.0f} s = "
           f"{seconds[2] / seconds[1]:.2f} on {os.cpu_count()} cores")
+
+
+def test_sweep_workers_share_one_study(home):
+    import optuna
+
+    env = os.environ | {"KD_HARNESS_HOME": str(home)}
+    result = _harness("sweep", "--cell", "digits/resnet20-resnet8/kd", "--trials", "2", "--smoke", "--pruner",
+                      "none", "--study", "launched", "--launcher", "local", "--workers", "2", env=env)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    study = optuna.load_study(study_name="launched", storage=f"sqlite:///{home / 'optuna.db'}")
+    assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert result.stdout.count("--- worker") == 2
