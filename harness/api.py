@@ -1,13 +1,13 @@
 """The harness from Python (a notebook, a script): run cells, read results.
 
     from harness import run_cell, results
-    records = run_cell("digits/resnet20-resnet8/kd", seeds=3, epochs=5, T=4.0)
+    records = run_cell("digits/resnet20-resnet8/kd", seeds=3, epochs=5, tau=4.0)
     table = results(suite="positive_control")      # the report's per-cell DataFrame
 
 `run_cell` takes the same run options as `harness run` (as keywords: epochs, smoke, data_root,
 device, amp, channels_last, compile, teacher_cache, teacher_seed, teacher_epochs, force, ...);
 any other keyword is a hyperparameter of the cell's method (`--set NAME=VALUE`; write
-`params={"kd.T": 4.0}` for one part of a combined method). Mistakes raise `harness.UserError`.
+`params={"kd.tau": 4.0}` for one part of a combined method). Mistakes raise `harness.UserError`.
 """
 
 from __future__ import annotations
@@ -40,27 +40,32 @@ def open_runner(home: str | Path | None = None, tracking_uri: str | None = None,
     return spec, Runner(spec, home, tracking_uri or default_tracking_uri(home))
 
 
-def validate(runner, plans: list) -> list:
+def validate(runner, plans: list) -> tuple[list, dict]:
     """Each (cell, options) as a RunPlan, checked before anything trains: the cell, its options and
-    hyperparameters, and the data of every run that is not finished yet."""
+    hyperparameters, and the data of every run that is not finished yet. Returns the plans and the
+    outcomes of those already finished, by index (only rank 0 reads the store)."""
     resolved = [runner.plan(cell, opts) for cell, opts in plans]
-    for plan in resolved:
-        if not runner.context.is_main or runner.finished(plan) is None:  # only rank 0 reads the store
+    done = {}
+    for index, plan in enumerate(resolved):
+        outcome = runner.finished(plan) if runner.context.is_main else None
+        if outcome is None:
             plan.data  # noqa: B018  (present and readable)
-    return resolved
+        else:
+            done[index] = outcome
+    return resolved, done
 
 
 def run_plans(runner, plans: list, on_done: Callable | None = None, on_planned: Callable | None = None,
               say: Callable[[str], None] = lambda line: print(line, file=sys.stderr)):
     """Train every (cell, options) plan once, sharing the work with any other worker on the same
     store: a run another live worker holds is left for later, and its result taken when found.
-    `on_planned(run_plans)` hears of the resolved plans, `on_done(cell, opts, outcome)` of each run
-    as it ends. Returns (outcomes by plan index,
-    failed plan ids). Every plan is validated before any trains."""
+    `on_planned(plans)` hears of the resolved RunPlans, `on_done(cell, opts, outcome)` of each run as
+    it ends. Returns (outcomes by plan index, failed plan ids). Every plan is validated before any
+    trains."""
     from harness.runner import TrainingFailed
     from harness.workshare import POLL_SECONDS, Claimed
 
-    resolved = validate(runner, plans)
+    resolved, finished = validate(runner, plans)
     if on_planned is not None:
         on_planned(resolved)
     outcomes, failed, told = {}, [], set()
@@ -69,7 +74,7 @@ def run_plans(runner, plans: list, on_done: Callable | None = None, on_planned: 
         deferred = []
         for index, (cell, opts) in pending:
             try:
-                outcomes[index] = runner.run_plan(resolved[index])
+                outcomes[index] = finished.get(index) or runner.run_plan(resolved[index])
                 if on_done is not None:
                     on_done(cell, opts, outcomes[index])
             except Claimed as e:

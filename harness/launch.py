@@ -15,9 +15,9 @@ from pathlib import Path
 
 from harness.errors import UserError
 
-# the flags that configure the launch itself, with whether each takes a value
-LAUNCHER_FLAGS = {"--launcher": True, "--workers": True, "--partition": True, "--gpus-per-task": True,
-                  "--cpus-per-task": True, "--array-parallelism": True, "--timeout-min": True}
+# the flags that configure the launch itself (each takes a value)
+LAUNCHER_FLAGS = frozenset({"--launcher", "--workers", "--partition", "--gpus-per-task", "--cpus-per-task",
+                            "--array-parallelism", "--timeout-min"})
 
 
 def add_arguments(p) -> None:
@@ -42,7 +42,7 @@ def worker_argv(argv: list[str], home: Path, tracking_uri: str) -> list[str]:
             continue
         name = item.split("=", 1)[0]
         if name in LAUNCHER_FLAGS:
-            skip = LAUNCHER_FLAGS[name] and "=" not in item
+            skip = "=" not in item  # its value is the next item
             continue
         out.append(item)
     command = next(i for i, item in enumerate(out) if item in ("run", "sweep") and

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import socket
 import sqlite3
 from dataclasses import asdict
 from pathlib import Path
 
+from harness.cache import digest, read_json, write_json
 from harness.options import RunOptions
 from harness.spec import Spec
 
@@ -28,10 +28,7 @@ NOT_IN_REQUEST = ("progress",)  # options that change nothing about what runs
 
 
 def fingerprint(spec: Spec) -> str:
-    digest = hashlib.sha256(spec.model_dump_json().encode())
-    for path in CODE:
-        digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()
+    return digest(spec, CODE)
 
 
 def request_key(spec_fingerprint: str, cell_id: str, opts: RunOptions) -> str:
@@ -41,22 +38,11 @@ def request_key(spec_fingerprint: str, cell_id: str, opts: RunOptions) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _plans_file(home: Path) -> Path:
-    return home / "plans.json"
-
-
 def remember(home: Path, keys: dict[str, str]) -> None:
     """request key -> run key, added to HOME/plans.json."""
-    path = _plans_file(home)
-    try:
-        known = json.loads(path.read_text()) if path.exists() else {}
-    except ValueError:
-        known = {}
-    if keys.items() <= known.items():
-        return
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(known | keys))
-    tmp.replace(path)
+    known = read_json(home / "plans.json")
+    if not keys.items() <= known.items():
+        write_json(home / "plans.json", known | keys)
 
 
 def finished(home: Path, tracking_uri: str, requests: list[str]) -> list[tuple[str, dict]] | None:
@@ -64,13 +50,8 @@ def finished(home: Path, tracking_uri: str, requests: list[str]) -> list[tuple[s
     FINISHED in a SQLite store."""
     from harness.tracking import EXPERIMENT
 
-    if not tracking_uri.startswith("sqlite:///") or not _plans_file(home).exists():
-        return None
-    try:
-        known = json.loads(_plans_file(home).read_text())
-    except ValueError:
-        return None
-    if not all(r in known for r in requests):
+    known = read_json(home / "plans.json") if tracking_uri.startswith("sqlite:///") else {}
+    if not known or not all(r in known for r in requests):
         return None
     database = Path(tracking_uri.removeprefix("sqlite:///"))
     if not database.exists():

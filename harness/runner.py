@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -26,15 +26,16 @@ from harness.data import Batches, Data, data_root, load_data
 from harness.engine import (Interrupted, NonFiniteLoss, TrainConfig, Trainer, configure_determinism,
                             seed_everything)
 from harness.errors import UserError
-from harness.probe import make_probe, probe_batch
 from harness.models import build_model
-from harness.spec import Cell, PairSpec, RecipeSpec, Spec, method_parts, require_known
 from harness.options import RunOptions
+from harness.probe import make_probe, probe_batch
 from harness.process import exclusive, stop_on_signals
 from harness.provenance import environment_params
+from harness.spec import Cell, PairSpec, RecipeSpec, Spec, method_parts, require_known
 from harness.tracking import Tracker
 from harness.workshare import WORKER, Claimed, claim_tags, first_claim, heartbeat, is_live
 from methods import Objective, build_objective
+
 
 def _frozen(teacher: torch.nn.Module) -> torch.nn.Module:
     """A trained teacher as students see it: eval mode, no gradients (none left from its own training)."""
@@ -67,6 +68,15 @@ class Outcome:
     run_id: str
     status: str  # "FINISHED" (trained now), "SKIPPED" (already finished)
     summary: dict
+
+
+class TeacherIdentity(NamedTuple):
+    dataset: str  # the dataset it trains on (a dataset's `teacher_dataset`, or itself)
+    recipe: RecipeSpec
+    device: torch.device
+    config: dict  # what its run logs
+    key: str  # its run key
+    path: Path  # its cached weights
 
 
 @dataclass
@@ -295,8 +305,8 @@ class Runner:
         return Outcome(run_id, "FINISHED", summary)
 
     # ---- teachers ---------------------------------------------------------------------------
-    def teacher_identity(self, dataset: str, model_name: str, opts: RunOptions):
-        """A teacher's (dataset, recipe, device, config, key, file), known without data."""
+    def teacher_identity(self, dataset: str, model_name: str, opts: RunOptions) -> TeacherIdentity:
+        """What names a teacher, and its file, known without data."""
         spec = self.spec
         require_known(model_name, spec.models, "model")
         dataset = spec.datasets[dataset].teacher_dataset or dataset
@@ -314,7 +324,8 @@ class Runner:
                     "deterministic": deterministic(opts, device)} | self._world_size()
 
         config, key = describe(full_dump), config_key(describe(identity_dump))
-        return dataset, recipe, device, config, key, self.home / "teachers" / f"{dataset}-{model_name}-{key}.safetensors"
+        return TeacherIdentity(dataset, recipe, device, config, key,
+                               self.home / "teachers" / f"{dataset}-{model_name}-{key}.safetensors")
 
     def teacher(self, dataset: str, model_name: str, opts: RunOptions) -> tuple[torch.nn.Module, dict]:
         """The cached teacher for (dataset, model, recipe, seed), trained first if needed."""
@@ -357,19 +368,15 @@ class Runner:
 
     def teachers(self, dataset: str, pair: PairSpec, opts: RunOptions) -> tuple[list[torch.nn.Module], dict]:
         """Every teacher of the pair (one, or a multi-teacher pair's several), each cached on its own."""
-        models, keys, paths = [], [], []
-        for model_name, seed in pair.teacher_members(opts.teacher_seed):
-            model, info = self.teacher(dataset, model_name, replace(opts, teacher_seed=seed))
-            models.append(model)
-            keys.append(info["teacher.key"])
-            paths.append(info["teacher.path"])
-        return models, {"teacher.key": "+".join(keys), "teacher.path": ", ".join(paths)}
+        models = [self.teacher(dataset, model_name, replace(opts, teacher_seed=seed))[0]
+                  for model_name, seed in pair.teacher_members(opts.teacher_seed)]
+        return models, self.teacher_keys(dataset, pair, opts)
 
     def teacher_keys(self, dataset: str, pair: PairSpec, opts: RunOptions) -> dict:
         """What `teachers` reports of the pair's teachers, known without data or training."""
         found = [self.teacher_identity(dataset, name, replace(opts, teacher_seed=seed))
                  for name, seed in pair.teacher_members(opts.teacher_seed)]
-        return {"teacher.key": "+".join(f[4] for f in found), "teacher.path": ", ".join(str(f[5]) for f in found)}
+        return {"teacher.key": "+".join(t.key for t in found), "teacher.path": ", ".join(str(t.path) for t in found)}
 
     # ---- students ---------------------------------------------------------------------------
     def plan(self, cell: Cell, opts: RunOptions) -> RunPlan:

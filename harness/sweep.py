@@ -153,11 +153,12 @@ def search_space(runner: Runner, cell: Cell, opts: "SweepOptions") -> tuple[dict
 
 def check(runner: Runner, cell: Cell, run_opts: RunOptions, opts: "SweepOptions"):
     """Everything a sweep needs, validated before any teacher trains or any run exists: the search
-    space, the cell's data, models and hyperparameters, the storage. Returns (objective, storage)."""
-    search_space(runner, cell, opts)
+    space, the cell's data, models and hyperparameters, the storage. Returns (space, grid points,
+    objective, storage)."""
+    space, grid_points = search_space(runner, cell, opts)
     plan = runner.plan(cell, run_opts)
     plan.data  # noqa: B018  (present and readable)
-    return plan.objective, open_storage(opts.storage)
+    return space, grid_points, plan.objective, open_storage(opts.storage)
 
 
 @dataclass
@@ -178,8 +179,7 @@ class Sweep:
         self.runner, self.cell, self.run_opts, self.opts = runner, cell, run_opts, opts
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress line says it once
         self.tracker = runner.tracker
-        self.space, self.grid_points = search_space(runner, cell, opts)
-        objective, self.storage = check(runner, cell, run_opts, opts)
+        self.space, self.grid_points, objective, self.storage = check(runner, cell, run_opts, opts)
         pair = runner.spec.pairs[cell.pair]
         # the teacher is trained (or loaded) before any trial, so no trial ever evaluates the test split
         self.teachers = (until_free(runner.teachers, cell.dataset, pair, run_opts)[0] if objective.needs_teacher
@@ -232,7 +232,7 @@ class Sweep:
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned after epoch {epoch} (val top-1 {metrics['val/top1']:.2f})")
 
-            trainer = plan.trainer(self.teachers if plan.objective.needs_teacher else None, eval_splits=("val",),
+            trainer = plan.trainer(self.teachers, eval_splits=("val",),
                                    label=f"trial {trial.number}", log=log, stop=threading.Event(),
                                    teacher_cache=self.teacher_features)
             summary = trainer.run()
