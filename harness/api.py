@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from harness.errors import UserError
 from harness.options import RunOptions
-from harness.spec import split_assignment
+from harness.cells import split_assignment
 
 # RunOptions a caller may set by keyword; the seed, the method values and the suite come from the call
 OPTION_NAMES = {f.name for f in fields(RunOptions)} - {"seed", "overrides", "tags", "suite"}
@@ -28,7 +28,7 @@ OPTION_NAMES = {f.name for f in fields(RunOptions)} - {"seed", "overrides", "tag
 
 def open_runner(home: str | Path | None = None, tracking_uri: str | None = None, spec_path: str | None = None):
     """(spec, Runner) on a runs home (default: $KD_HARNESS_HOME or the user data dir)."""
-    from harness.cli import runs_home
+    from harness.paths import runs_home
     from harness.runner import Runner
     from harness.spec import load_spec
     from harness.tracking import default_tracking_uri
@@ -62,7 +62,7 @@ def run_plans(runner, plans: list, on_done: Callable | None = None, on_planned: 
     `on_planned(plans)` hears of the resolved RunPlans, `on_done(cell, opts, outcome)` of each run as
     it ends. Returns (outcomes by plan index, failed plan ids). Every plan is validated before any
     trains."""
-    from harness.runner import TrainingFailed
+    from harness.lifecycle import TrainingFailed
     from harness.workshare import POLL_SECONDS, Claimed
 
     resolved, finished = validate(runner, plans)
@@ -124,8 +124,9 @@ def results(suite: str | None = None, cells: list[str] | None = None, select: st
     """The report's per-cell table (pandas): mean ± std over seeds, n, paper number, Δ, z, cost
     columns; `.attrs["runs"]` holds the runs it was computed from."""
     from harness import report
-    from harness.cli import runs_home
-    from harness.spec import load_spec, require_known
+    from harness.paths import runs_home
+    from harness.cells import require_known
+    from harness.spec import load_spec
     from harness.tracking import default_tracking_uri
 
     if (suite is None) == (cells is None):

@@ -20,8 +20,10 @@ import torch.nn.functional as F
 
 from harness.data import Batches
 from harness.engine import autocast, build_optimizer
-from harness.runner import Runner, RunOptions
-from harness.spec import Cell
+from harness.options import RunOptions
+from harness.provenance import environment_params
+from harness.runner import Runner
+from harness.cells import Cell
 from harness.workshare import until_free
 
 
@@ -64,7 +66,7 @@ def bench(runner: Runner, dataset: str, pair: str, methods: list[str], opts: Run
         if batch_size is not None:
             recipe = plan.recipe = recipe.model_copy(update={"batch_size": batch_size})
         if objective.needs_teacher and teacher is None:
-            teacher = until_free(runner.teachers, dataset, runner.spec.pairs[pair], opts)[0]
+            teacher = until_free(runner.teachers, dataset, runner.spec.pairs[pair], opts)
         trainer = plan.trainer(teacher if objective.needs_teacher else None, eval_splits=(), label=method)
         batches = trainer.batches
         epoch = batches.epoch_plan(recipe.batch_size, torch.Generator().manual_seed(0))
@@ -74,7 +76,7 @@ def bench(runner: Runner, dataset: str, pair: str, methods: list[str], opts: Run
         rows.append({"method": method, "path": "harness", "ms_per_step": 1000 * seconds,
                      "images_per_s": recipe.batch_size / seconds, "extra_parameters": objective.extra_parameters()})
         if method == "kd":
-            rows.append(_bare_kd_row(runner, cell, opts, teacher[0], batches, epoch, steps, warmup, device, recipe,
+            rows.append(_bare_kd_row(runner, cell, plan.opts, teacher[0], batches, epoch, steps, warmup, device, recipe,
                                      objective.parts["kd"].params))
     frame = pd.DataFrame(rows)
     harness_kd = frame[(frame.method == "kd") & (frame.path == "harness")].ms_per_step.item()
@@ -115,3 +117,19 @@ def _bare_kd_row(runner, cell: Cell, opts, teacher, batches, plan, steps, warmup
     seconds = _timed(step, batches, plan, steps, warmup, device)
     return {"method": "kd", "path": "bare loop", "ms_per_step": 1000 * seconds,
             "images_per_s": recipe.batch_size / seconds, "extra_parameters": 0}
+
+
+def log_bench(runner: Runner, table: pd.DataFrame, dataset: str, pair: str, params: dict, device) -> str:
+    """The table as an MLflow run (role=bench): every step time a metric, the table and profiles as files."""
+    tracker = runner.tracker
+    run_id = tracker.create(f"bench {dataset}/{pair}", {"role": "bench", "dataset": dataset, "pair": pair})
+    tracker.log_params(run_id, params | environment_params(device))
+    metrics = {"harness_over_bare": table.attrs["harness_over_bare"]}
+    for _, row in table.iterrows():
+        metrics[f"{row.method}.{row.path.replace(' ', '_')}.ms_per_step"] = row.ms_per_step
+    tracker.log_metrics(run_id, metrics, step=0)
+    tracker.log_text(run_id, table.to_csv(index=False), "bench.csv")
+    for method, operators in table.attrs["profiles"].items():
+        tracker.log_text(run_id, operators, f"profile-{method}.txt")
+    tracker.finish(run_id, "FINISHED")
+    return run_id

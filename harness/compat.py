@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.cache import digest, read_json, write_json
-from harness.spec import Cell, Spec
+from harness.cells import Cell
+from harness.spec import Spec
 
 HERE = Path(__file__).parent
 CODE = [HERE / "probe.py", *sorted((HERE / "models").glob("*.py")), *sorted((HERE.parent / "methods").glob("*.py"))]

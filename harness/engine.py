@@ -8,6 +8,7 @@ a resumed run continues bit-for-bit where the checkpoint left it, mid-epoch incl
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
@@ -15,7 +16,7 @@ import resource
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -27,8 +28,9 @@ from harness import distributed
 from harness.checkpoint import CheckpointStore
 from harness.data import Batches
 from harness.models import count_parameters, extract_features
-from harness.spec import RecipeSpec
-from methods import Objective
+from harness.options import RunOptions
+from harness.schema import RecipeSpec
+from methods import MAIN_PHASE, Objective
 
 
 class NonFiniteLoss(Exception):
@@ -47,13 +49,11 @@ class TrainConfig:
     seed: int
     teacher_stages: list[int]
     student_stages: list[int]
-    amp: str = "off"  # "off" | "bf16" | "fp16" (fp16 scales the loss with a GradScaler)
+    # what the engine reads of the run's options: amp (resolved: off, bf16 or fp16), progress,
+    # channels_last, compile (the feature extraction, forward_intermediates included), teacher_cache
+    options: RunOptions = field(default_factory=RunOptions)
     label: str = "train"
-    progress: bool = True
     eval_splits: tuple[str, ...] = ("val", "test")  # a sweep trial evaluates "val" only
-    channels_last: bool = False
-    compile: bool = False  # torch.compile the feature extraction (forward_intermediates included)
-    teacher_cache: bool = False  # teacher features computed once per training image (unaugmented data only)
 
 
 def seed_everything(seed: int) -> None:
@@ -133,10 +133,14 @@ def resolve_amp(amp: str, device_type: str) -> str:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "bf16" if native_cpu else "off"
     if amp == "bf16" and device_type == "cpu" and not native_cpu:
-        print("harness: warning: --amp bf16 on a CPU without native bf16 (no avx512_bf16 / amx_bf16): "
-              "emulated, measured up to 10x slower than fp32 here; --amp auto picks what is fast",
-              file=sys.stderr)
+        _warn_emulated_bf16()
     return amp
+
+
+@functools.cache
+def _warn_emulated_bf16() -> None:  # once per process, not once per planned run
+    print("harness: warning: --amp bf16 on a CPU without native bf16 (no avx512_bf16 / amx_bf16): "
+          "emulated, measured up to 10x slower than fp32 here; --amp auto picks what is fast", file=sys.stderr)
 
 
 def autocast(device: torch.device, amp: str):
@@ -179,7 +183,7 @@ class Trainer:
         """teacher: one network or several (a multi-teacher pair); the objective receives a list of
         feature dicts, one per teacher, in this order.
         teacher_cache: the teachers' features for every training image, as an earlier Trainer of the
-        same cell and data computed them (`config.teacher_cache`; a sweep's trials share one)."""
+        same cell and data computed them (`config.options.teacher_cache`; a sweep's trials share one)."""
         self.teachers = [] if teacher is None else list(teacher) if isinstance(teacher, list) else [teacher]
         if objective.needs_teacher and not self.teachers:
             raise ValueError("this objective reads teacher features but no teacher was given")
@@ -191,17 +195,17 @@ class Trainer:
         self.context = context
         self.eval_splits = config.eval_splits if context.is_main else ()  # rank 0 evaluates for all
         self.recipe = config.recipe
-        self.phases = objective.phases(self.recipe.epochs)  # [(name, epochs)], "main" last
+        self.phases = objective.phases(self.recipe.epochs)  # [(name, epochs)], MAIN_PHASE last
         self.extra_specs = objective.extra_optimizers()
         self.extra = [s.build() for s in self.extra_specs]
         self.total_epochs = sum(epochs for _, epochs in self.phases)
         self.optimizer, self.optimizer_phase = self._new_optimizer(), 0
         self.generator = torch.Generator()
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
-        self.scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.options.amp == "fp16")
         self.teacher_cache = teacher_cache
-        self.extract = torch.compile(extract_features) if config.compile else extract_features
-        if config.channels_last:
+        self.extract = torch.compile(extract_features) if config.options.compile else extract_features
+        if config.options.channels_last:
             for model in [student, *self.teachers]:
                 model.to(memory_format=torch.channels_last)
         self.step_module = StudentStep(student, objective, self.extract, config.student_stages)
@@ -283,14 +287,14 @@ class Trainer:
             self.epoch_start_generator = self.generator.get_state()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        if self.config.teacher_cache and self.objective.needs_teacher and self.teacher_cache is None:
+        if self.config.options.teacher_cache and self.objective.needs_teacher and self.teacher_cache is None:
             self.teacher_cache = self._cache_teacher_features()
         steps_per_epoch = Batches.steps(self.batches.epoch_plan(self.recipe.batch_size, torch.Generator()))
         if steps_per_epoch == 0:
             raise ValueError(f"batch size {self.recipe.batch_size} is larger than the training set")
         bar = tqdm(total=self.total_epochs * steps_per_epoch, initial=self.epoch * steps_per_epoch + self.step,
                    desc=self.config.label,
-                   disable=None if self.config.progress and self.context.is_main else True, leave=False, dynamic_ncols=True)
+                   disable=None if self.config.options.progress and self.context.is_main else True, leave=False, dynamic_ncols=True)
         started = time.perf_counter()
         try:
             while self.epoch < self.total_epochs:
@@ -308,7 +312,7 @@ class Trainer:
         phase_index, phase, phase_start = self.phase_at(self.epoch)
         if phase_index != self.optimizer_phase:  # each phase starts with a fresh optimizer
             self.optimizer, self.optimizer_phase = self._new_optimizer(), phase_index
-        factor = lr_factor(self.recipe, self.epoch - phase_start) if phase == "main" \
+        factor = lr_factor(self.recipe, self.epoch - phase_start) if phase == MAIN_PHASE \
             else self.objective.phase_lr_scale(phase, self.recipe.epochs)
         for group in self.optimizer.param_groups:
             group["lr"] = self.recipe.lr * factor
@@ -350,7 +354,7 @@ class Trainer:
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         for split in self.eval_splits:
             metrics[f"{split}/top1"], metrics[f"{split}/top5"] = evaluate(
-                self.student, self.batches, split, self.recipe.eval_batch_size, self.config.amp)
+                self.student, self.batches, split, self.recipe.eval_batch_size, self.config.options.amp)
         metrics["epoch_seconds"] = time.perf_counter() - epoch_started
         # how loaded the machine was: a cost figure measured beside other work is not a cost figure
         metrics["epoch_cpu_seconds"] = time.process_time() - cpu_started
@@ -380,9 +384,9 @@ class Trainer:
         ones by floating-point rounding of batch-size-dependent kernels.
         """
         chunks = []
-        with torch.no_grad(), autocast(self.device, self.config.amp):
+        with torch.no_grad(), autocast(self.device, self.config.options.amp):
             for x, _ in self.batches.eval_batches("train", self.recipe.eval_batch_size):
-                if self.config.channels_last and x.ndim == 4:
+                if self.config.options.channels_last and x.ndim == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
                 chunks.append(self._teacher_features(x))
         return _concat_trees(chunks)
@@ -394,12 +398,12 @@ class Trainer:
         return [self.extract(teacher, x, self.objective.teacher_features, self.config.teacher_stages)
                 for teacher in self.teachers]
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, step: int = 0, phase: str = "main",
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, step: int = 0, phase: str = MAIN_PHASE,
                    indices: torch.Tensor | None = None):
         """One optimisation step on a batch: returns (named losses, correct count, stop requested)."""
-        if self.config.channels_last and x.ndim == 4:
+        if self.config.options.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.config.amp):
+        with autocast(self.device, self.config.options.amp):
             teacher_features = None
             if self.teacher_cache is not None:
                 teacher_features = _take_tree(self.teacher_cache, indices)
@@ -424,7 +428,7 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         self.scaler.step(self.optimizer)
-        if phase == "main":  # then each method-owned optimizer, on its own parameters
+        if phase == MAIN_PHASE:  # then each method-owned optimizer, on its own parameters
             for opt in self.extra:
                 if any(p.grad is not None for group in opt.param_groups for p in group["params"]):
                     self.scaler.step(opt)
@@ -436,7 +440,7 @@ class Trainer:
         not trained on), the test ones only when test was evaluated (never in a sweep trial)."""
         out = {}
         if "val" in self.eval_splits:
-            main_epochs = [i for i, h in enumerate(self.history) if self.phases[int(h["phase"])][0] == "main"]
+            main_epochs = [i for i, h in enumerate(self.history) if self.phases[int(h["phase"])][0] == MAIN_PHASE]
             best = max(main_epochs, key=lambda i: (self.history[i]["val/top1"], -i))
             out |= {"best_val_epoch": best, "val_top1_best": self.history[best]["val/top1"],
                     "val_top1_last": self.history[-1]["val/top1"]}

@@ -21,9 +21,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from harness.data import SMOKE_SIZES, Batches, _normalise, channel_stats, split_off_validation
+from harness.data import SMOKE_SIZES, Batches, channel_stats, normalise, split_off_validation
 from harness.errors import UserError
-from harness.spec import DatasetSpec
+from harness.schema import DatasetSpec
 
 
 @dataclass
@@ -76,7 +76,7 @@ class FolderData:
 
     def probe_images(self, n: int) -> torch.Tensor:
         images = torch.stack([EvalImages(self.train, self.spec)[i][0] for i in range(n)])
-        return _normalise(images, self.pixel_max, channel_stats(self.spec, "cpu"))
+        return normalise(images, self.pixel_max, channel_stats(self.spec, "cpu"))
 
     def params(self) -> dict:
         return {"data.train_size": len(self.train), "data.val_size": len(self.val), "data.test_size": len(self.test),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -51,14 +52,9 @@ def worker_argv(argv: list[str], home: Path, tracking_uri: str) -> list[str]:
 
 
 def worker(argv: list[str], threads: int | None) -> int:
-    """One worker: the harness command line in this process."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    from harness.cli import main
-
-    return main(argv)
+    """One worker: the harness command line in a fresh process, `threads` torch threads."""
+    env = os.environ | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
+    return subprocess.run([sys.executable, "-m", "harness", *argv], env=env).returncode
 
 
 def check(args) -> int:

@@ -15,7 +15,9 @@ import torch
 
 from harness.errors import UserError
 from harness.models import build_model, extract_features
-from harness.spec import Cell, DatasetSpec, PairSpec, Spec
+from harness.cells import Cell
+from harness.schema import DatasetSpec, PairSpec
+from harness.spec import Spec
 from methods import build_objective, pair_mismatch
 from methods.base import Probe
 

@@ -1,4 +1,4 @@
-"""Comparison tables and plots from the MLflow store, beside the papers' numbers.
+"""Comparison tables from the MLflow store, beside the papers' numbers (rendered by harness/render.py).
 
 Runs come from `mlflow.search_runs` (FINISHED student runs of the requested cells; smoke runs
 left out unless asked; for each cell and seed the latest run). Each table cell is
@@ -10,21 +10,17 @@ without runs show as missing, never as zero.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import html
-import io
 import json
 import math
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 
 from harness.errors import UserError
-from harness.spec import Spec, SuiteSpec
+from harness.tracking import finished_student_runs, metric_history
+from harness.schema import SuiteSpec
+from harness.spec import Spec
 
 SELECTIONS = {"last": ("test_top1_last", "test_top5_last", "last epoch"),
               "best-val": ("test_top1_best_val", "test_top5_best_val", "the epoch of best validation accuracy")}
@@ -50,16 +46,7 @@ def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False) 
     default) are different configurations and are never averaged together. Per cell the report
     takes the configuration without user overrides if there is one, then the one with the most
     seeds, then the most recent."""
-    import mlflow
-
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
-        raise UserError(f"no MLflow store at {tracking_uri}; run some cells first, or pass --tracking-uri/--home")
-    with tracking_uri_scope(tracking_uri):  # mlflow.search_runs reads the process-wide URI
-        experiment = mlflow.get_experiment_by_name("kd-harness")
-        if experiment is None:
-            raise UserError(f"the store {tracking_uri} has no kd-harness runs")
-        runs = mlflow.search_runs([experiment.experiment_id], output_format="pandas",
-                                  filter_string="tags.role = 'student' and attributes.status = 'FINISHED'")
+    runs = finished_student_runs(tracking_uri)
     if runs.empty:
         return runs, []
     runs = runs[runs["tags.cell"].isin(cells)].copy()
@@ -92,25 +79,6 @@ def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False) 
     return pd.concat(chosen), notes
 
 
-@contextmanager
-def tracking_uri_scope(uri: str):
-    """MLflow's process-wide tracking URI set to `uri` for a block, then put back as it was (it also
-    sets MLFLOW_TRACKING_URI, which later commands in the same process would otherwise inherit)."""
-    import mlflow
-
-    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
-    previous = mlflow.get_tracking_uri() if previous_env is not None else None
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
-        if previous_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous_env
-
-
 IGNORED_PARAMS = ("params.env.", "params.teacher.path", "params.seed")
 
 
@@ -136,7 +104,7 @@ def references(suite: SuiteSpec) -> dict[tuple[str, str], tuple[float, str]]:
     return out
 
 
-def _fmt(mean: float, std: float, n: int) -> str:
+def fmt(mean: float, std: float, n: int) -> str:
     if n == 0:
         return "missing"
     return f"{mean:.2f} ± {std:.2f} ({n})" if n > 1 else f"{mean:.2f} (1)"
@@ -192,7 +160,7 @@ def paper_table(detail: pd.DataFrame) -> pd.DataFrame:
     column = detail["dataset"] if single_pair else detail["dataset"] + " " + detail["pair"]
     text = []
     for _, r in detail.iterrows():
-        cell = _fmt(r.top1_mean, r.top1_std, r.n)
+        cell = fmt(r.top1_mean, r.top1_std, r.n)
         if not math.isnan(r.top1_paper):
             delta = f", Δ {r.top1_delta:+.2f}" if r.n else ""
             cell += f" [paper {r.top1_paper:.2f}{delta}]" + ("*" if r.top1_flag else "")
@@ -206,14 +174,11 @@ def paper_table(detail: pd.DataFrame) -> pd.DataFrame:
 
 
 def curves(tracking_uri: str, runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
     out = {}
     for cell, group in runs.groupby("tags.cell"):
         series = {}
         for _, run in group.iterrows():
-            history = client.get_metric_history(run["run_id"], "test/top1")
+            history = metric_history(tracking_uri, run["run_id"], "test/top1")
             # align on the main phase: pre-training epochs (FitNet hints, FSP) get negative x
             pre_epochs = len(history) - int(run.get("params.phases.main") or len(history))
             series[run["tags.seed"]] = pd.Series({m.step - pre_epochs: m.value for m in history})
@@ -248,135 +213,3 @@ def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | N
                f"Hardware: {', '.join(devices)}. Commit(s): {', '.join(commits)}.")
     notes = [f"departure from the paper: {d}" for d in suite_spec.departures] + notes
     return Report(suite_spec.title, caption, paper_table(detail), detail, runs, curves(tracking_uri, runs), notes)
-
-
-# ---- rendering ---------------------------------------------------------------------------------
-DETAIL_COLUMNS = {"cell": "cell", "n": "n", "top1": "top-1", "top5": "top-5", "top1_paper": "paper top-1",
-                  "top1_delta": "Δ top-1", "top1_z": "z", "sec_per_epoch": "s/epoch (median)", "extra_parameters": "extra params",
-                  "student_parameters": "student params", "peak_memory_mb": "peak MB", "epochs": "epochs"}
-
-
-def detail_table(report: Report) -> pd.DataFrame:
-    d = report.detail
-    frame = pd.DataFrame({
-        "cell": d["cell"], "n": d["n"],
-        "top1": [_fmt(m, s, n) for m, s, n in zip(d.top1_mean, d.top1_std, d.n)],
-        "top5": [_fmt(m, s, n) for m, s, n in zip(d.top5_mean, d.top5_std, d.n)],
-        "top1_paper": [f"{v:.2f}" if not math.isnan(v) else "" for v in d.top1_paper],
-        "top1_delta": [(f"{v:+.2f}" + ("*" if f else "")) if not math.isnan(v) else ""
-                       for v, f in zip(d.top1_delta, d.top1_flag)],
-        "top1_z": [f"{v:+.1f}" if not math.isnan(v) else "" for v in d.top1_z],
-        "sec_per_epoch": [(f"{v:.2f}" + (" †" if loaded else "")) if not math.isnan(v) else ""
-                          for v, loaded in zip(d.sec_per_epoch, d.cost_under_load)],
-        "extra_parameters": [f"{int(v):,}" if not math.isnan(v) else "" for v in d.extra_parameters],
-        "student_parameters": [f"{int(v):,}" if not math.isnan(v) else "" for v in d.student_parameters],
-        "peak_memory_mb": [f"{v:.0f}" if not math.isnan(v) else "" for v in d.peak_memory_mb],
-        "epochs": d["epochs"],
-    })
-    return frame.rename(columns=DETAIL_COLUMNS)
-
-
-def plots(report: Report) -> dict[str, bytes]:
-    """PNG bytes: accuracy per epoch (mean and spread over seeds), final accuracy bars, accuracy vs cost."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = {}
-    d = report.detail[report.detail["n"] > 0]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for cell, frame in report.curves.items():
-        mean, std = frame.mean(axis=1), frame.std(axis=1, ddof=1).fillna(0)
-        ax.plot(mean.index, mean.values, label=cell.split("/", 1)[1])
-        ax.fill_between(mean.index, (mean - std).values, (mean + std).values, alpha=0.2)
-    ax.set(xlabel="epoch of the main phase (pre-training phases < 0)", ylabel="test top-1 (%)",
-           title="Test accuracy per epoch (mean ± std over seeds)")
-    finals = [frame.iloc[-1].min() for frame in report.curves.values() if len(frame)]
-    if finals:
-        ax.set_ylim(max(0, min(finals) - 5), 100)
-    ax.legend(fontsize=7)
-    out["curves.png"] = _png(fig)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    labels = [c.split("/", 1)[1] for c in d["cell"]]
-    ax.bar(range(len(d)), d["top1_mean"], yerr=d["top1_std"].fillna(0), capsize=4, color="tab:blue")
-    if d["top1_paper"].notna().any():
-        ax.scatter(range(len(d)), d["top1_paper"], color="tab:red", marker="_", s=400, label="paper (reference)",
-                   zorder=3)
-        ax.legend(fontsize=7)
-    ax.set_xticks(range(len(d)), labels, rotation=30, ha="right", fontsize=7)
-    low = min(v for v in list(d["top1_mean"] - d["top1_std"].fillna(0)) + list(d["top1_paper"].dropna()))
-    ax.set(ylabel="test top-1 (%)", title="Final accuracy (error bars: std over seeds)", ylim=(max(0, low - 2), 100))
-    out["accuracy.png"] = _png(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.errorbar(d["sec_per_epoch"], d["top1_mean"], yerr=d["top1_std"].fillna(0), fmt="o")
-    for x, y, label in zip(d["sec_per_epoch"], d["top1_mean"], labels):
-        ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set(xlabel="seconds per epoch (median)", ylabel="test top-1 (%)", title="Accuracy against training cost")
-    out["cost.png"] = _png(fig)
-    plt.close("all")
-    return out
-
-
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=110)
-    return buffer.getvalue()
-
-
-def provenance(report: Report, command: str) -> str:
-    """Which runs made the tables: ids, commits, hardware, wall time; the command that rendered them."""
-    runs = report.runs.sort_values(["tags.cell", "tags.seed"])
-    start, end = runs["start_time"].min(), runs["end_time"].max()
-    wall = runs["metrics.wall_seconds"].astype(float).sum()
-    lines = [f"# Provenance: {report.title}", "",
-             f"Rendered by `{command}` from the MLflow runs below (FINISHED student runs, latest per cell and seed).", "",
-             f"- Git commit(s) of the runs: {', '.join(sorted(set(runs['params.env.git_commit'])))}",
-             f"- Hardware: {', '.join(sorted(set(runs['params.env.device_name'])))} "
-             f"(device {', '.join(sorted(set(runs['params.env.device'])))}, torch {', '.join(sorted(set(runs['params.env.torch'])))})",
-             f"- Runs started {start:%Y-%m-%d %H:%M} UTC, last finished {end:%Y-%m-%d %H:%M} UTC; "
-             f"summed training wall time {wall / 60:.1f} min (teachers not included)",
-             "", "| cell | seed | MLflow run id | commit | test top-1 (last) | wall s |", "| --- | --- | --- | --- | --- | --- |"]
-    for _, r in runs.iterrows():
-        lines.append(f"| {r['tags.cell']} | {r['tags.seed']} | {r['run_id']} | {r['params.env.git_commit'][:10]} | "
-                     f"{float(r['metrics.test_top1_last']):.2f} | {float(r['metrics.wall_seconds']):.0f} |")
-    return "\n".join(lines) + "\n"
-
-
-LATEX_SYMBOLS = {"±": r"$\pm$", "Δ": r"$\Delta$", "†": r"$\dagger$", "−": "-", "·": r"$\cdot$", "σ": r"$\sigma$",
-                 "→": r"$\to$", "≥": r"$\geq$", "≤": r"$\leq$", "×": r"$\times$"}
-
-
-def latex_symbols(text: str) -> str:
-    """Our tables' Unicode symbols as LaTeX math, so that pdflatex compiles the output as it is."""
-    for symbol, latex in LATEX_SYMBOLS.items():
-        text = text.replace(symbol, latex)
-    return text
-
-
-def render(report: Report, fmt: str, images: dict[str, bytes] | None = None) -> str:
-    details = detail_table(report)
-    notes = "".join(f"- {n}\n" for n in report.notes)
-    if fmt == "md":
-        return (f"# {report.title}\n\n{report.caption}\n\n{report.table.to_markdown()}\n\n"
-                f"## Per cell\n\n{details.to_markdown(index=False)}\n" + (f"\n## Notes\n\n{notes}" if notes else ""))
-    if fmt == "csv":
-        return report.detail.to_csv(index=False)
-    if fmt == "latex":
-        body = report.table.to_latex(escape=True)
-        comments = "".join(f"% {n}\n" for n in report.notes)
-        return latex_symbols(f"% {report.title}\n% {report.caption}\n{comments}{body}\n"
-                             f"{details.to_latex(index=False, escape=True)}")
-    if fmt == "html":
-        figures = "".join(
-            f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}"></figure>'
-            for name, png in (images or {}).items())
-        return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report.title)}</title>"
-                "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
-                "td,th{border:1px solid #ccc;padding:4px 8px}figure{display:inline-block;margin:1em}</style>"
-                f"</head><body><h1>{html.escape(report.title)}</h1><p>{html.escape(report.caption)}</p>"
-                f"{report.table.to_html()}<h2>Per cell</h2>{details.to_html(index=False)}"
-                + ("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>"
-                   if report.notes else "") + f"{figures}</body></html>")
-    raise UserError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")

@@ -13,149 +13,30 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import itertools
 import threading
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
 import torch
 from optuna.trial import TrialState
 
-from harness.errors import UserError
 from harness.process import exclusive
 from harness.provenance import environment_params
-from harness.runner import Runner, RunOptions, flatten
+from harness.lifecycle import end_failed, end_finished
+from harness.options import RunOptions
+from harness.plan import flatten
+from harness.runner import Runner
+from harness.study import make_pruner, make_sampler, open_storage, search_space
 from harness.workshare import until_free
-from harness.spec import Cell, method_parts, split_assignment
-from methods import method_class
-
-
-@dataclass(frozen=True)
-class Dimension:
-    method: str
-    param: str
-    kind: str  # float | int | cat
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    choices: tuple = ()
-
-    def suggest(self, trial: optuna.Trial, name: str):
-        if self.kind == "float":
-            return trial.suggest_float(name, self.low, self.high, log=self.log)
-        if self.kind == "int":
-            return trial.suggest_int(name, int(self.low), int(self.high), log=self.log)
-        return trial.suggest_categorical(name, list(self.choices))
-
-
-def parse_dimension(method: str, param: str, text: str) -> Dimension:
-    """'float:LOW:HIGH[:log]', 'int:LOW:HIGH[:log]' or 'cat:A,B,C'."""
-    kind, _, rest = text.partition(":")
-    where = f"search space for {method}.{param} ({text!r})"
-    if kind == "cat":
-        import yaml
-
-        choices = tuple(yaml.safe_load(c) for c in rest.split(",") if c)
-        if not choices:
-            raise UserError(f"{where}: give at least one choice, cat:A,B")
-        return Dimension(method, param, "cat", choices=choices)
-    if kind not in ("float", "int"):
-        raise UserError(f"{where}: the type must be float, int or cat")
-    parts = rest.split(":")
-    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log"):
-        raise UserError(f"{where}: expected {kind}:LOW:HIGH or {kind}:LOW:HIGH:log")
-    try:
-        low, high = (int(p) if kind == "int" else float(p) for p in parts[:2])
-    except ValueError:
-        raise UserError(f"{where}: LOW and HIGH must be {kind} numbers") from None
-    if not low < high:
-        raise UserError(f"{where}: the range is empty or inverted")
-    log = len(parts) == 3
-    if log and low <= 0:
-        raise UserError(f"{where}: a log range needs LOW > 0")
-    return Dimension(method, param, kind, low, high, log)
-
-
-def resolve_space(runner: Runner, cell: Cell, cli: list[str]) -> dict[str, Dimension]:
-    """The methods' search spaces from benchmarks.yaml, overridden by --space NAME=SPEC."""
-    parts = method_parts(cell.method)
-    qualify = (lambda m, p: f"{m}.{p}") if len(parts) > 1 else (lambda m, p: p)
-    space = {qualify(m, p): parse_dimension(m, p, text)
-             for m in parts for p, text in runner.spec.methods[m].search_space.items()}
-    for item in cli:
-        method, param, text = split_assignment("--space", item, cell.method,
-                                               "NAME=TYPE:LOW:HIGH[:log] or NAME=cat:A,B")
-        if method not in parts:
-            raise UserError(f"--space {item!r}: method {method!r} is not part of {cell.method!r}")
-        space[qualify(method, param)] = parse_dimension(method, param, text)
-    for name, dim in space.items():
-        fields = method_class(dim.method, runner.spec.methods[dim.method]).Params.model_fields
-        if dim.param not in fields:
-            raise UserError(f"search space names {name!r}, but method {dim.method} has no such hyperparameter "
-                            f"(it has: {', '.join(fields) or 'none'})")
-    if not space:
-        raise UserError(f"method {cell.method!r} has no search space; give one with --space NAME=...")
-    return space
-
-
-def open_storage(url: str):
-    """An Optuna storage from a URL: SQLAlchemy URLs (sqlite, postgresql, ...) or journal:PATH."""
-    try:
-        if url.startswith("journal:"):
-            from optuna.storages import JournalStorage
-            from optuna.storages.journal import JournalFileBackend
-
-            path = Path(url.removeprefix("journal:"))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(str(path)))
-        engine_kwargs = {"pool_pre_ping": True}
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-            # several workers on one machine share the file: wait for its lock instead of failing after 5 s
-            engine_kwargs["connect_args"] = {"timeout": 60}
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    except Exception as e:  # bad scheme, unreachable server, missing driver
-        raise UserError(f"Optuna storage {url!r} is not usable: {type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''}") from None
-
-
-def make_sampler(name: str, seed: int):
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if name in ("grid", "random"):
-        return optuna.samplers.RandomSampler(seed=seed)  # grid points come from the queue, not the sampler
-    raise UserError(f"unknown sampler {name!r}; use tpe or grid")
-
-
-def make_pruner(name: str):
-    pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
-               "hyperband": lambda: optuna.pruners.HyperbandPruner(),
-               "none": lambda: optuna.pruners.NopPruner()}
-    if name not in pruners:
-        raise UserError(f"unknown pruner {name!r}; use median, hyperband or none")
-    return pruners[name]()
-
-
-def search_space(runner: Runner, cell: Cell, opts: "SweepOptions") -> tuple[dict[str, Dimension], list | None]:
-    """The study's dimensions, and its points when it walks a named grid."""
-    if opts.grid is None:
-        return resolve_space(runner, cell, opts.space), None
-    grid = runner.spec.grids.get(opts.grid)
-    if grid is None:
-        raise UserError(f"unknown grid {opts.grid!r}; known: {', '.join(runner.spec.grids) or 'none'}")
-    if grid.method not in method_parts(cell.method):
-        raise UserError(f"grid {opts.grid} is for method {grid.method}, not part of {cell.method!r}")
-    space = {p: Dimension(grid.method, p, "cat", choices=tuple(v)) for p, v in grid.grid.items()}
-    return space, [dict(zip(grid.grid, values)) for values in itertools.product(*grid.grid.values())]
+from harness.cells import Cell
 
 
 def check(runner: Runner, cell: Cell, run_opts: RunOptions, opts: "SweepOptions"):
     """Everything a sweep needs, validated before any teacher trains or any run exists: the search
     space, the cell's data, models and hyperparameters, the storage. Returns (space, grid points,
     objective, storage)."""
-    space, grid_points = search_space(runner, cell, opts)
+    space, grid_points = search_space(runner.spec, cell, opts)
     plan = runner.plan(cell, run_opts)
     plan.data  # noqa: B018  (present and readable)
     return space, grid_points, plan.objective, open_storage(opts.storage)
@@ -182,7 +63,7 @@ class Sweep:
         self.space, self.grid_points, objective, self.storage = check(runner, cell, run_opts, opts)
         pair = runner.spec.pairs[cell.pair]
         # the teacher is trained (or loaded) before any trial, so no trial ever evaluates the test split
-        self.teachers = (until_free(runner.teachers, cell.dataset, pair, run_opts)[0] if objective.needs_teacher
+        self.teachers = (until_free(runner.teachers, cell.dataset, pair, run_opts) if objective.needs_teacher
                          else None)
         self.teacher_features: list | None = None  # with --teacher-cache: computed by the first trial, shared
         self.study = optuna.create_study(study_name=opts.study, storage=self.storage, direction="maximize",
@@ -242,12 +123,10 @@ class Sweep:
             self.tracker.finish(run_id, "KILLED")
             raise
         except Exception as e:  # a diverged loss (NonFiniteLoss) or anything else: the study goes on
-            self.tracker.set_tags(run_id, {"state": "failed", "failure_reason": f"{type(e).__name__}: {e}"[:5000]})
-            self.tracker.finish(run_id, "FAILED")
-            raise
-        self.tracker.log_metrics(run_id, summary, step=len(trainer.history))
+            self.tracker.set_tags(run_id, {"state": "failed"})
+            end_failed(self.tracker, run_id, f"{self.opts.study} trial {trial.number}", e)
         self.tracker.set_tags(run_id, {"state": "complete"})
-        self.tracker.finish(run_id, "FINISHED")
+        end_finished(self.tracker, run_id, summary, epochs=len(trainer.history))
         return summary["val_top1_best"]
 
     # ---- the study ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from harness.errors import UserError
@@ -29,6 +30,53 @@ def artifact_location(uri: str) -> str | None:
 
 def default_tracking_uri(home: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+
+
+def finished_student_runs(uri: str):
+    """Every FINISHED student run of the store as mlflow.search_runs' DataFrame (read only)."""
+    import mlflow
+
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise UserError(f"no MLflow store at {uri}; run some cells first, or pass --tracking-uri/--home")
+    with tracking_uri_scope(uri):  # mlflow.search_runs reads the process-wide URI
+        found = mlflow.get_experiment_by_name(EXPERIMENT)
+        if found is None:
+            raise UserError(f"the store {uri} has no kd-harness runs")
+        return mlflow.search_runs([found.experiment_id], output_format="pandas",
+                                  filter_string="tags.role = 'student' and attributes.status = 'FINISHED'")
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri).get_metric_history(run_id, key)
+
+
+def experiment_id(uri: str) -> str | None:
+    """The kd-harness experiment's id in the store, if it has one (read only)."""
+    from mlflow.tracking import MlflowClient
+
+    found = MlflowClient(uri).get_experiment_by_name(EXPERIMENT)
+    return found.experiment_id if found else None
+
+
+@contextmanager
+def tracking_uri_scope(uri: str):
+    """MLflow's process-wide tracking URI set to `uri` for a block, then put back as it was (it also
+    sets MLFLOW_TRACKING_URI, which later commands in the same process would otherwise inherit)."""
+    import mlflow
+
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+    previous = mlflow.get_tracking_uri() if previous_env is not None else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
 
 
 class Tracker:

@@ -14,8 +14,10 @@ from pydantic import ValidationError
 from torch import nn
 
 from harness.errors import UserError
-from harness.spec import MethodSpec, Spec, method_parts
-from methods.base import Distiller, Probe
+from harness.cells import method_parts
+from harness.schema import MethodSpec
+from harness.spec import Spec
+from methods.base import MAIN_PHASE, Distiller, Probe
 
 
 def method_class(name: str, method: MethodSpec) -> type[Distiller]:
@@ -68,7 +70,7 @@ def validate_defaults(spec: Spec) -> None:
 
 class Objective(nn.Module):
     """CE on the student's logits plus the loss terms of each Distiller; and the phases:
-    every part's pre-phases in order, then "main"."""
+    every part's pre-phases in order, then MAIN_PHASE."""
 
     def __init__(self, distillers: dict[str, Distiller]):
         super().__init__()
@@ -89,9 +91,9 @@ class Objective(nn.Module):
         return bool(self.teacher_features)
 
     def phases(self, main_epochs: int) -> list[tuple[str, int]]:
-        """[(phase name, epochs)], the pre-phases of every part, then ("main", main_epochs)."""
+        """[(phase name, epochs)], the pre-phases of every part, then (MAIN_PHASE, main_epochs)."""
         pre = [(p.name, p.epochs) for part in self.parts.values() for p in part.pre_phases(main_epochs)]
-        return pre + [("main", main_epochs)]
+        return pre + [(MAIN_PHASE, main_epochs)]
 
     def phase_lr_scale(self, phase: str, main_epochs: int) -> float:
         """The multiplier of the recipe's base lr in a pre-phase (the main phase follows the recipe)."""
@@ -111,9 +113,9 @@ class Objective(nn.Module):
                             "use a multi-teacher pair (TEACHERxN-STUDENT)")
 
     def forward(self, student: dict, teachers: list[dict] | None, targets: torch.Tensor,
-                phase: str = "main") -> dict[str, torch.Tensor]:
+                phase: str = MAIN_PHASE) -> dict[str, torch.Tensor]:
         """teachers: one feature dict per teacher (None when no part reads a teacher)."""
-        if phase != "main":
+        if phase != MAIN_PHASE:
             owner = self.phase_owner[phase]
             return owner.phase_losses(phase, student, self._for(owner, teachers), targets)
         losses = {"ce": F.cross_entropy(student["logits"], targets)}

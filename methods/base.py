@@ -23,6 +23,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+MAIN_PHASE = "main"  # the phase that follows every pre-phase: the recipe's training
+
 
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)

@@ -8,8 +8,8 @@ blocks are grouped k at a time; each group gets one aggregation layer (3x3 conv,
     kr_agg = mu * sum_g w_g * mean((A_g(x_g) - y_g)^2),   w_g = std(y_g) / mean_g' std(y_g')
 
 (the L2 transport cost, weighted by a standard-deviation measure, times the penalty mu). These
-layers have their own SGD optimizer (lr `agg_lr`, stepped after the student's at every
-iteration, x0.1 at the milestones).
+layers have their own SGD optimizer (lr `agg_lr`, momentum 0.9, weight decay 1e-5, stepped after the
+student's at every iteration, x0.1 at the milestones; docs/methods/kr.md).
 
 Prior knowledge for the student (§3.2, Eq. 10). The chained aggregation layers turn the
 teacher's stage input into a "summary" s of the stage; the student's stage output, through a
@@ -135,8 +135,8 @@ class KR(Distiller):
 
     def extra_optimizers(self) -> list[ExtraOptimizer]:
         p = self.params
-        return [ExtraOptimizer("kr_aggregation", list(self.aggregators.parameters()), p.agg_lr, 0.9, 1e-5,
-                               tuple(p.agg_milestones), 0.1)]
+        return [ExtraOptimizer("kr_aggregation", list(self.aggregators.parameters()), p.agg_lr, momentum=0.9,
+                               weight_decay=1e-5, milestones=tuple(p.agg_milestones), gamma=0.1)]
 
     def forward(self, student, teacher, targets):
         cost, prior = 0.0, 0.0

@@ -19,7 +19,7 @@ Loss term = lam / 2 * sum over the compared stage pairs of MMD^2 (Eq. 3).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -78,23 +78,31 @@ class NSTParams(Params):
     layers: Literal["last", "all", "hint"]
 
 
-def _nst(kernel: str) -> type[Distiller]:
-    class NST(Distiller):
-        Params = NSTParams
-        teacher_features = frozenset({"stages"})
-        student_features = frozenset({"stages"})
-        loss_terms = frozenset({"nst"})
+class NST(Distiller):
+    """Eq. 3's MMD^2 between the students' and teachers' channel maps; the kernel is the subclass's."""
 
-        def __init__(self, params: NSTParams, probe: Probe):
-            super().__init__(params, probe)
-            self.indices = stage_indices(params.layers, probe)
+    Params = NSTParams
+    kernel: ClassVar[str]
+    teacher_features = frozenset({"stages"})
+    student_features = frozenset({"stages"})
+    loss_terms = frozenset({"nst"})
 
-        def forward(self, student, teacher, targets):
-            mmd2 = sum(nst_mmd2(student["stages"][i], teacher["stages"][i], kernel) for i in self.indices)
-            return {"nst": self.params.lam / 2 * mmd2}
+    def __init__(self, params: NSTParams, probe: Probe):
+        super().__init__(params, probe)
+        self.indices = stage_indices(params.layers, probe)
 
-    NST.__name__ = NST.__qualname__ = f"NST_{kernel}"
-    return NST
+    def forward(self, student, teacher, targets):
+        mmd2 = sum(nst_mmd2(student["stages"][i], teacher["stages"][i], self.kernel) for i in self.indices)
+        return {"nst": self.params.lam / 2 * mmd2}
 
 
-NSTLinear, NSTPoly, NSTGauss = _nst("linear"), _nst("poly"), _nst("gauss")
+class NSTLinear(NST):
+    kernel = "linear"
+
+
+class NSTPoly(NST):
+    kernel = "poly"
+
+
+class NSTGauss(NST):
+    kernel = "gauss"

@@ -276,7 +276,8 @@ def test_every_method_has_a_card_with_its_departures():
 def test_every_teacher_runs_once_per_batch_and_gets_no_gradient(home):
     """Through the engine: a 3-teacher mt step calls each teacher's forward once and leaves the
     teachers' parameters without gradients and unchanged."""
-    from harness.runner import RunOptions, Runner
+    from harness.options import RunOptions
+    from harness.runner import Runner
     from harness.engine import TrainConfig, Trainer
     from harness.tracking import default_tracking_uri
 
@@ -285,7 +286,7 @@ def test_every_teacher_runs_once_per_batch_and_gets_no_gradient(home):
     opts = RunOptions(smoke=True, progress=False)
     plan = runner.plan(cell, opts)
     recipe, device, data, student, objective = plan.recipe, plan.device, plan.data, plan.student, plan.objective
-    teachers, _ = runner.teachers(cell.dataset, SPEC.pairs[cell.pair], opts)
+    teachers = runner.teachers(cell.dataset, SPEC.pairs[cell.pair], opts)
     assert len(teachers) == 3 and len({id(t) for t in teachers}) == 3
     calls = [0, 0, 0]
     for i, teacher in enumerate(teachers):
@@ -295,7 +296,7 @@ def test_every_teacher_runs_once_per_batch_and_gets_no_gradient(home):
     before = [[p.detach().clone() for p in t.parameters()] for t in teachers]
     pair = SPEC.pairs[cell.pair]
     trainer = Trainer(student, objective, data.batches(device, splits=("train",)),
-                      TrainConfig(recipe, 0, pair.stages.teacher, pair.stages.student, "off", cell.id, False),
+                      TrainConfig(recipe, 0, pair.stages.teacher, pair.stages.student, opts, label=cell.id),
                       device, teacher=teachers)
     batches = trainer.batches
     plan = batches.epoch_plan(recipe.batch_size, torch.Generator().manual_seed(0))
@@ -310,7 +311,8 @@ def test_every_teacher_runs_once_per_batch_and_gets_no_gradient(home):
 def test_one_engine_step_moves_both_the_student_and_the_critic(home):
     """adv in the engine: one step changes the student's and the discriminator's parameters, each by
     its own optimizer (the card's simultaneous updates)."""
-    from harness.runner import RunOptions, Runner
+    from harness.options import RunOptions
+    from harness.runner import Runner
     from harness.engine import TrainConfig, Trainer
     from harness.tracking import default_tracking_uri
 
@@ -319,10 +321,10 @@ def test_one_engine_step_moves_both_the_student_and_the_critic(home):
     opts = RunOptions(smoke=True, progress=False)
     plan = runner.plan(cell, opts)
     recipe, device, data, student, objective = plan.recipe, plan.device, plan.data, plan.student, plan.objective
-    teachers, _ = runner.teachers(cell.dataset, SPEC.pairs[cell.pair], opts)
+    teachers = runner.teachers(cell.dataset, SPEC.pairs[cell.pair], opts)
     pair = SPEC.pairs[cell.pair]
     trainer = Trainer(student, objective, data.batches(device, splits=("train",)),
-                      TrainConfig(recipe, 0, pair.stages.teacher, pair.stages.student, "off", cell.id, False),
+                      TrainConfig(recipe, 0, pair.stages.teacher, pair.stages.student, opts, label=cell.id),
                       device, teacher=teachers)
     critic = objective.parts["adv"].discriminator
     student_before = [p.detach().clone() for p in student.parameters()]

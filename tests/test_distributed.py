@@ -18,7 +18,8 @@ from mlflow.tracking import MlflowClient
 
 from harness import distributed
 from harness.errors import UserError
-from harness.runner import Runner, RunOptions
+from harness.options import RunOptions
+from harness.runner import Runner
 from harness.spec import load_spec
 
 REPO = Path(__file__).resolve().parent.parent

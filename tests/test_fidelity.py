@@ -12,9 +12,10 @@ from mlflow.tracking import MlflowClient
 
 from harness import audit as aud
 from harness import preprocess
+from harness import render
 from harness import report as rep
 from harness.cli import main
-from harness.data import load_data
+from harness.sources import load_data
 from harness.models import build_model
 from harness.spec import DEFAULT_SPEC, load_spec
 from methods.at import AT, ATParams
@@ -154,7 +155,7 @@ def test_at_weighting_conventions():
 
 # ---- reduced training sets ----------------------------------------------------------------------
 def test_train_size_is_stratified_and_the_teacher_sees_the_full_set(mnist_root):
-    from harness.data import data_root
+    from harness.paths import data_root
 
     small = load_data("mnist1k", SPEC.datasets["mnist1k"], data_root(mnist_root))
     full = load_data("mnist", SPEC.datasets["mnist"], data_root(mnist_root))
@@ -284,7 +285,7 @@ def test_report_never_mixes_configurations(home, tmp_path):
     assert result.detail.set_index("cell").loc[KD, "top1_mean"] == pytest.approx(56.25)
     assert result.detail.set_index("cell").loc[KD, "n"] == 1
     assert len(result.notes) == 1 and "kd.tau=3" in result.notes[0] and "left out" in result.notes[0]
-    assert "kd.tau=3" in rep.render(result, "md")
+    assert "kd.tau=3" in render.render(result, "md")
 
 
 def test_report_keeps_legacy_runs_of_different_settings_apart(home):
@@ -341,7 +342,7 @@ def test_small_user_errors_are_one_clear_line(home, capsys, tmp_path):
 
 
 def test_suite_set_applies_where_the_method_is(home):
-    from harness.cli import cell_overrides
+    from harness.commands import cell_overrides
 
     cells = SPEC.cells(suite="digits")
     by_cell = {c.method: cell_overrides(["kd.tau=2"], c, True, cells) for c in cells}
@@ -370,7 +371,7 @@ def test_register_without_a_registry_is_refused_before_training(home, monkeypatc
 def test_student_is_a_loadable_mlflow_model_that_reproduces_its_accuracy(home):
     import mlflow
 
-    from harness.data import load_data
+    from harness.sources import load_data
 
     import os
 

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import write_image_folder
 from harness.cli import main
-from harness.data import load_data
+from harness.sources import load_data
 from harness.errors import UserError
 from harness.spec import DEFAULT_SPEC, load_spec
 

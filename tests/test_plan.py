@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.runner import Runner, RunOptions
+from harness.options import RunOptions
+from harness.runner import Runner
 from harness.spec import load_spec
 
 # (cell, options) -> run_key, each read off a FINISHED run made by commits before RunPlan

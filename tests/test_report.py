@@ -15,6 +15,7 @@ import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from harness import render
 from harness import report as rep
 from harness.cli import main
 from harness.spec import DEFAULT_SPEC, load_spec
@@ -143,7 +144,7 @@ def test_html_report_renders_in_headless_chromium(store, tmp_path):
     uri, spec_path = store
     result = rep.build(load_spec(spec_path), uri, "known", None, "last")
     page = tmp_path / "report.html"
-    page.write_text(rep.render(result, "html", rep.plots(result)))
+    page.write_text(render.render(result, "html", render.plots(result)))
     shot = tmp_path / "shot.png"
     proc = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                            "--no-first-run", "--disable-background-networking", "--disable-component-update",
@@ -198,7 +199,7 @@ def test_latex_output_compiles_with_pdflatex(store, tmp_path):
     if shutil.which("pdflatex") is None:
         pytest.skip("pdflatex not installed (Debian: texlive-latex-base, texlive-latex-recommended)")
     uri, spec_path = store
-    body = rep.render(rep.build(load_spec(spec_path), uri, "known", None, "last"), "latex")
+    body = render.render(rep.build(load_spec(spec_path), uri, "known", None, "last"), "latex")
     assert "±" not in body and "Δ" not in body and r"$\pm$" in body
     (tmp_path / "table.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage[margin=1cm,"
                                         "landscape]{geometry}\n\\begin{document}\n\\tiny\n" + body +

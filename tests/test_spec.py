@@ -30,7 +30,8 @@ def test_repository_spec_is_valid(spec):
 
 def test_cell_parsing(spec):
     cell = spec.cell("mnist/hinton1200-hinton800/kd")
-    assert (cell.dataset, cell.teacher, cell.student, cell.method) == ("mnist", "hinton1200", "hinton800", "kd")
+    pair = spec.pairs[cell.pair]
+    assert (cell.dataset, pair.teacher, pair.student, cell.method) == ("mnist", "hinton1200", "hinton800", "kd")
     assert cell.id == "mnist/hinton1200-hinton800/kd"
 
 
@@ -136,7 +137,8 @@ def test_invalid_yaml_and_unsafe_tags(tmp_path):
 
 
 def test_the_smoke_suite_covers_every_method():
-    from harness.spec import load_spec, method_parts
+    from harness.cells import method_parts
+    from harness.spec import load_spec
 
     spec = load_spec()
     covered = {part for cell in spec.cells(suite="smoke") for part in method_parts(cell.method)}

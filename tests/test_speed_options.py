@@ -4,7 +4,6 @@ numbers no more than its rounding explains."""
 
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch
@@ -12,7 +11,8 @@ from mlflow.tracking import MlflowClient
 
 from harness.cli import main
 from harness.engine import TrainConfig, Trainer
-from harness.runner import Runner, RunOptions
+from harness.options import RunOptions
+from harness.runner import Runner
 from harness.spec import load_spec
 
 CELL = "digits/resnet20-resnet8/kd"
@@ -27,10 +27,10 @@ def _trainer(home, cell=CELL, epochs=2, **config):
     plan = runner.plan(spec_cell, opts)
     recipe, device, data, student, objective = plan.recipe, plan.device, plan.data, plan.student, plan.objective
     pair = runner.spec.pairs[spec_cell.pair]
-    teacher = runner.teacher(spec_cell.dataset, pair.teacher, opts)[0] if objective.needs_teacher else None
-    train_config = TrainConfig(recipe, 0, pair.stages.teacher, pair.stages.student, label="t", progress=False)
-    return Trainer(student, objective, data.batches(device), dataclasses.replace(train_config, **config),
-                   device, teacher=teacher)
+    teacher = runner.teacher(spec_cell.dataset, pair.teacher, opts) if objective.needs_teacher else None
+    train_config = TrainConfig(recipe, 0, pair.stages.teacher, pair.stages.student,
+                               RunOptions(progress=False, **config), label="t")
+    return Trainer(student, objective, data.batches(device), train_config, device, teacher=teacher)
 
 
 def count_images(model: torch.nn.Module) -> list[int]:

@@ -1,0 +1,276 @@
+"""What each `harness` command does, once its arguments are parsed (harness/cli.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import yaml
+
+from harness import launch
+from harness.errors import UserError
+from harness.options import from_flags
+from harness.cells import method_parts, require_known, split_assignment
+
+
+def parse_overrides(items: list[str], method_id: str) -> dict[str, dict]:
+    """--set NAME=VALUE or --set METHOD.NAME=VALUE; values are YAML scalars."""
+    out: dict[str, dict] = {}
+    for item in items:
+        method, key, value = split_assignment("--set", item, method_id, "NAME=VALUE or METHOD.NAME=VALUE")
+        try:
+            out.setdefault(method, {})[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"--set {item!r}: the value is not a valid scalar") from None
+    return out
+
+
+def cell_overrides(items: list[str], cell, in_suite: bool, cells: list) -> dict[str, dict]:
+    """The --set values for one cell. In a suite each item is METHOD.NAME=VALUE and applies to the
+    cells that have METHOD; a method in none of the suite's cells is an error."""
+    if not in_suite:
+        return parse_overrides(items, cell.method)
+    for item in items:
+        method = item.partition("=")[0].rpartition(".")[0]
+        if not method:
+            raise UserError(f"--set {item!r}: on a suite, name the method: METHOD.NAME=VALUE "
+                            "(it applies to every cell that has METHOD)")
+        if not any(method in method_parts(c.method) for c in cells):
+            raise UserError(f"--set {item!r}: no cell of the suite uses method {method!r}")
+    mine = [i for i in items if i.partition("=")[0].rpartition(".")[0] in method_parts(cell.method)]
+    return parse_overrides(mine, cell.method)
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value <= 0:
+        raise UserError(f"{name} must be a positive integer, got {value}")
+
+
+def command_list(args, spec, home: Path) -> int:
+    from harness.compat import mismatches
+
+    cells = spec.cells(suite=args.suite, dataset=args.dataset, method=args.method)
+    for cell_id, reason in mismatches(spec, cells, home).items():  # e.g. kr on a teacher without residual blocks
+        if reason is None:
+            print(cell_id)
+        elif args.all:
+            print(f"{cell_id}  # cannot run: {reason}")
+    return 0
+
+
+def _options(args, **extra):
+    _positive("--teacher-epochs", args.teacher_epochs)
+    return from_flags(args, **extra)
+
+
+def run_requests(args, spec) -> list:
+    """(cell, options) of every run `harness run` asks for, validated as far as the spec allows."""
+    _positive("--epochs", args.epochs)
+    _positive("--seeds", args.seeds)
+    seeds = list(range(args.seeds)) if args.seeds else args.seed
+    if any(seed < 0 for seed in seeds + [args.teacher_seed]):
+        raise UserError("seeds must be non-negative integers")
+    cells = spec.cells(suite=args.suite) if args.suite else [spec.cell(args.cell)]
+    base = _options(args, epochs=args.epochs, suite=args.suite, register=args.register)
+    return [(cell, replace(base, seed=seed, overrides=cell_overrides(args.overrides, cell, bool(args.suite), cells)))
+            for cell in cells for seed in seeds]
+
+
+def tell(cell, opts, run_id: str, summary: dict, trained: bool) -> None:
+    verb = "finished" if trained else "already finished"
+    print(f"{cell.id} seed {opts.seed}: {verb}; test top-1 {summary.get('test_top1_last', float('nan')):.2f}% "
+          f"(last epoch), {summary.get('test_top1_best_val', float('nan')):.2f}% (best val epoch); "
+          f"MLflow run {run_id}")
+
+
+def answer_if_finished(args, spec, home: Path, tracking_uri: str) -> bool:
+    """Every requested run already FINISHED: say so without importing torch or MLflow (harness/noop.py)."""
+    if args.force or args.launcher or args.register or args.amp == "auto" or int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        return False
+    from harness import noop
+
+    plans = run_requests(args, spec)
+    spec_and_code = noop.fingerprint(spec)
+    found = noop.finished(home, tracking_uri, [noop.request_key(spec_and_code, c.id, o) for c, o in plans])
+    if found is None:
+        return False
+    for (cell, opts), (run_id, metrics) in zip(plans, found):
+        tell(cell, opts, run_id, metrics, trained=False)
+    return True
+
+
+def command_run(args, spec, runner) -> int:
+    from harness import noop
+
+    plans = run_requests(args, spec)
+    if args.register:
+        runner.tracker.check_registry()
+    if args.launcher:
+        workers = launch.check(args)
+        from harness.api import validate
+
+        validate(runner, plans)  # every cell here, before any job exists
+        return launch.launch(args, args.argv, runner.home, runner.tracking_uri, workers)
+    from harness.api import run_plans
+
+    spec_and_code = noop.fingerprint(spec)
+
+    def planned(resolved):  # so that asking again is answered without resolving (harness/noop.py)
+        noop.remember(runner.home, {noop.request_key(spec_and_code, cell.id, opts): plan.run_key
+                                    for (cell, opts), plan in zip(plans, resolved)})
+
+    _, failed = run_plans(runner, plans, lambda cell, opts, outcome: tell(
+        cell, opts, outcome.run_id, outcome.summary, outcome.status != "SKIPPED"), on_planned=planned)
+    if failed:
+        if len(plans) > 1:
+            print(f"harness: {len(failed)} of {len(plans)} runs failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def command_teacher(args, spec, runner) -> int:
+    dataset, sep, model = args.target.partition("/")
+    if not sep or not dataset or not model or "/" in model:
+        raise UserError(f"teacher {args.target!r} is malformed: expected DATASET/MODEL, e.g. mnist/hinton1200")
+    require_known(dataset, spec.datasets, "dataset")
+    _positive("--epochs", args.epochs)
+    if args.seed < 0:
+        raise UserError("seeds must be non-negative integers")
+    opts = _options(args)
+    opts = replace(opts, teacher_seed=args.seed, teacher_epochs=args.epochs or args.teacher_epochs)
+    from harness.workshare import until_free
+
+    until_free(runner.teacher, dataset, model, opts)
+    print(f"teacher {dataset}/{model} seed {args.seed}: {runner.teacher_identity(dataset, model, opts).path}")
+    return 0
+
+
+def command_sweep(args, spec, runner) -> int:
+    from harness.sweep import Sweep, SweepOptions, check
+
+    cell = spec.cell(args.cell)
+    for name in ("--trials", "--epochs"):
+        _positive(name, getattr(args, name.strip("-")))
+    if args.final_seeds < 0 or args.seed < 0:
+        raise UserError("--final-seeds and --seed must be non-negative")
+    if args.sampler == "grid" and not args.grid:
+        raise UserError("--sampler grid needs --grid NAME (a grid of benchmarks.yaml)")
+    opts = replace(_options(args, epochs=args.epochs), seed=args.seed, progress=False)
+    study = args.study or "sweep-" + cell.id.replace("/", "-")
+    sweep_opts = SweepOptions(
+        trials=args.trials, study=study, storage=args.storage or f"sqlite:///{runner.home / 'optuna.db'}",
+        sampler=args.sampler, pruner=args.pruner, seed=args.sampler_seed, space=args.space, grid=args.grid,
+        final_seeds=args.final_seeds)
+    if args.launcher:
+        workers = launch.check(args)
+        check(runner, cell, opts, sweep_opts)  # space, cell, storage: before any job exists
+        return launch.launch(args, args.argv, runner.home, runner.tracking_uri, workers)
+    sweep = Sweep(runner, cell, opts, sweep_opts)
+    result = sweep.run()
+    print(sweep.summary_table())
+    complete = [t for t in result.trials if t.value is not None]
+    if not complete:
+        print(f"study {study}: no trial completed; MLflow parent run {sweep.parent_run}")
+        return 1
+    print(f"study {study}: best val top-1 {result.best_value:.2f} with {result.best_params} "
+          f"(trial {result.best_trial.number}); MLflow parent run {sweep.parent_run}")
+    for outcome in sweep.retrain_best():
+        print(f"retrained on train+val: test top-1 {outcome.summary.get('test_top1_last', float('nan')):.2f}% "
+              f"(MLflow run {outcome.run_id}, tagged from_sweep={study})")
+    return 0
+
+
+def command_bench(args, spec, runner) -> int:
+    from harness.bench import bench
+    from harness.engine import NATIVE_BF16_FLAGS, cpu_flags
+    from harness.provenance import cpu_name
+
+    for name in ("--steps", "--warmup"):
+        _positive(name, getattr(args, name.strip("-")))
+    _positive("--batch-size", args.batch_size)
+    table = bench(runner, args.dataset, args.pair, args.methods, _options(args), args.steps, args.warmup,
+                  args.profile, args.batch_size)
+    flags = cpu_flags()
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    print(f"CPU: {cpu_name()}; features: {' '.join(shown) or 'unknown'}; native bf16: "
+          f"{'yes' if flags & set(NATIVE_BF16_FLAGS) else 'no (bf16 autocast is emulated: slow)'}")
+    options = f"amp={args.amp}, channels_last={args.channels_last}, compile={args.compile}, device={args.device}"
+    print(f"{args.dataset}/{args.pair}, {options}: harness kd step / bare kd loop = "
+          f"{table.attrs['harness_over_bare']:.3f}")
+    print(table.to_markdown(index=False, floatfmt=".3f"))
+    for method, operators in table.attrs["profiles"].items():
+        print(f"\n## {method}: operators by CPU time (torch.profiler)\n{operators}")
+    if args.log:
+        from harness.bench import log_bench
+        from harness.plan import resolve_device
+
+        params = {"amp": args.amp, "channels_last": args.channels_last, "compile": args.compile,
+                  "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size}
+        run_id = log_bench(runner, table, args.dataset, args.pair, params, resolve_device(args.device))
+        print(f"logged to MLflow run {run_id}")
+    return 0
+
+
+def command_report(args, spec, tracking_uri: str) -> int:
+    from harness import render
+    from harness import report as rep
+
+    cells = None
+    if args.cells:
+        cells = [spec.cell(c).id for c in args.cells]
+    elif args.suite:
+        require_known(args.suite, spec.suites, "suite")
+    if args.out and not args.out.endswith("/") and not Path(args.out).is_dir() \
+            and not Path(args.out).parent.is_dir():
+        raise UserError(f"cannot write {args.out}: {Path(args.out).parent} is not a directory")
+    result = rep.build(spec, tracking_uri, args.suite, cells, args.select, args.include_smoke)
+    if args.out and (args.out.endswith("/") or Path(args.out).is_dir()):
+        command = "harness report " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["report"] else sys.argv[1:])
+        images = render.write_directory(result, Path(args.out), command)
+        print(f"wrote {Path(args.out)}/report.{{md,html,tex,csv}}, runs.md and {', '.join(images)}")
+        return 0
+    text = render.render(result, args.format, render.plots(result) if args.format == "html" else None)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def command_audit(args, spec, tracking_uri: str) -> int:
+    from harness import audit
+
+    suites = args.suite or [name for name, suite in spec.suites.items() if suite.claims]
+    for name in suites:
+        require_known(name, spec.suites, "suite")
+        if not spec.suites[name].claims:
+            raise UserError(f"suite {name!r} lists no claims to audit")
+    out = Path(args.out) if args.out else None
+    if out is not None and not out.parent.is_dir():
+        raise UserError(f"cannot write {out}: {out.parent} is not a directory")
+    result = audit.audit(spec, tracking_uri, suites, args.select, args.include_smoke)
+    command = "harness " + " ".join(sys.argv[1:])
+    text = audit.render_markdown(result, "Claims audit", audit.caption(result, args.select, command))
+    if out is None:
+        print(text)
+    else:
+        out.write_text(text)
+        print(f"wrote {out}")
+    return 0
+
+
+def command_ui(args, tracking_uri: str) -> int:
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
+        raise UserError(f"no MLflow store at {tracking_uri}; run some cells first")
+    from harness.tracking import experiment_id
+
+    experiment = experiment_id(tracking_uri)
+    # MLflow 3's UI opens an experiment on its GenAI overview; the runs table has its own address
+    runs = f"#/experiments/{experiment}/runs" if experiment else ""
+    print(f"MLflow UI on http://{args.host}:{args.port}/{runs} (the runs table; store: {tracking_uri}); "
+          "Ctrl-C stops it", flush=True)
+    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri,
+                               "--host", args.host, "--port", str(args.port)])

@@ -1,0 +1,146 @@
+"""The life of one training run, the same for teachers, students and sweep retrainings.
+
+`execute(runner, job, force)`: a lock per run key, so that two processes of a machine never train
+the same thing, then a claim in the store shared with every other worker (harness/workshare.py);
+a FINISHED run is skipped (unless forced); an interrupted one is resumed in the same MLflow run
+from its last checkpoint; the run ends FINISHED, FAILED (with the reason as tags) or KILLED
+(stopped by a signal, resumable). A sweep trial ends through the same `end_finished` and
+`end_failed`; it has no claim, skip or resume, since Optuna schedules its trials.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+from harness import distributed
+from harness.checkpoint import CheckpointStore
+from harness.engine import Interrupted, NonFiniteLoss, Trainer
+from harness.errors import UserError
+from harness.process import exclusive, stop_on_signals
+from harness.workshare import WORKER, Claimed, claim_tags, first_claim, heartbeat, is_live
+
+if TYPE_CHECKING:
+    from harness.runner import Runner
+
+TAKEOVER_PAUSE = 1.0  # seconds between writing a takeover's claim and reading it back
+
+
+class TrainingFailed(Exception):
+    """The training itself failed (e.g. the loss diverged); its MLflow run is FAILED."""
+
+
+@dataclass
+class Job:
+    """One training to run under the lock/skip/resume/status rules."""
+
+    run_key: str
+    run_name: str
+    tags: dict
+    params: Callable[[], dict]  # asked for only when a new MLflow run is created
+    config: dict
+    make_trainer: Callable[[CheckpointStore, Callable, threading.Event], Trainer]
+    on_success: Callable[[Trainer, str], None] = lambda trainer, run_id: None
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    status: str  # "FINISHED" (trained now), "SKIPPED" (already finished)
+    summary: dict
+
+
+def execute(runner: Runner, job: Job, force: bool) -> Outcome:
+    if not runner.context.is_main:
+        return _execute_follower(runner, job)
+    tracker, run_dir = runner.tracker, runner.home / "runs" / job.run_key
+    # who trains this run: a local lock (processes of this machine), then the store (every worker
+    # that shares it). Another worker's live claim raises Claimed.
+    with exclusive(run_dir / "lock") as held:
+        if not held:
+            raise Claimed(job.run_key, "another process of this machine")
+        runs = tracker.find(job.run_key)
+        latest = runs[0] if runs else None
+        if latest is not None and latest.info.status == "FINISHED" and not force:
+            distributed.broadcast(runner.context, ("skip", latest.info.run_id, latest.data.metrics))
+            return Outcome(latest.info.run_id, "SKIPPED", latest.data.metrics)
+        live = next((r for r in runs if is_live(r)), None)
+        if live is not None:
+            raise Claimed(job.run_key, live.data.tags["worker"])
+        checkpoints = CheckpointStore(run_dir / "checkpoints")
+        if latest is not None and latest.info.status in ("RUNNING", "KILLED") and not force:
+            run_id = latest.info.run_id  # its worker died or was stopped: take it over, resume
+            tracker.reopen(run_id, claim_tags())
+            time.sleep(TAKEOVER_PAUSE)
+            if tracker.tag(run_id, "worker") != WORKER:  # another worker took it over after us
+                raise Claimed(job.run_key, tracker.tag(run_id, "worker"))
+        else:
+            run_id = tracker.create(job.run_name, job.tags | {"run_key": job.run_key} | claim_tags())
+            winner = first_claim(tracker.find(job.run_key))
+            if winner is not None and winner.info.run_id != run_id:  # two workers raced; the first won
+                tracker.withdraw(run_id)
+                raise Claimed(job.run_key, winner.data.tags["worker"])
+            checkpoints.clear()
+            tracker.log_params(run_id, job.params())
+            tracker.log_dict(run_id, job.config, "config.json")
+        distributed.broadcast(runner.context, ("train", run_id))  # checkpoints are settled: ranks may read them
+        stop = threading.Event()
+        log = tracker.epoch_logger(run_id)
+        trainer = job.make_trainer(checkpoints, log, stop)
+        trainer.meta = {"mlflow_run_id": run_id, "run_key": job.run_key}
+        try:
+            with stop_on_signals(stop), heartbeat(tracker, run_id):
+                summary = trainer.run()
+            for step, metrics in enumerate(trainer.history):  # epochs a crash kept from the store
+                log(metrics, step)
+            job.on_success(trainer, run_id)
+        except BaseException as e:
+            end_failed(tracker, run_id, job.run_name, e)
+        end_finished(tracker, run_id, summary, epochs=len(trainer.history))
+        return Outcome(run_id, "FINISHED", summary)
+
+
+def end_finished(tracker, run_id: str, summary: dict, epochs: int) -> None:
+    """A run that trained to the end: its summary metrics, then FINISHED."""
+    tracker.log_metrics(run_id, summary, step=epochs)
+    tracker.finish(run_id, "FINISHED")
+
+
+def end_failed(tracker, run_id: str, run_name: str, error: BaseException):
+    """End the run FAILED (or KILLED when stopped: resumable) with the reason as tags; raise."""
+    if isinstance(error, NonFiniteLoss):
+        tracker.set_tags(run_id, {"failure": "non_finite_loss", "failure_reason": str(error),
+                                  "failure_term": error.term, "failure_epoch": error.epoch, "failure_step": error.step})
+        tracker.finish(run_id, "FAILED")
+        raise TrainingFailed(f"{run_name}: {error}; MLflow run {run_id} marked FAILED") from None
+    if isinstance(error, Interrupted):
+        tracker.set_tags(run_id, {"interrupted": str(error)})
+        tracker.finish(run_id, "KILLED")
+        raise error
+    if isinstance(error, torch.OutOfMemoryError):
+        tracker.set_tags(run_id, {"failure": "out_of_memory"})
+        tracker.finish(run_id, "FAILED")
+        raise UserError("out of memory: lower the recipe's batch_size or try --amp bf16") from None
+    tracker.set_tags(run_id, {"failure": type(error).__name__, "failure_reason": str(error)[:5000]})
+    tracker.finish(run_id, "FAILED")
+    raise error
+
+
+def _execute_follower(runner: Runner, job: Job) -> Outcome:
+    """A rank other than 0: train in step with rank 0, which decides, tracks and checkpoints."""
+    decision, run_id, *metrics = distributed.broadcast(runner.context)
+    if decision == "skip":
+        return Outcome(run_id, "SKIPPED", metrics[0])
+    stop = threading.Event()
+    trainer = job.make_trainer(CheckpointStore(runner.home / "runs" / job.run_key / "checkpoints"),
+                               lambda metrics, step: None, stop)
+    try:
+        with stop_on_signals(stop):
+            summary = trainer.run()
+    except NonFiniteLoss as e:
+        raise TrainingFailed(f"{job.run_name}: {e} (rank {runner.context.rank})") from None
+    return Outcome(run_id, "FINISHED", summary)
