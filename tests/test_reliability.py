@@ -91,12 +91,14 @@ def checkpoints_of(home: Path) -> list[Path]:
     return sorted(home.glob("runs/*/checkpoints/ckpt-*.sha256"))
 
 
-def wait_for_checkpoint(home: Path, proc, number: int, timeout: float = 120) -> None:
+def wait_for_checkpoint(home: Path, proc, number: int, timeout: float = 120) -> float:
+    """Wait until checkpoint `number` is on disk; when it appeared (time.monotonic)."""
     deadline = time.monotonic() + timeout
     while not any(p.name == f"ckpt-{number:06d}.sha256" for p in checkpoints_of(home)):
         assert proc.poll() is None, f"process ended early: {proc.communicate()}"
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.002)
+    return time.monotonic()
 
 
 def compare(result: dict, reference: dict) -> None:
@@ -108,8 +110,11 @@ def compare(result: dict, reference: dict) -> None:
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(teacher_home, reference, tmp_path, after_epoch, fraction):
     home = fresh_home(teacher_home, tmp_path)
     proc = harness(home, *ARGS, wait=False)
-    wait_for_checkpoint(home, proc, after_epoch - 1)
-    time.sleep(fraction * reference["epoch_seconds"])
+    # the epoch time of this very process (the machine's load may differ from the reference run's)
+    previous = wait_for_checkpoint(home, proc, after_epoch - 2) if after_epoch > 1 else None
+    reached = wait_for_checkpoint(home, proc, after_epoch - 1)
+    epoch_seconds = reached - previous if previous is not None else reference["epoch_seconds"]
+    time.sleep(fraction * epoch_seconds)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the run ended before the kill"
