@@ -18,9 +18,9 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from harness.cells import split_assignment
 from harness.errors import UserError
 from harness.options import RunOptions
-from harness.cells import split_assignment
 
 # RunOptions a caller may set by keyword; the seed, the method values and the suite come from the call
 OPTION_NAMES = {f.name for f in fields(RunOptions)} - {"seed", "overrides", "tags", "suite"}
@@ -124,8 +124,8 @@ def results(suite: str | None = None, cells: list[str] | None = None, select: st
     """The report's per-cell table (pandas): mean ± std over seeds, n, paper number, Δ, z, cost
     columns; `.attrs["runs"]` holds the runs it was computed from."""
     from harness import report
-    from harness.paths import runs_home
     from harness.cells import require_known
+    from harness.paths import runs_home
     from harness.spec import load_spec
     from harness.tracking import default_tracking_uri
 

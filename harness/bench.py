@@ -18,12 +18,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from harness.cells import Cell
 from harness.data import Batches
 from harness.engine import autocast, build_optimizer
 from harness.options import RunOptions
 from harness.provenance import environment_params
 from harness.runner import Runner
-from harness.cells import Cell
 from harness.workshare import until_free
 
 

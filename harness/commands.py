@@ -10,9 +10,9 @@ from pathlib import Path
 import yaml
 
 from harness import launch
+from harness.cells import method_parts, require_known, split_assignment
 from harness.errors import UserError
 from harness.options import from_flags
-from harness.cells import method_parts, require_known, split_assignment
 
 
 def parse_overrides(items: list[str], method_id: str) -> dict[str, dict]:
@@ -138,8 +138,7 @@ def command_teacher(args, spec, runner) -> int:
     _positive("--epochs", args.epochs)
     if args.seed < 0:
         raise UserError("seeds must be non-negative integers")
-    opts = _options(args)
-    opts = replace(opts, teacher_seed=args.seed, teacher_epochs=args.epochs or args.teacher_epochs)
+    opts = replace(_options(args), teacher_seed=args.seed, teacher_epochs=args.epochs or args.teacher_epochs)
     from harness.workshare import until_free
 
     until_free(runner.teacher, dataset, model, opts)

@@ -127,13 +127,14 @@ def resolve_amp(amp: str, device_type: str) -> str:
     """`auto` -> the fastest safe option for the device: bf16 on CUDA with bf16 support and on CPUs
     with native bf16 (AVX-512 BF16 or AMX), else off. bf16 on a CPU without it is emulated: on an
     AVX2-only AMD EPYC a ResNet KD step ran 10x slower than fp32, so it is said loudly."""
-    native_cpu = bool(cpu_flags() & set(NATIVE_BF16_FLAGS))
-    if amp == "auto":
-        if device_type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if native_cpu else "off"
-    if amp == "bf16" and device_type == "cpu" and not native_cpu:
-        _warn_emulated_bf16()
+    if amp == "auto" and device_type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if amp == "auto" or (amp == "bf16" and device_type == "cpu"):  # the CPU's flags decide (read only then)
+        native_cpu = bool(cpu_flags() & set(NATIVE_BF16_FLAGS))
+        if amp == "auto":
+            return "bf16" if native_cpu else "off"
+        if not native_cpu:
+            _warn_emulated_bf16()
     return amp
 
 

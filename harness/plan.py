@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from harness import distributed
+from harness.cells import Cell, method_parts
 from harness.data import Data
 from harness.engine import TrainConfig, Trainer, resolve_amp, seed_everything
 from harness.errors import UserError
 from harness.models import build_model
 from harness.options import RunOptions
 from harness.probe import make_probe, probe_batch
-from harness.cells import Cell, method_parts
 from harness.schema import PairSpec, RecipeSpec
 from methods import Objective, build_objective
 

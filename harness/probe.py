@@ -13,9 +13,9 @@ from contextlib import contextmanager
 
 import torch
 
+from harness.cells import Cell
 from harness.errors import UserError
 from harness.models import build_model, extract_features
-from harness.cells import Cell
 from harness.schema import DatasetSpec, PairSpec
 from harness.spec import Spec
 from methods import build_objective, pair_mismatch

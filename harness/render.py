@@ -13,7 +13,6 @@ import pandas as pd
 from harness.errors import UserError
 from harness.report import FORMATS, Report, fmt
 
-
 DETAIL_COLUMNS = {"cell": "cell", "n": "n", "top1": "top-1", "top5": "top-5", "top1_paper": "paper top-1",
                   "top1_delta": "Δ top-1", "top1_z": "z", "sec_per_epoch": "s/epoch (median)", "extra_parameters": "extra params",
                   "student_parameters": "student params", "peak_memory_mb": "peak MB", "epochs": "epochs"}

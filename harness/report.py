@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import pandas as pd
 
 from harness.errors import UserError
-from harness.tracking import finished_student_runs, metric_history
 from harness.schema import SuiteSpec
 from harness.spec import Spec
+from harness.tracking import finished_student_runs, metric_histories
 
 SELECTIONS = {"last": ("test_top1_last", "test_top5_last", "last epoch"),
               "best-val": ("test_top1_best_val", "test_top5_best_val", "the epoch of best validation accuracy")}
@@ -174,11 +174,12 @@ def paper_table(detail: pd.DataFrame) -> pd.DataFrame:
 
 
 def curves(tracking_uri: str, runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    histories = metric_histories(tracking_uri, list(runs["run_id"]), "test/top1")
     out = {}
     for cell, group in runs.groupby("tags.cell"):
         series = {}
         for _, run in group.iterrows():
-            history = metric_history(tracking_uri, run["run_id"], "test/top1")
+            history = histories[run["run_id"]]
             # align on the main phase: pre-training epochs (FitNet hints, FSP) get negative x
             pre_epochs = len(history) - int(run.get("params.phases.main") or len(history))
             series[run["tags.seed"]] = pd.Series({m.step - pre_epochs: m.value for m in history})

@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from harness import distributed
+from harness.cells import Cell, require_known
 from harness.data import Data
-from harness.sources import load_data
 from harness.engine import TrainConfig, Trainer, configure_determinism, seed_everything
 from harness.lifecycle import Job, Outcome, execute
 from harness.models import build_model
@@ -24,8 +24,8 @@ from harness.plan import (RunPlan, config_key, configuration_key, deterministic,
                           make_plan, resolve_device, resolved_amp, run_name, shortened, world_size)
 from harness.process import exclusive
 from harness.provenance import environment_params
-from harness.cells import Cell, require_known
 from harness.schema import PairSpec, RecipeSpec
+from harness.sources import load_data
 from harness.spec import Spec
 from harness.tracking import Tracker
 from methods import Objective

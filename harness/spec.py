@@ -16,8 +16,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from harness.cells import Cell, method_parts, require_known
 from harness.errors import UserError
-from harness.schema import (DatasetSpec, GridSpec, MethodSpec, ModelSpec, PairSpec, RecipeSpec, Strict,
-                            SuiteSpec)
+from harness.schema import DatasetSpec, GridSpec, MethodSpec, ModelSpec, PairSpec, RecipeSpec, Strict, SuiteSpec
 
 DEFAULT_SPEC = Path(__file__).resolve().parent / "benchmarks.yaml"  # the repository root links to it
 NAME = r"[a-z0-9][a-z0-9_.]*"

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-from harness.errors import UserError
 from harness.cells import Cell, method_parts, split_assignment
+from harness.errors import UserError
 from harness.spec import Spec
 from methods import method_class
 

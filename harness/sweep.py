@@ -21,15 +21,15 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from harness.process import exclusive
-from harness.provenance import environment_params
+from harness.cells import Cell
 from harness.lifecycle import end_failed, end_finished
 from harness.options import RunOptions
 from harness.plan import flatten
+from harness.process import exclusive
+from harness.provenance import environment_params
 from harness.runner import Runner
 from harness.study import make_pruner, make_sampler, open_storage, search_space
 from harness.workshare import until_free
-from harness.cells import Cell
 
 
 def check(runner: Runner, cell: Cell, run_opts: RunOptions, opts: "SweepOptions"):

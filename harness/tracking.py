@@ -46,10 +46,12 @@ def finished_student_runs(uri: str):
                                   filter_string="tags.role = 'student' and attributes.status = 'FINISHED'")
 
 
-def metric_history(uri: str, run_id: str, key: str) -> list:
+def metric_histories(uri: str, run_ids: list[str], key: str) -> dict[str, list]:
+    """Each run's logged values of metric `key`, by run id."""
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(uri).get_metric_history(run_id, key)
+    client = MlflowClient(uri)
+    return {run_id: client.get_metric_history(run_id, key) for run_id in run_ids}
 
 
 def experiment_id(uri: str) -> str | None:

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
-from harness.errors import UserError
 from harness.cells import method_parts
+from harness.errors import UserError
 from harness.schema import MethodSpec
 from harness.spec import Spec
 from methods.base import MAIN_PHASE, Distiller, Probe

@@ -276,9 +276,9 @@ def test_every_method_has_a_card_with_its_departures():
 def test_every_teacher_runs_once_per_batch_and_gets_no_gradient(home):
     """Through the engine: a 3-teacher mt step calls each teacher's forward once and leaves the
     teachers' parameters without gradients and unchanged."""
+    from harness.engine import TrainConfig, Trainer
     from harness.options import RunOptions
     from harness.runner import Runner
-    from harness.engine import TrainConfig, Trainer
     from harness.tracking import default_tracking_uri
 
     runner = Runner(SPEC, home, default_tracking_uri(home))
@@ -311,9 +311,9 @@ def test_every_teacher_runs_once_per_batch_and_gets_no_gradient(home):
 def test_one_engine_step_moves_both_the_student_and_the_critic(home):
     """adv in the engine: one step changes the student's and the discriminator's parameters, each by
     its own optimizer (the card's simultaneous updates)."""
+    from harness.engine import TrainConfig, Trainer
     from harness.options import RunOptions
     from harness.runner import Runner
-    from harness.engine import TrainConfig, Trainer
     from harness.tracking import default_tracking_uri
 
     runner = Runner(SPEC, home, default_tracking_uri(home))

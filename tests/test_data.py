@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from harness.data import crop_flip
-from harness.sources import load_data
 from harness.errors import UserError
+from harness.sources import load_data
 from harness.spec import load_spec
 
 

@@ -11,12 +11,11 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from harness import audit as aud
-from harness import preprocess
-from harness import render
+from harness import preprocess, render
 from harness import report as rep
 from harness.cli import main
-from harness.sources import load_data
 from harness.models import build_model
+from harness.sources import load_data
 from harness.spec import DEFAULT_SPEC, load_spec
 from methods.at import AT, ATParams
 from methods.base import Probe
@@ -369,11 +368,11 @@ def test_register_without_a_registry_is_refused_before_training(home, monkeypatc
 
 
 def test_student_is_a_loadable_mlflow_model_that_reproduces_its_accuracy(home):
+    import os
+
     import mlflow
 
     from harness.sources import load_data
-
-    import os
 
     assert main(["run", "--cell", KD, "--smoke", "--no-progress", "--register", "digits-kd"]) == 0
     rep.build(SPEC, f"sqlite:///{home / 'mlflow.db'}", None, [KD], "last", include_smoke=True)

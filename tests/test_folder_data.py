@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
+from conftest import write_image_folder
 from mlflow.tracking import MlflowClient
 
-from conftest import write_image_folder
 from harness.cli import main
-from harness.sources import load_data
 from harness.errors import UserError
+from harness.sources import load_data
 from harness.spec import DEFAULT_SPEC, load_spec
 
 TINY = {"source": "imagefolder", "folder": "tiny", "num_classes": 4, "in_chans": 3, "img_size": 32,

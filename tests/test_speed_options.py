@@ -4,7 +4,6 @@ numbers no more than its rounding explains."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -152,6 +151,7 @@ def test_sweep_trials_share_one_teacher_cache(home):
 def test_amp_auto_and_the_bf16_warning_follow_the_cpu(monkeypatch, capsys):
     from harness import engine
 
+    engine._warn_emulated_bf16.cache_clear()  # once per process: an earlier test may have said it already
     monkeypatch.setattr(engine, "cpu_flags", lambda: {"avx2", "fma"})  # an AVX2-only CPU
     assert engine.resolve_amp("auto", "cpu") == "off"
     assert engine.resolve_amp("bf16", "cpu") == "bf16"  # allowed, but said loudly
