@@ -54,7 +54,10 @@ class Outcome:
     summary: dict
 
 
-def execute(runner: Runner, job: Job, force: bool) -> Outcome:
+def execute(runner: Runner, job: Job, force: bool, reuse_finished: bool = True) -> Outcome:
+    """Train the job's run, or skip it when it is FINISHED. `force` trains a new run even then (and
+    does not resume an interrupted one); `reuse_finished=False` only declines the FINISHED run (a
+    teacher whose file is gone) while an interrupted run is still resumed."""
     if not runner.context.is_main:
         return _execute_follower(runner, job)
     tracker, run_dir = runner.tracker, runner.home / "runs" / job.run_key
@@ -65,7 +68,7 @@ def execute(runner: Runner, job: Job, force: bool) -> Outcome:
             raise Claimed(job.run_key, "another process of this machine")
         runs = tracker.find(job.run_key)
         latest = runs[0] if runs else None
-        if latest is not None and latest.info.status == "FINISHED" and not force:
+        if latest is not None and latest.info.status == "FINISHED" and reuse_finished and not force:
             distributed.broadcast(runner.context, ("skip", latest.info.run_id, latest.data.metrics))
             return Outcome(latest.info.run_id, "SKIPPED", latest.data.metrics)
         live = next((r for r in runs if is_live(r)), None)

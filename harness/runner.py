@@ -132,8 +132,9 @@ class Runner:
                 TrainConfig(recipe, opts.teacher_seed, [], [], engine_opts, label=f"teacher {model_name}"),
                 device, log=log, checkpoints=ckpts, stop=stop, context=self.context),
             on_success=save)
-        # the MLflow run may be FINISHED while the file is gone (another home dir): retrain then
-        execute(self, job, force=True if not path.exists() else opts.force)
+        # the MLflow run may be FINISHED while the file is gone (another home dir): retrain then; an
+        # interrupted teacher (no file yet) resumes from its checkpoint like any run
+        execute(self, job, opts.force, reuse_finished=path.exists())
         return _frozen(model)
 
     def teachers(self, dataset: str, pair: PairSpec, opts: RunOptions) -> list[torch.nn.Module]:

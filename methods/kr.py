@@ -144,11 +144,11 @@ class KR(Distiller):
                                                            self.projectors, student["stages"]):
             blocks = teacher["blocks"][stage_id]
             # Eq. 9: each layer reproduces its group's output from the group's (teacher) input
-            cost = cost + transport_cost([layer(blocks[a]) for layer, (a, b) in zip(layers, bounds)],
-                                         [blocks[b] for a, b in bounds])
+            reproduced = [layer(blocks[a]) for layer, (a, b) in zip(layers, bounds)]
+            cost = cost + transport_cost(reproduced, [blocks[b] for a, b in bounds])
             with torch.no_grad():  # the summary: the chained layers from the stage input; a target
-                summary = blocks[0]
-                for layer in layers:
+                summary = reproduced[0].detach()  # the first layer's output from the stage input, as above
+                for layer in layers[1:]:
                     summary = layer(summary)
             projected = project(resize(f_s, summary.shape[-2:]))
             prior = prior + sparse_recoding_penalty(projected - summary, self.gate)

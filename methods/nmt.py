@@ -34,10 +34,8 @@ def nmt_distance(f_s: torch.Tensor, f_t: torch.Tensor, dim: int, neighbours: int
     """Eq. 7's d(M_T, M_S) between two n x D feature sets (rows paired by sample). Non-finite
     features (a diverging student) make the eigensolver fail: the distance is then NaN, which the
     engine reports as a diverged loss term instead of a linear-algebra traceback."""
-    try:
-        with torch.no_grad():
-            m_t = mls_project(f_t.float(), dim, neighbours, iterations, degree)
-        m_s = mls_project(f_s.float(), dim, neighbours, iterations, degree)
+    try:  # both sets in one batched projection (the teacher's carries no gradient: its features have none)
+        m_t, m_s = mls_project(torch.stack([f_t.detach().float(), f_s.float()]), dim, neighbours, iterations, degree)
     except torch.linalg.LinAlgError:
         return f_s.new_full((), float("nan")) * f_s.sum()  # NaN, still attached to the graph
     return (m_t - m_s).norm(p=p, dim=1).mean()

@@ -121,6 +121,38 @@ def test_aggregation_transport_cost_falls_under_its_own_optimizer():
     assert costs[-1] < 0.5 * costs[0] and sum(costs[-10:]) < sum(costs[:10])
 
 
+def test_kr_terms_equal_a_naive_computation():
+    """Golden: Eq. 9's weighted transport cost and Eq. 10's prior term, written out directly
+    (every group's layer applied to its input; the summary chained from the stage input anew)."""
+    spec, teacher, probe = _probe()
+    from harness.models import extract_features
+
+    torch.manual_seed(7)
+    objective = build_objective(spec, "kr_dense", {}, probe)
+    kr = objective.parts["kr_dense"]
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        t = extract_features(teacher, x, frozenset({"blocks"}), [1, 2, 3])
+    s = {"stages": [torch.randn(8, c, hw, hw) for c, hw in ((16, 32), (32, 16), (64, 8))]}
+    got = kr(s, t, None)
+    want_cost, want_prior = 0.0, 0.0
+    for stage_id, bounds, layers, project, f_s in zip(kr.stage_ids, kr.groups, kr.aggregators, kr.projectors,
+                                                       s["stages"]):
+        blocks = t["blocks"][stage_id]
+        stds = torch.stack([blocks[b].std() for _, b in bounds])
+        for (a, b), layer, std in zip(bounds, layers, stds):
+            want_cost = want_cost + std / stds.mean() * (layer(blocks[a]) - blocks[b]).pow(2).mean()
+        summary = blocks[0]
+        for layer in layers:
+            summary = layer(summary)
+        projected = project(torch.nn.functional.interpolate(f_s, size=summary.shape[-2:], mode="bilinear",
+                                                            align_corners=False)
+                            if f_s.shape[-2:] != summary.shape[-2:] else f_s)
+        want_prior = want_prior + (projected - summary).pow(2).mean()
+    assert torch.allclose(got["kr_agg"], kr.params.mu * want_cost, rtol=1e-5)
+    assert torch.allclose(got["kr"], kr.params.beta * want_prior, rtol=1e-5)
+
+
 def test_the_two_optimizers_alternate_every_iteration(home, monkeypatch):
     import harness.engine
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from methods.mls import _poly_features, mls_project
+from methods.mls import _eigh, _poly_features, mls_project
 from methods.nmt import nmt_distance
 
 
@@ -126,6 +126,31 @@ def test_nmt_loss_equals_the_direct_implementation_in_float32():
         m_t = _reference_mls_project(f_t, 8, 16, 3, 1)
     want = (m_t - _reference_mls_project(f_s, 8, 16, 3, 1)).norm(p=2, dim=1).mean()
     assert abs(got.item() - want.item()) < 1e-4
+
+
+def test_a_batch_of_sets_projects_each_set_on_its_own():
+    """NMT projects the teacher's and the student's points in one call: stacked sets must not mix."""
+    torch.manual_seed(5)
+    x = torch.randn(3, 40, 30, dtype=torch.float64, requires_grad=True)
+    together = mls_project(x, dim=3, neighbours=10, iterations=3)
+    (grad_together,) = torch.autograd.grad(together.pow(2).sum(), x)
+    alone = torch.stack([mls_project(x[i], dim=3, neighbours=10, iterations=3) for i in range(3)])
+    (grad_alone,) = torch.autograd.grad(alone.pow(2).sum(), x)
+    assert torch.allclose(together, alone, atol=1e-12) and torch.allclose(grad_together, grad_alone, atol=1e-12)
+
+
+def test_eigh_split_over_threads_equals_one_call():
+    torch.manual_seed(6)
+    x = torch.randn(2, 100, 16, 20)
+    matrices = x @ x.transpose(-1, -2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        values, vectors = _eigh(matrices)
+    finally:
+        torch.set_num_threads(threads)
+    want_values, want_vectors = torch.linalg.eigh(matrices)
+    assert torch.equal(values, want_values) and torch.equal(vectors, want_vectors)
 
 
 def test_non_finite_features_give_a_nan_distance_not_a_traceback():

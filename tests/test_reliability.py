@@ -233,3 +233,21 @@ def test_cpu_runs_are_deterministic_in_process(home):
     assert {k: first.data.metrics[k] for k in SUMMARY_KEYS} == {k: second.data.metrics[k] for k in SUMMARY_KEYS}
     assert first.data.metrics["train/loss"] == second.data.metrics["train/loss"]
     assert second.data.tags["deterministic"] == "strict"
+
+
+def test_an_interrupted_teacher_resumes_in_its_own_run(tmp_path):
+    """A teacher has no file until it finishes: its interrupted run is resumed from the checkpoint,
+    not restarted in a new run (the retrain-when-the-file-is-gone rule is for FINISHED runs only)."""
+    args = ["teacher", "digits/resnet20", "--epochs", "5", "--no-progress"]
+    proc = harness(tmp_path, *args, wait=False)
+    wait_for_checkpoint(tmp_path, proc, 0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    resumed = harness(tmp_path, *args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from epoch" in resumed.stderr, resumed.stderr
+    c = client(tmp_path)
+    teachers = [r for e in c.search_experiments() for r in c.search_runs([e.experiment_id])
+                if r.data.tags.get("role") == "teacher"]
+    assert [r.info.status for r in teachers] == ["FINISHED"]
