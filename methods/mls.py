@@ -79,12 +79,12 @@ def mls_project(points: torch.Tensor, dim: int, neighbours: int = 16, iterations
     """Project each row of `points` (n x D, or a batch of sets: ... x n x D, each set on its own)
     onto the MLS approximation of its set's manifold.
 
-    Cost, with k neighbours and D features: two n x n Gram matrices of the points (O(n^2 D)), then
+    Cost, with k neighbours and D features: the n x n Gram matrix of the points (O(n^2 D)), then
     per point O(k^3) algebra on the (k + 1) x (k + 1) inner products of the point and its
     neighbours, and one n x n by n x D product that forms the projections from their coefficients.
     Every vector of a point's computation (the weighted means, q, the basis of H, the origin) is
     held as coefficients over its point and its neighbours ("slots"): its inner products with any
-    other such vector are read from the Gram matrices, never from an n x k x D tensor.
+    other such vector are read from the Gram matrix, never from an n x k x D tensor.
     """
     *sets, n, _ = points.shape
     k = min(neighbours, n)
