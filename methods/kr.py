@@ -33,6 +33,7 @@ from typing import Annotated
 import torch
 from pydantic import Field
 from torch import nn
+from torch.nn import functional as F
 
 from harness.errors import UserError
 from methods.base import Distiller, ExtraOptimizer, Params, Probe
@@ -51,10 +52,21 @@ class SparseRecode(torch.autograd.Function):
         (theta,) = ctx.saved_tensors
         p_low, enhance = ctx.shape
         magnitude = grad.abs()
+        mean_magnitude = magnitude.mean()
         if theta.item() <= 0:  # not yet initialised: start at the mean gradient magnitude
-            theta.data.fill_(magnitude.mean().item())
-        gated = grad * torch.where(magnitude < theta, (magnitude / theta.clamp_min(1e-12)).pow(p_low), enhance)
-        return gated, (theta - magnitude.mean()).reshape(theta.shape), None, None
+            theta.data.fill_(mean_magnitude.item())
+        below = magnitude < theta
+        gain = power_(magnitude.div_(theta.clamp_min(1e-12)), p_low).masked_fill_(~below, enhance)
+        return gain.mul_(grad), (theta - mean_magnitude).reshape(theta.shape), None, None
+
+
+def power_(x: torch.Tensor, p: float) -> torch.Tensor:
+    """x ** p in place; a power of two by repeated squaring (half the time of pow on this CPU)."""
+    if p.is_integer() and p >= 1 and int(p) & (int(p) - 1) == 0:
+        for _ in range(int(p).bit_length() - 1):
+            x.square_()
+        return x
+    return x.pow_(p)
 
 
 class SparseRecoding(nn.Module):
@@ -69,8 +81,9 @@ class SparseRecoding(nn.Module):
         return SparseRecode.apply(x, self.theta, self.p_low, self.enhance)
 
 
-def sparse_recoding_penalty(residual: torch.Tensor, gate: SparseRecoding | None) -> torch.Tensor:
-    return (gate(residual) if gate is not None else residual).pow(2).mean()
+def sparse_recoding_penalty(projected: torch.Tensor, summary: torch.Tensor, gate: SparseRecoding | None) -> torch.Tensor:
+    """mean((projected - summary)^2), SR gating the gradient of the residual (equal to projected's)."""
+    return F.mse_loss(gate(projected) if gate is not None else projected, summary)
 
 
 def aggregation_layer(in_ch: int, out_ch: int, stride: int) -> nn.Module:
@@ -87,7 +100,7 @@ def transport_cost(outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> 
     """Eq. 9's weighted L2 cost: groups with more spread (std) weigh more."""
     stds = torch.stack([t.float().std() for t in targets]).detach()
     weights = stds / stds.mean().clamp_min(1e-12)
-    return sum(w * (o - t.float()).pow(2).mean() for w, o, t in zip(weights, outputs, targets))
+    return sum(w * F.mse_loss(o, t.float()) for w, o, t in zip(weights, outputs, targets))
 
 
 class KRParams(Params):
@@ -151,7 +164,7 @@ class KR(Distiller):
                 for layer in layers[1:]:
                     summary = layer(summary)
             projected = project(resize(f_s, summary.shape[-2:]))
-            prior = prior + sparse_recoding_penalty(projected - summary, self.gate)
+            prior = prior + sparse_recoding_penalty(projected, summary, self.gate)
         return {"kr": self.params.beta * prior, "kr_agg": self.params.mu * cost}
 
 

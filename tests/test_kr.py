@@ -153,6 +153,36 @@ def test_kr_terms_equal_a_naive_computation():
     assert torch.allclose(got["kr"], kr.params.beta * want_prior, rtol=1e-5)
 
 
+def test_kr_student_gradient_through_the_gate_equals_a_naive_computation():
+    """Golden: the student's gradient of Eq. 10 with SR, written out directly: the residual's gradient
+    beta * 2r / N, gated g * (|g|/theta)^p_low below theta and enhance * g above, through the projection."""
+    spec, teacher, probe = _probe()
+    from harness.models import extract_features
+
+    torch.manual_seed(3)
+    kr = build_objective(spec, "kr", {}, probe).parts["kr"]
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        t = extract_features(teacher, x, frozenset({"blocks"}), [1, 2, 3])
+    s = {"stages": [torch.randn(8, c, hw, hw, requires_grad=True) for c, hw in ((16, 32), (32, 16), (64, 8))]}
+    kr(s, t, None)["kr"].backward()
+    theta, p = kr.gate.theta.item(), kr.params  # theta: set from the first gradient the gate saw
+    below = []
+    for stage_id, layers, project, f_s in zip(kr.stage_ids, kr.aggregators, kr.projectors, s["stages"]):
+        with torch.no_grad():
+            summary = t["blocks"][stage_id][0]
+            for layer in layers:
+                summary = layer(summary)
+        projected = project(f_s)  # the student's stages have the teacher's sizes here
+        g = (p.beta * 2 * (projected - summary) / projected.numel()).detach()
+        gated = g * torch.where(g.abs() < theta, (g.abs() / theta) ** p.p_low, torch.tensor(p.enhance))
+        (want,) = torch.autograd.grad(projected, f_s, gated)
+        # atol: the projection's channel sums cancel to ~1e-8 of the largest entry in float32
+        assert torch.allclose(f_s.grad, want, rtol=1e-4, atol=1e-6 * want.abs().max().item())
+        below.append((g.abs() < theta).float().mean().item())
+    assert 0.05 < sum(below) / 3 < 0.95  # both sides of the threshold are exercised (measured: 0.83 below)
+
+
 def test_the_two_optimizers_alternate_every_iteration(home, monkeypatch):
     import harness.engine
 
