@@ -189,6 +189,9 @@ def command_bench(args, spec, runner) -> int:
     for name in ("--steps", "--warmup"):
         _positive(name, getattr(args, name.strip("-")))
     _positive("--batch-size", args.batch_size)
+    if args.teacher_cache:  # the bench's steps run on a few batches: a cache of every image would not be timed
+        raise UserError("bench does not take --teacher-cache: the cache takes the teacher's forward out of "
+                        "every step (the kd row minus the baseline row is about what it saves)")
     table = bench(runner, args.dataset, args.pair, args.methods, _options(args), args.steps, args.warmup,
                   args.profile, args.batch_size)
     flags = cpu_flags()

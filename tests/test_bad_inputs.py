@@ -57,6 +57,7 @@ CLI_CASES = [
     (["--tracking-uri", "nosuchscheme://x", *RUN], "tracking URI"),
     (["--home", "/proc/kd-harness-home", *RUN], "runs home"),
     (["--spec", "/nonexistent/benchmarks.yaml", "list"], "cannot read"),
+    (["bench", "--dataset", "digits", "--pair", "resnet20-resnet8", "--teacher-cache"], "does not take --teacher-cache"),
 ]
 
 
