@@ -9,7 +9,7 @@ import warnings
 
 from harness import commands, launch
 from harness.errors import UserError
-from harness.options import add_flags
+from harness.options import SPEED_OPTION_SETS, add_flags
 from harness.paths import runs_home
 
 
@@ -96,6 +96,22 @@ def build_parser() -> Parser:
                    help="also profile each method's step with torch.profiler (where its time goes)")
     add_flags(p)
 
+    p = sub.add_parser("perf", help="the standing speed record: bench every method under each speed option, "
+                       "and each option's accuracy cost", description="Run it alone on the machine. Step times of "
+                       "every method of each DATASET/PAIR under each option set, and one cell's test top-1 over "
+                       "seeds under each option set against fp32 (Welch's t-test); Markdown. --teacher-epochs shortens the "
+                       "bench's teachers only (a step time does not depend on them); the cell's teacher trains in full.")
+    p.add_argument("--bench", nargs="+", metavar="DATASET/PAIR",
+                   default=["mnist/resnet32-resnet14", "mnist/hinton1200-hinton800"])
+    p.add_argument("--cell", default="mnist1k/hinton1200-hinton800/kd", help="the cell whose accuracy each option may cost")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--options", nargs="+", choices=list(SPEED_OPTION_SETS), default=list(SPEED_OPTION_SETS), metavar="SET",
+                   help=f"option sets (default: all of {', '.join(SPEED_OPTION_SETS)}; amp-auto only where it picks bf16/fp16)")
+    p.add_argument("--steps", type=int, default=15)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--out", help="write the Markdown record to this file")
+    add_flags(p)
+
     p = sub.add_parser("report", help="comparison tables and plots from MLflow, beside the papers' numbers",
                        description="Render a suite's (or some cells') results: mean ± std over seeds, the paper's "
                        "number and the difference, cost columns; Markdown, HTML (with plots), LaTeX, CSV.")
@@ -162,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout = open(os.devnull, "w")
         runner = Runner(spec, home, tracking_uri, context)
         training = {"run": commands.command_run, "teacher": commands.command_teacher,
-                    "sweep": commands.command_sweep, "bench": commands.command_bench}
+                    "sweep": commands.command_sweep, "bench": commands.command_bench, "perf": commands.command_perf}
         return training[args.command](args, spec, runner)
     except UserError as e:
         print(f"harness: error: {e}", file=sys.stderr)

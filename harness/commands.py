@@ -276,3 +276,17 @@ def command_ui(args, tracking_uri: str) -> int:
           "Ctrl-C stops it", flush=True)
     os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri,
                                "--host", args.host, "--port", str(args.port)])
+
+
+def command_perf(args, spec, runner) -> int:
+    from harness import perf
+
+    for name in ("--steps", "--warmup", "--seeds"):
+        _positive(name, getattr(args, name.strip("-")))
+    text = perf.record(runner, args.bench, args.cell, args.seeds, args.options, _options(args), args.steps,
+                       args.warmup, "harness " + " ".join(args.argv))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0

@@ -11,6 +11,15 @@ from typing import Literal
 
 Amp = Literal["off", "bf16", "fp16", "auto"]  # fp16 adds a GradScaler; auto: the fastest safe one here
 
+# `harness perf`'s option sets: name -> the options set over the base run's (compile without
+# determinism: deterministic compiled code is slower on CPU; amp auto: the fastest safe precision)
+SPEED_OPTION_SETS = {
+    "fp32": {},
+    "channels-last": {"channels_last": True},
+    "compile": {"compile": True, "deterministic": False},
+    "amp-auto": {"amp": "auto"},
+}
+
 # How an option enters a run's identity (its key): "always", "when_set" (only when truthy, so that
 # adding an option orphans no finished run) or not at all (None: it changes no result).
 Identity = Literal["always", "when_set", None]
