@@ -205,6 +205,8 @@ class Trainer:
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.options.amp == "fp16")
         self.teacher_cache = teacher_cache
+        if config.options.compile:  # dynamo's recompile limit (8) counts the graphs of every earlier Trainer
+            torch._dynamo.reset()    # in this process: without a reset, the 5th cell of a suite ran eager
         self.extract = torch.compile(extract_features) if config.options.compile else extract_features
         if config.options.channels_last:
             for model in [student, *self.teachers]:

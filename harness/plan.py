@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -23,7 +24,7 @@ from harness.engine import TrainConfig, Trainer, resolve_amp, seed_everything
 from harness.errors import UserError
 from harness.models import build_model
 from harness.options import RunOptions
-from harness.probe import make_probe, probe_batch
+from harness.probe import PROBE_BATCH, make_probe, probe_batch
 from harness.schema import PairSpec, RecipeSpec
 from methods import Objective, build_objective
 
@@ -47,6 +48,7 @@ class RunPlan:
     config: dict  # every resolved value: what the run logs
     identity: dict  # what names the run: its key
     teacher_info: dict  # teacher.key, teacher.path ({} when no part reads a teacher)
+    cache_bytes_per_image: int = 0  # --teacher-cache: the teachers' features it keeps per training image
 
     @property
     def pair(self) -> PairSpec:
@@ -59,7 +61,9 @@ class RunPlan:
     @cached_property
     def data(self) -> Data:
         data = self.runner.data(self.cell.dataset, self.opts)
-        return data.merged_train() if self.opts.full_train else data
+        data = data.merged_train() if self.opts.full_train else data
+        check_cache_fits(self.cache_bytes_per_image, len(data.train), self.device)
+        return data
 
     def teachers(self) -> list[torch.nn.Module] | None:
         """The pair's trained teachers (cached, or trained now), or None when no part reads one."""
@@ -126,8 +130,34 @@ def make_plan(runner: Runner, cell: Cell, opts: RunOptions) -> RunPlan:
             "train_on": "train+val" if opts.full_train else "train",
         } | opts.identity() | world_size(runner.context) | {"teacher_key": teacher_info.get("teacher.key", "")}
 
+    cache_bytes = feature_bytes(probe.teachers or (probe.teacher,), objective.teacher_features) // PROBE_BATCH \
+        if opts.teacher_cache and objective.needs_teacher else 0
     return RunPlan(runner, cell, opts, recipe_name, recipe, device, student, objective, describe(full_dump),
-                   describe(identity_dump), teacher_info)
+                   describe(identity_dump), teacher_info, cache_bytes)
+
+
+def feature_bytes(teachers: tuple[dict, ...], kinds: frozenset[str]) -> int:
+    """Bytes of the named features of every teacher (tensors, or lists of them, nested)."""
+    def size(value) -> int:
+        return value.numel() * value.element_size() if isinstance(value, torch.Tensor) else sum(map(size, value))
+
+    return sum(size(features[kind]) for features in teachers for kind in kinds if kind in features)
+
+
+def available_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_cache_fits(bytes_per_image: int, images: int, device: torch.device) -> None:
+    """--teacher-cache holds every training image's teacher features on the device: refuse, before
+    anything trains, a cache that would take more than half of the free memory."""
+    needed = bytes_per_image * images
+    if needed and needed > available_memory(device) / 2:
+        raise UserError(f"--teacher-cache would keep {needed / 2**30:.1f} GiB of teacher features "
+                        f"({bytes_per_image / 2**10:.0f} KiB per image x {images} images) on {device.type}, more than "
+                        f"half of the {available_memory(device) / 2**30:.1f} GiB free: run without --teacher-cache")
 
 
 def resolve_device(name: str, context: distributed.Context = distributed.SINGLE) -> torch.device:

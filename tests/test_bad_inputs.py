@@ -4,6 +4,7 @@ problem, no traceback, and no MLflow run left FINISHED."""
 import copy
 
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -135,3 +136,22 @@ def test_cli_user_errors(home, capsys, argv, expected):
 @pytest.mark.parametrize("mutate, expected", _yaml_cases(), ids=[e for _, e in _yaml_cases()])
 def test_yaml_user_errors(home, capsys, spec_file, mutate, expected):
     _check(home, capsys, ["--spec", str(spec_file(mutate)), *RUN], expected)
+
+
+def test_a_teacher_cache_too_large_for_memory_is_refused_before_training(home, capsys, monkeypatch):
+    """KR caches every teacher block's output: with 1 MiB free, that cannot fit; one line, exit 2,
+    before the teacher trains."""
+    monkeypatch.setattr("harness.plan.available_memory", lambda device: 2**20)
+    _check(home, capsys, ["run", "--cell", "digits/resnet20-resnet8/kr", "--teacher-cache", "--smoke"],
+           "--teacher-cache would keep")
+    assert not (home / "teachers").exists() or not any((home / "teachers").iterdir())
+
+
+def test_the_cache_size_counts_the_features_a_method_reads():
+    """Golden: KD caches the logits (10 floats per image); FitNet the hint stages of the probe."""
+    from harness.plan import feature_bytes
+
+    logits = {"logits": torch.zeros(2, 10), "stages": [torch.zeros(2, 16, 8, 8), torch.zeros(2, 32, 4, 4)]}
+    assert feature_bytes((logits,), frozenset({"logits"})) == 2 * 10 * 4
+    assert feature_bytes((logits,), frozenset({"stages"})) == 2 * (16 * 64 + 32 * 16) * 4
+    assert feature_bytes((logits, logits), frozenset({"logits", "stages"})) == 2 * 2 * (10 + 16 * 64 + 32 * 16) * 4

@@ -106,6 +106,26 @@ def test_compile_trains_through_inductor(home):
     assert summary["test_top1_last"] == pytest.approx(reference.history[0]["test/top1"], abs=2)
 
 
+def test_each_compiled_trainer_starts_from_a_clean_dynamo_cache(home):
+    """Dynamo's recompile limit counts every graph of `extract_features` in the process; without a
+    reset per Trainer, a suite (or `harness perf`) in one process fell back to eager after a few cells."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from harness.models import extract_features
+
+    def graphs_after_one_step(trainer):
+        plan = trainer.batches.epoch_plan(trainer.recipe.batch_size, torch.Generator().manual_seed(0))
+        trainer.train_step(*trainer.batches.train_batch(plan, 0))
+        return len(_debug_get_cache_entry_list(extract_features.__code__))
+
+    torch._dynamo.reset()
+    alone = graphs_after_one_step(_trainer(home, CELL, epochs=1, compile=True))  # the ResNet cell's graphs
+    kept = _trainer(home, MLP_CELL, epochs=1, compile=True)  # alive, as a suite's shared teacher is
+    assert graphs_after_one_step(kept) > 0
+    after = graphs_after_one_step(_trainer(home, CELL, epochs=1, compile=True))
+    assert after == alone  # the MLP cell's graphs were dropped, not added to (measured without: 4 vs 2)
+
+
 def test_bench_times_profiles_and_logs(home, capsys):
     args = ["bench", "--dataset", "digits", "--pair", "resnet20-resnet8", "--methods", "nst_poly", "--steps", "2",
             "--warmup", "1", "--teacher-epochs", "1", "--log", "--profile", "--batch-size", "16", "--no-progress"]
