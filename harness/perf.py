@@ -128,6 +128,8 @@ def machine() -> dict:
 def render(steps: pd.DataFrame, accuracy: pd.DataFrame | None, info: dict, command: str) -> str:
     lines = ["# Speed record (`harness perf`)", "", f"Command: `{command}`", ""]
     lines += [f"- {key}: {value}" for key, value in info.items()] + [""]
+    lines += ["The option sets run one after another: a drift of the machine's speed between them (5-15% on a "
+              "shared 2-core VM) enters the speed-ups; the ratios to KD are taken within one set.", ""]
     for pair, group in steps.groupby("pair", sort=False):
         lines += [f"## {pair}: ms per step, and each method against KD", ""]
         ms = group.pivot_table(index=["method", "path"], columns="options", values="ms_per_step", sort=False)
@@ -143,7 +145,7 @@ def render(steps: pd.DataFrame, accuracy: pd.DataFrame | None, info: dict, comma
                       .harness_over_bare.first().items()), ""]
     if accuracy is not None:
         lines += ["## The accuracy cost of each option", "",
-                  accuracy.to_markdown(index=False, floatfmt=".3g"), ""]
+                  accuracy.to_markdown(index=False, floatfmt=("", ".2f", ".2f", "", "+.2f", ".3g", "")), ""]
         if accuracy.attrs.get("failed"):
             lines += [f"Failed runs: {', '.join(accuracy.attrs['failed'])}", ""]
     return "\n".join(lines)
