@@ -183,7 +183,7 @@ def command_sweep(args, spec, runner) -> int:
 
 def command_bench(args, spec, runner) -> int:
     from harness.bench import bench
-    from harness.engine import NATIVE_BF16_FLAGS, cpu_flags
+    from harness.engine import NATIVE_BF16_FLAGS, speed_features
     from harness.provenance import cpu_name
 
     for name in ("--steps", "--warmup"):
@@ -194,10 +194,9 @@ def command_bench(args, spec, runner) -> int:
                         "every step (the kd row minus the baseline row is about what it saves)")
     table = bench(runner, args.dataset, args.pair, args.methods, _options(args), args.steps, args.warmup,
                   args.profile, args.batch_size)
-    flags = cpu_flags()
-    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    shown = speed_features()
     print(f"CPU: {cpu_name()}; features: {' '.join(shown) or 'unknown'}; native bf16: "
-          f"{'yes' if flags & set(NATIVE_BF16_FLAGS) else 'no (bf16 autocast is emulated: slow)'}")
+          f"{'yes' if set(shown) & set(NATIVE_BF16_FLAGS) else 'no (bf16 autocast is emulated: slow)'}")
     options = f"amp={args.amp}, channels_last={args.channels_last}, compile={args.compile}, device={args.device}"
     print(f"{args.dataset}/{args.pair}, {options}: harness kd step / bare kd loop = "
           f"{table.attrs['harness_over_bare']:.3f}")

@@ -123,6 +123,12 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def speed_features() -> list[str]:
+    """The CPU features that decide which speed options pay (vector width, native bf16)."""
+    flags = cpu_flags()
+    return [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+
+
 def resolve_amp(amp: str, device_type: str) -> str:
     """`auto` -> the fastest safe option for the device: bf16 on CUDA with bf16 support and on CPUs
     with native bf16 (AVX-512 BF16 or AMX), else off. bf16 on a CPU without it is emulated: on an
@@ -206,7 +212,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.options.amp == "fp16")
         self.teacher_cache = teacher_cache
         if config.options.compile:  # dynamo's recompile limit (8) counts the graphs of every earlier Trainer
-            torch._dynamo.reset()    # in this process: without a reset, the 5th cell of a suite ran eager
+            torch._dynamo.reset()    # in this process: without a reset, later cells (or perf's methods) ran eager
         self.extract = torch.compile(extract_features) if config.options.compile else extract_features
         if config.options.channels_last:
             for model in [student, *self.teachers]:

@@ -63,12 +63,11 @@ def accuracy_costs(runner, cell: str, seeds: int, sets: dict[str, dict], base: R
     from harness.api import run_plans
 
     target = runner.spec.cell(cell)
-    runs = {name: [(target, replace(base, seed=seed, **values)) for seed in range(seeds)] for name, values in sets.items()}
-    plans = [plan for name in runs for plan in runs[name]]
+    plans = [(target, replace(base, seed=seed, **values)) for values in sets.values() for seed in range(seeds)]
     outcomes, failed = run_plans(runner, plans)
     done = {name: [outcomes[i] for i in range(k * seeds, (k + 1) * seeds) if i in outcomes]
-            for k, name in enumerate(runs)}
-    top1 = {name: pd.Series([o.summary["test_top1_last"] for o in done[name]], dtype=float) for name in runs}
+            for k, name in enumerate(sets)}
+    top1 = {name: pd.Series([o.summary["test_top1_last"] for o in done[name]], dtype=float) for name in sets}
     reference = top1["fp32"]
     rows = []
     for name, values in top1.items():
@@ -113,13 +112,12 @@ def record(runner, bench_targets: list[str], cell: str, seeds: int, option_names
 
 def machine() -> dict:
     """What the figures were measured on (the load is taken again at the end)."""
-    from harness.engine import cpu_flags, machine_load
+    from harness.engine import machine_load, speed_features
     from harness.provenance import environment_params
 
     env = environment_params(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    features = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags()]
     return {"device": f"{env['env.device_name']}; {os.cpu_count()} logical CPUs, {env['env.threads']} threads; "
-                      f"CPU features: {' '.join(features) or 'none of avx2, avx512f, avx512_bf16, amx_bf16'}",
+                      f"CPU features: {' '.join(speed_features()) or 'none of avx2, avx512f, avx512_bf16, amx'}",
             "software": f"torch {env['env.torch']}, Python {env['env.python']}",
             "commit": env["env.git_commit"] + (" (dirty tree)" if env["env.git_dirty"] else ""),
             "1-minute load at the start": f"{machine_load():.2f} (an average: it lags by about a minute)"}

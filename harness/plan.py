@@ -154,10 +154,13 @@ def check_cache_fits(bytes_per_image: int, images: int, device: torch.device) ->
     """--teacher-cache holds every training image's teacher features on the device: refuse, before
     anything trains, a cache that would take more than half of the free memory."""
     needed = bytes_per_image * images
-    if needed and needed > available_memory(device) / 2:
+    if not needed:
+        return
+    free = available_memory(device)
+    if needed > free / 2:
         raise UserError(f"--teacher-cache would keep {needed / 2**30:.1f} GiB of teacher features "
                         f"({bytes_per_image / 2**10:.0f} KiB per image x {images} images) on {device.type}, more than "
-                        f"half of the {available_memory(device) / 2**30:.1f} GiB free: run without --teacher-cache")
+                        f"half of the {free / 2**30:.1f} GiB free: run without --teacher-cache")
 
 
 def resolve_device(name: str, context: distributed.Context = distributed.SINGLE) -> torch.device:
