@@ -10,8 +10,12 @@ Welch's two-sided t-test p-value, and a verdict:
 - inconclusive: p >= ALPHA, or fewer than two seeds on a side (no variance to test with);
 - not run: a side has no finished run.
 
-Beside it: the paper's own numbers for both cells (its claimed difference) and whether each lies
-within our mean ± 2·std.
+Beside it: the 95% confidence interval of our difference (Welch) and whether the paper's own
+difference lies in it (a "no" with an interval that excludes it is our evidence against the size of
+the paper's effect, even where the verdict is inconclusive); Holm's adjustment of the p-values over
+the comparisons of one suite (one paper table tests several claims at once: at α = 0.05 each, some
+"confirmed" verdicts are expected by chance); the paper's own numbers for both cells and whether
+each lies within our mean ± 2·std.
 """
 
 from __future__ import annotations
@@ -36,21 +40,40 @@ class Audit:
     departures: dict[str, list[str]]  # suite -> where it cannot follow its paper
 
 
-def welch(better: pd.Series, worse: pd.Series) -> tuple[float, str]:
-    """(p-value, verdict) for the claim mean(better) > mean(worse)."""
+@dataclass
+class Welch:
+    p: float
+    verdict: str
+    ci: tuple[float, float]  # (1 - ALPHA) confidence interval of mean(better) - mean(worse)
+
+
+def welch(better: pd.Series, worse: pd.Series) -> Welch:
+    """The test of the claim mean(better) > mean(worse)."""
+    none = (math.nan, math.nan)
     if len(better) == 0 or len(worse) == 0:
-        return math.nan, "not run"
+        return Welch(math.nan, "not run", none)
     if len(better) < 2 or len(worse) < 2:
-        return math.nan, "inconclusive"
+        return Welch(math.nan, "inconclusive", none)
     from scipy.stats import ttest_ind
 
     diff = better.mean() - worse.mean()
     if better.std(ddof=1) == 0 and worse.std(ddof=1) == 0:  # no spread at all: the t statistic is undefined
-        return (math.nan, "inconclusive") if diff == 0 else (0.0, "confirmed" if diff > 0 else "refuted")
-    p = float(ttest_ind(better, worse, equal_var=False).pvalue)
-    if p >= ALPHA:
-        return p, "inconclusive"
-    return p, "confirmed" if diff > 0 else "refuted"
+        return Welch(math.nan, "inconclusive", (diff, diff)) if diff == 0 else \
+            Welch(0.0, "confirmed" if diff > 0 else "refuted", (diff, diff))
+    test = ttest_ind(better, worse, equal_var=False)
+    ci = test.confidence_interval(1 - ALPHA)
+    p = float(test.pvalue)
+    verdict = "inconclusive" if p >= ALPHA else "confirmed" if diff > 0 else "refuted"
+    return Welch(p, verdict, (float(ci.low), float(ci.high)))
+
+
+def holm(p: pd.Series) -> pd.Series:
+    """Holm's step-down adjusted p-values (NaN stays NaN): the k-th smallest of m is multiplied by
+    m - k + 1, then made non-decreasing in that order and capped at 1."""
+    tested = p.dropna().sort_values()
+    m = len(tested)
+    adjusted = (tested * [m - k for k in range(m)]).cummax().clip(upper=1.0)
+    return adjusted.reindex(p.index)
 
 
 def _within(paper: float, values: pd.Series) -> str:
@@ -70,16 +93,21 @@ def audit(spec: Spec, tracking_uri: str, suites: list[str], select: str = "last"
           include_smoke: bool = False) -> Audit:
     comparisons = [(name, claim, better, worse) for name in suites for claim in spec.suites[name].claims
                    for better, worse in claim.pairs()]
-    cells = sorted({c for *_, better, worse in comparisons for c in (better, worse)})
-    runs, notes = load_runs(tracking_uri, cells, include_smoke) if cells else (pd.DataFrame(), [])
     refs = {key: value for name in suites for key, value in references(spec.suites[name]).items()}
+    loaded, notes = {}, []
+    for name in suites:  # each suite (one paper table) at one recipe setting, chosen as the report does
+        cells = sorted({c for suite, _, better, worse in comparisons if suite == name for c in (better, worse)})
+        loaded[name], suite_notes = load_runs(tracking_uri, cells, include_smoke) if cells else (pd.DataFrame(), [])
+        notes += [f"{name}: {n}" for n in suite_notes]
     rows = []
     for suite, claim, better, worse in comparisons:
         key = {"top1": SELECTIONS[select][0], "top5": SELECTIONS[select][1]}[claim.metric]
+        runs = loaded[suite]
         values = {cell: (runs.loc[runs["tags.cell"] == cell, f"metrics.{key}"].astype(float)
                          if not runs.empty else pd.Series(dtype=float)) for cell in (better, worse)}
-        p, verdict = welch(values[better], values[worse])
+        test = welch(values[better], values[worse])
         paper = {cell: refs.get((cell, claim.metric), (math.nan, ""))[0] for cell in (better, worse)}
+        paper_diff = paper[better] - paper[worse]
         ran = len(values[better]) and len(values[worse])
         rows.append({
             "suite": suite, "source": claim.source, "metric": claim.metric,
@@ -87,11 +115,18 @@ def audit(spec: Spec, tracking_uri: str, suites: list[str], select: str = "last"
             "better": better, "than": worse,
             "ours_better": _summary(values[better]), "ours_than": _summary(values[worse]),
             "diff": values[better].mean() - values[worse].mean() if ran else math.nan,
-            "paper_diff": paper[better] - paper[worse],
-            "p": p, "verdict": verdict,
+            "ci_low": test.ci[0], "ci_high": test.ci[1], "paper_diff": paper_diff,
+            "paper_diff_in_ci": "" if math.isnan(paper_diff) or math.isnan(test.ci[0])
+            else "yes" if test.ci[0] <= paper_diff <= test.ci[1] else "no",
+            "p": test.p, "verdict": test.verdict,
             "paper_within_2sd": "/".join(_within(paper[c], values[c]) or "-" for c in (better, worse)),
         })
-    return Audit(pd.DataFrame(rows), runs, notes, {name: spec.suites[name].departures for name in suites})
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table["p_holm"] = table.groupby("suite", sort=False)["p"].transform(holm)
+    used = [r for r in loaded.values() if not r.empty]
+    runs = pd.concat(used).drop_duplicates("run_id") if used else pd.DataFrame()
+    return Audit(table, runs, notes, {name: spec.suites[name].departures for name in suites})
 
 
 def _short(better: str, worse: str) -> tuple[str, str]:
@@ -107,19 +142,26 @@ def render_markdown(result: Audit, title: str, caption: str) -> str:
     lines = [f"# {title}", "", caption, ""]
     counts = t["verdict"].value_counts()
     lines.append("Verdicts: " + ", ".join(f"{v} {counts.get(v, 0)}" for v in VERDICTS) + f" (of {len(t)}).")
+    if not t.empty:
+        decided = t[t["verdict"].isin(("confirmed", "refuted"))]
+        held = decided[decided["p_holm"] < ALPHA]["verdict"].value_counts()
+        lines.append(f"After Holm's correction within each suite: confirmed {held.get('confirmed', 0)}, "
+                     f"refuted {held.get('refuted', 0)}.")
     for suite, group in t.groupby("suite", sort=False):
         lines += ["", f"## {suite}", ""]
         if result.departures.get(suite):
             lines += ["Departures from the paper: " + "; ".join(result.departures[suite]) + ".", ""]
-        lines += ["| claim | setting | source | ours (better) | ours (than) | Δ ours | Δ paper | p (Welch) | verdict "
-                  "| paper within ±2σ (better/than) |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += ["| claim | setting | source | ours (better) | ours (than) | Δ ours [95% CI] | Δ paper | paper Δ in CI "
+                  "| p (Welch) | p (Holm) | verdict | paper within ±2σ (better/than) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for _, r in group.iterrows():
             setting = "/".join(r.better.split("/")[:2]) if r.better.split("/")[:2] == r.than.split("/")[:2] else ""
+            ci = f" [{_num(r.ci_low, '+.2f')}, {_num(r.ci_high, '+.2f')}]" if not math.isnan(r.ci_low) else ""
+            lost = " (not after Holm)" if r.verdict in ("confirmed", "refuted") and r.p_holm >= ALPHA else ""
             lines.append(
                 f"| {r.claim} ({r.metric}) | {setting} | {r.source} | {r.ours_better} | {r.ours_than} | "
-                f"{_num(r['diff'], '+.2f')} | {_num(r.paper_diff, '+.2f')} | {_num(r.p, '.3g')} | **{r.verdict}** | "
-                f"{r.paper_within_2sd} |")
+                f"{_num(r['diff'], '+.2f')}{ci} | {_num(r.paper_diff, '+.2f')} | {r.paper_diff_in_ci or '-'} | "
+                f"{_num(r.p, '.3g')} | {_num(r.p_holm, '.3g')} | **{r.verdict}**{lost} | {r.paper_within_2sd} |")
     if result.notes:
         lines += ["", "## Configurations left out", ""] + [f"- {n}" for n in result.notes]
     return "\n".join(lines) + "\n" + render_runs(result)
@@ -136,8 +178,12 @@ def caption(result: Audit, select: str, command: str) -> str:
             f"{SELECTIONS[select][2]}, mean ± sample std over seeds (n), one configuration per cell (the "
             f"report's rule). Verdict: Welch's two-sided t-test, α = {ALPHA}: confirmed / refuted when p < α "
             "in the claim's / the opposite direction, inconclusive otherwise or with fewer than 2 seeds a "
-            "side, not run when a side has no run. Δ paper = the paper's own difference (its numbers are "
-            "labelled references, converted from error to accuracy where needed)." + where)
+            "side, not run when a side has no run. Δ ours [95% CI]: our difference and Welch's confidence "
+            "interval of it; \"paper Δ in CI\": whether the paper's own difference lies in that interval "
+            "(\"no\" where the interval excludes the paper's effect size). p (Holm): Holm's step-down "
+            "adjustment over the tested claims of the same suite; a verdict marked \"not after Holm\" does "
+            "not survive it. Δ paper = the paper's own difference (its numbers are labelled references, "
+            "converted from error to accuracy where needed)." + where)
 
 
 def render_runs(result: Audit) -> str:

@@ -123,6 +123,9 @@ def build_parser() -> Parser:
     p.add_argument("--format", choices=["md", "html", "latex", "csv"], default="md")
     p.add_argument("--out", help="a file for --format, or a directory (ending in /) for every format and the plots")
     p.add_argument("--include-smoke", action="store_true", help="count --smoke runs too")
+    p.add_argument("--departures", metavar="'none'|'epochs=N teacher_epochs=M'",
+                   help="the recipe setting to show (cells are only compared at one; default: the one that "
+                   "covers the most cells, then the recipe as stated)")
 
     p = sub.add_parser("audit", help="test the papers' claims on our runs (Welch's t-test per claim)",
                        description="For every claim of the chosen suites (benchmarks.yaml, suites.*.claims): our "

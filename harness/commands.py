@@ -226,7 +226,7 @@ def command_report(args, spec, tracking_uri: str) -> int:
     if args.out and not args.out.endswith("/") and not Path(args.out).is_dir() \
             and not Path(args.out).parent.is_dir():
         raise UserError(f"cannot write {args.out}: {Path(args.out).parent} is not a directory")
-    result = rep.build(spec, tracking_uri, args.suite, cells, args.select, args.include_smoke)
+    result = rep.build(spec, tracking_uri, args.suite, cells, args.select, args.include_smoke, args.departures)
     if args.out and (args.out.endswith("/") or Path(args.out).is_dir()):
         command = "harness report " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["report"] else sys.argv[1:])
         images = render.write_directory(result, Path(args.out), command)

@@ -38,14 +38,38 @@ class Report:
     notes: list[str]  # configurations left out, cost figures measured under load
 
 
-def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False) -> tuple[pd.DataFrame, list[str]]:
-    """FINISHED student runs of `cells`, one configuration per cell, the latest run per seed; and a
-    note for each cell whose other configurations were left out.
+RECIPE_DEPARTURES = ("epochs", "teacher_epochs")  # departures that change every cell's recipe, not one method's
+
+
+def recipe_setting(overrides: str) -> str:
+    """The part of a run's departures (its `overrides` tag) that applies to every cell: 'epochs=2
+    teacher_epochs=2', or '' for the recipe as the spec states it."""
+    return " ".join(item for item in overrides.split() if item.split("=", 1)[0] in RECIPE_DEPARTURES)
+
+
+def parse_setting(text: str) -> str:
+    """A `--departures` value as the runs' tags write it: 'none', or NAME=VALUE items of RECIPE_DEPARTURES."""
+    if text.strip() == "none":
+        return ""
+    items = text.split()
+    bad = [i for i in items if "=" not in i or i.split("=", 1)[0] not in RECIPE_DEPARTURES]
+    if bad or not items:
+        raise UserError(f"--departures {text!r}: expected 'none' or items like 'epochs=2 teacher_epochs=2' "
+                        f"(names: {', '.join(RECIPE_DEPARTURES)})")
+    return " ".join(sorted(items))
+
+
+def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False,
+              departures: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """FINISHED student runs of `cells` at one recipe setting, one configuration per cell, the latest
+    run per seed; and a note for each group of runs left out.
 
     Runs of one cell that differ in anything but the seed (a `--set`, `--epochs`, a changed
-    default) are different configurations and are never averaged together. Per cell the report
-    takes the configuration without user overrides if there is one, then the one with the most
-    seeds, then the most recent."""
+    default) are different configurations and are never averaged together. Cells are compared with
+    each other only at one recipe setting (RECIPE_DEPARTURES): `departures` ('none' for the recipe as
+    stated) or else the setting that covers the most cells, then the recipe as stated, then the most
+    runs. Per cell the report takes the configuration without user overrides if there is one, then
+    the one with the most seeds, then the most recent."""
     runs = finished_student_runs(tracking_uri)
     if runs.empty:
         return runs, []
@@ -62,6 +86,22 @@ def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False) 
     runs["configuration"] = [configuration_of(r) for _, r in runs.iterrows()]
     overrides = runs["tags.overrides"] if "tags.overrides" in runs else pd.Series("", index=runs.index)
     runs["overrides"] = overrides.fillna("")
+    runs["setting"] = runs["overrides"].map(recipe_setting)
+    settings = dict(list(runs.groupby("setting")))
+    if departures is not None:
+        setting = parse_setting(departures)
+        if setting not in settings:
+            found = "; ".join(f"{s or 'none'} ({len(g)} runs)" for s, g in settings.items())
+            raise UserError(f"no finished runs of these cells at --departures {departures!r}; the store has: {found}")
+    else:
+        setting = min(settings, key=lambda s: (-settings[s]["tags.cell"].nunique(), s != "", -len(settings[s])))
+    others = {s: g for s, g in settings.items() if s != setting}
+    if others:
+        notes.append(f"runs at {len(settings)} recipe settings; shown: {setting or 'the recipe as stated'} "
+                     f"({settings[setting]['tags.cell'].nunique()} cells); left out: "
+                     + "; ".join(f"{s or 'the recipe as stated'} ({len(g)} runs, {g['tags.cell'].nunique()} cells)"
+                                 for s, g in others.items()) + " (--departures picks one)")
+    runs = settings[setting]
     chosen = []
     for cell, group in runs.groupby("tags.cell", sort=False):
         ranked = sorted(group.groupby("configuration"), key=lambda item: (
@@ -188,13 +228,13 @@ def curves(tracking_uri: str, runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | None, select: str,
-          include_smoke: bool = False) -> Report:
+          include_smoke: bool = False, departures: str | None = None) -> Report:
     if suite is not None:
         suite_spec = spec.suites[suite]
         cells = suite_spec.cells
     else:
         suite_spec = SuiteSpec(title="Selected cells", source="kd-harness", cells=cells)
-    runs, notes = load_runs(tracking_uri, cells, include_smoke)
+    runs, notes = load_runs(tracking_uri, cells, include_smoke, departures)
     if runs.empty:
         hint = f" ({notes[0]})" if notes else ""
         raise UserError(f"no finished runs for {'suite ' + suite if suite else 'these cells'} in {tracking_uri}"

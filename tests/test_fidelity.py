@@ -2,8 +2,10 @@
 reduced training sets with a full-data teacher, the claims audit and reports that never mix
 configurations."""
 
+import math
 import pickle
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -14,6 +16,7 @@ from harness import audit as aud
 from harness import preprocess, render
 from harness import report as rep
 from harness.cli import main
+from harness.errors import UserError
 from harness.models import build_model
 from harness.sources import load_data
 from harness.spec import DEFAULT_SPEC, load_spec
@@ -244,6 +247,34 @@ def test_welch_verdicts_on_a_known_store(claims_store):
     assert table.loc["kd > baseline", "paper_diff"] == pytest.approx(15.2)
 
 
+def test_welch_interval_against_the_formula_written_out(claims_store):
+    """Welch's 95% interval of the difference, with the Welch–Satterthwaite degrees of freedom by hand
+    (unequal sizes and spreads, where the pooled-variance interval differs)."""
+    from scipy.stats import t as student_t
+
+    a, b = [95.0, 96.5, 93.0, 95.5], [90.0, 90.2, 89.9]
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    va, vb = (sum((x - mean(v)) ** 2 for x in v) / (len(v) - 1) / len(v) for v in (a, b))  # variances of the means
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = student_t.ppf(0.975, df) * (va + vb) ** 0.5
+    diff = mean(a) - mean(b)
+    assert aud.welch(pd.Series(a), pd.Series(b)).ci == (pytest.approx(diff - half), pytest.approx(diff + half))
+
+    uri, path = claims_store
+    row = aud.audit(load_spec(path), uri, ["claims_test"]).table.set_index("claim").loc["kd > baseline"]
+    assert row["ci_low"] < 5.0 < row["ci_high"]
+    assert row["paper_diff"] == pytest.approx(15.2) and row["paper_diff_in_ci"] == "no"
+
+
+def test_holm_adjustment_golden_values():
+    p = pd.Series([0.01, 0.04, math.nan, 0.03, 0.5])
+    # sorted 0.01, 0.03, 0.04, 0.5 times 4, 3, 2, 1 -> 0.04, 0.09, 0.08 -> 0.09 (non-decreasing), 0.5
+    expected = [0.04, 0.09, math.nan, 0.09, 0.5]
+    assert aud.holm(p).tolist() == pytest.approx(expected, nan_ok=True)
+    assert aud.holm(pd.Series([0.3, 0.6])).tolist() == [0.6, 0.6]  # 0.3 × 2 and 0.6 × 1
+    assert aud.holm(pd.Series([0.6, 0.7])).tolist() == [1.0, 1.0]
+
+
 def test_audit_command_writes_markdown(claims_store, tmp_path, monkeypatch):
     uri, path = claims_store
     out = tmp_path / "CLAIMS.md"
@@ -251,6 +282,7 @@ def test_audit_command_writes_markdown(claims_store, tmp_path, monkeypatch):
     text = out.read_text()
     assert "**confirmed**" in text and "**refuted**" in text and "**not run**" in text
     assert "Verdicts: confirmed 2, refuted 1, inconclusive 2, not run 1 (of 6)" in text
+    assert "After Holm's correction within each suite: confirmed 2, refuted 1." in text
     assert "## Runs used" in text
 
 
@@ -285,6 +317,34 @@ def test_report_never_mixes_configurations(home, tmp_path):
     assert result.detail.set_index("cell").loc[KD, "n"] == 1
     assert len(result.notes) == 1 and "kd.tau=3" in result.notes[0] and "left out" in result.notes[0]
     assert "kd.tau=3" in render.render(result, "md")
+
+
+def test_cells_are_compared_at_one_recipe_setting(home, capsys):
+    """A shortened run (--epochs 2) of every cell and the recipe's own epochs for some: the table never
+    puts one cell's shortened runs beside another's full ones."""
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    home.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("kd-harness")
+    short = {"overrides": "epochs=2 teacher_epochs=2"}
+    _log_runs(client, experiment, BASE, [80.0, 81.0], tags={"config_key": "b-short"} | short)
+    _log_runs(client, experiment, KD, [82.0, 83.0], tags={"config_key": "k-short"} | short)
+    _log_runs(client, experiment, BASE, [90.0], tags={"config_key": "b-full", "overrides": ""})
+    d = rep.build(SPEC, uri, None, [BASE, KD], "last").detail.set_index("cell")  # the setting covering both cells
+    assert d.loc[BASE, "top1_mean"] == pytest.approx(80.5) and d.loc[KD, "top1_mean"] == pytest.approx(82.5)
+    notes = rep.load_runs(uri, [BASE, KD])[1]
+    assert any("left out: the recipe as stated (1 runs, 1 cells)" in n for n in notes)
+    _log_runs(client, experiment, KD, [95.0], tags={"config_key": "k-full", "overrides": ""})
+    d = rep.build(SPEC, uri, None, [BASE, KD], "last").detail.set_index("cell")  # both cover both: as stated wins
+    assert d.loc[BASE, "top1_mean"] == pytest.approx(90.0) and d.loc[KD, "top1_mean"] == pytest.approx(95.0)
+    d = rep.build(SPEC, uri, None, [BASE, KD], "last", departures="teacher_epochs=2 epochs=2").detail.set_index("cell")
+    assert d.loc[BASE, "n"] == 2 and d.loc[KD, "top1_mean"] == pytest.approx(82.5)
+    for bad in ("epochs=3", "lr=0.1"):
+        with pytest.raises(UserError, match="--departures"):
+            rep.build(SPEC, uri, None, [BASE, KD], "last", departures=bad)
+    capsys.readouterr()
+    assert main(["--tracking-uri", uri, "report", "--cells", BASE, "--departures", "lr=0.1"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
 def test_report_keeps_legacy_runs_of_different_settings_apart(home):
