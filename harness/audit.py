@@ -176,8 +176,8 @@ def caption(result: Audit, select: str, command: str) -> str:
                  f"{', '.join(sorted(set(runs['params.env.device_name'])))}.")
     return (f"Regenerated from the MLflow store by `{command}`. Accuracy: test top-1 (%) at "
             f"{SELECTIONS[select][2]}, mean ± sample std over seeds (n), one configuration per cell and one "
-            f"recipe setting per suite (the report's rules). Verdict: Welch's two-sided t-test, α = {ALPHA}: confirmed / refuted when p < α "
-            "in the claim's / the opposite direction, inconclusive otherwise or with fewer than 2 seeds a "
+            f"recipe setting per suite (the report's rules). Verdict: Welch's two-sided t-test, α = {ALPHA}: "
+            "confirmed / refuted when p < α in the claim's / the opposite direction, inconclusive otherwise or with fewer than 2 seeds a "
             "side, not run when a side has no run. Δ ours [95% CI]: our difference and Welch's confidence "
             "interval of it; \"paper Δ in CI\": whether the paper's own difference lies in that interval "
             "(\"no\" where the interval excludes the paper's effect size). p (Holm): Holm's step-down "
