@@ -151,8 +151,8 @@ def render_markdown(result: Audit, title: str, caption: str) -> str:
         lines += ["", f"## {suite}", ""]
         if result.departures.get(suite):
             lines += ["Departures from the paper: " + "; ".join(result.departures[suite]) + ".", ""]
-        lines += ["| claim | setting | source | ours (better) | ours (than) | Δ ours [95% CI] | Δ paper | paper Δ in CI "
-                  "| p (Welch) | p (Holm) | verdict | paper within ±2σ (better/than) |",
+        lines += ["| claim | setting | source | ours (better) | ours (than) | Δ ours [95% CI] | Δ paper "
+                  "| paper Δ in CI | p (Welch) | p (Holm) | verdict | paper within ±2σ (better/than) |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for _, r in group.iterrows():
             setting = "/".join(r.better.split("/")[:2]) if r.better.split("/")[:2] == r.than.split("/")[:2] else ""
@@ -178,12 +178,12 @@ def caption(result: Audit, select: str, command: str) -> str:
             f"{SELECTIONS[select][2]}, mean ± sample std over seeds (n), one configuration per cell and one "
             f"recipe setting per suite (the report's rules). Verdict: Welch's two-sided t-test, α = {ALPHA}: "
             "confirmed / refuted when p < α in the claim's / the opposite direction, inconclusive otherwise "
-            "or with fewer than 2 seeds a side, not run when a side has no run. Δ ours [95% CI]: our difference and Welch's confidence "
-            "interval of it; \"paper Δ in CI\": whether the paper's own difference lies in that interval "
-            "(\"no\" where the interval excludes the paper's effect size). p (Holm): Holm's step-down "
-            "adjustment over the tested claims of the same suite; a verdict marked \"not after Holm\" does "
-            "not survive it. Δ paper = the paper's own difference (its numbers are labelled references, "
-            "converted from error to accuracy where needed)." + where)
+            "or with fewer than 2 seeds a side, not run when a side has no run. Δ ours [95% CI]: our "
+            "difference and Welch's confidence interval of it; \"paper Δ in CI\": whether the paper's own "
+            "difference lies in that interval (\"no\" where the interval excludes the paper's effect size). "
+            "p (Holm): Holm's step-down adjustment over the tested claims of the same suite; a verdict "
+            "marked \"not after Holm\" does not survive it. Δ paper = the paper's own difference (its numbers "
+            "are labelled references, converted from error to accuracy where needed)." + where)
 
 
 def render_runs(result: Audit) -> str:
