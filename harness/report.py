@@ -181,17 +181,22 @@ def summarize(runs: pd.DataFrame, cells: list[str], refs: dict, select: str, tol
     return pd.DataFrame(rows)
 
 
-LOAD_MARGIN = 0.5  # a run's own threads make the load about the core count; more is somebody else's work
+LOAD_MARGIN = 0.5  # a run's own threads make the load about their number; more is somebody else's work
 
 
 def under_load(runs: pd.DataFrame) -> pd.Series:
-    """Runs whose epochs saw a 1-minute load average above the core count + LOAD_MARGIN (runs logged
-    before the load was recorded count as unknown, not loaded)."""
+    """Runs whose epochs saw a 1-minute load average above their own threads (torch's, at most the
+    core count) + LOAD_MARGIN: another process shared the cores, so the s/epoch figure measures the
+    sharing, not the method. A one-thread run beside another one-thread run counts as shared too,
+    although the load then equals the core count. Runs logged before the load was recorded count as
+    unknown, not loaded."""
     if "metrics.max_load_1m" not in runs:
         return pd.Series(False, index=runs.index)
     load = runs["metrics.max_load_1m"].astype(float)
     cores = runs["metrics.cpu_count"].astype(float)
-    return (load > cores + LOAD_MARGIN).fillna(False)
+    threads = pd.to_numeric(runs["params.env.threads"], errors="coerce") if "params.env.threads" in runs else cores
+    own = pd.concat([threads, cores], axis=1).min(axis=1)  # NaN threads (not logged): the core count
+    return (load > own + LOAD_MARGIN).fillna(False)
 
 
 def paper_table(detail: pd.DataFrame) -> pd.DataFrame:
@@ -249,8 +254,8 @@ def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | N
                f"Paper numbers are references from {suite_spec.source}, converted to accuracy where the paper "
                f"reports error; Δ = ours − paper (z: Δ in units of our std); * marks a paper number outside "
                f"mean ± max(2·std, {suite_spec.tolerance:g} points); † marks a "
-               "s/epoch figure from runs that shared the machine (1-min load average above the core count + "
-               f"{LOAD_MARGIN}): not a cost figure. "
+               "s/epoch figure from runs that shared the machine (1-min load average above the run's own threads, "
+               f"at most the core count, + {LOAD_MARGIN}): not a cost figure. "
                f"Hardware: {', '.join(devices)}. Commit(s): {', '.join(commits)}.")
     notes = [f"departure from the paper: {d}" for d in suite_spec.departures] + notes
     return Report(suite_spec.title, caption, paper_table(detail), detail, runs, curves(tracking_uri, runs), notes)

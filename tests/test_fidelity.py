@@ -347,6 +347,16 @@ def test_cells_are_compared_at_one_recipe_setting(home, capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+def test_cost_figures_flagged_when_another_process_shared_the_cores():
+    runs = pd.DataFrame({"metrics.max_load_1m": [2.1, 2.1, 1.2, 3.0, 2.1, math.nan],
+                         "metrics.cpu_count": [2.0] * 6,
+                         "params.env.threads": ["2", "1", "1", "2", None, "2"]})
+    # alone with 2 threads; 1 thread beside another process; 1 thread alone; 2 threads beside another;
+    # threads not logged (the core count stands in); load not logged (unknown, not flagged)
+    assert rep.under_load(runs).tolist() == [False, True, False, True, False, False]
+    assert rep.under_load(runs.drop(columns="params.env.threads")).tolist() == [False] * 3 + [True] + [False] * 2
+
+
 def test_report_keeps_legacy_runs_of_different_settings_apart(home):
     uri = f"sqlite:///{home / 'mlflow.db'}"
     home.mkdir(parents=True, exist_ok=True)
