@@ -8,7 +8,9 @@ Welch's two-sided t-test p-value, and a verdict:
 - confirmed: ours agrees with the claim's direction and p < ALPHA;
 - refuted: ours goes the other way and p < ALPHA;
 - inconclusive: p >= ALPHA, or fewer than two seeds on a side (no variance to test with);
-- not run: a side has no finished run.
+- diverged: every run of a side diverged (a non-finite loss ended it): that method did not train
+  on this recipe, and there is no accuracy to test;
+- not run: a side has no finished or diverged run.
 
 Beside it: the 95% confidence interval of our difference (Welch) and whether the paper's own
 difference lies in it (a "no" with an interval that excludes it is our evidence against the size of
@@ -25,11 +27,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from harness.report import SELECTIONS, load_runs, references
+from harness.report import SELECTIONS, fmt, load_runs, references
 from harness.spec import Spec
 
 ALPHA = 0.05
-VERDICTS = ("confirmed", "refuted", "inconclusive", "not run")
+VERDICTS = ("confirmed", "refuted", "inconclusive", "diverged", "not run")
 
 
 @dataclass
@@ -82,11 +84,10 @@ def _within(paper: float, values: pd.Series) -> str:
     return "yes" if abs(values.mean() - paper) <= 2 * values.std(ddof=1) else "no"
 
 
-def _summary(values: pd.Series) -> str:
-    if len(values) == 0:
+def _summary(values: pd.Series, diverged: int) -> str:
+    if len(values) == 0 and not diverged:
         return "not run"
-    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f} ({len(values)})" if len(values) > 1 \
-        else f"{values.mean():.2f} (1)"
+    return fmt(values.mean(), values.std(ddof=1), len(values), diverged)
 
 
 def audit(spec: Spec, tracking_uri: str, suites: list[str], select: str = "last",
@@ -103,9 +104,13 @@ def audit(spec: Spec, tracking_uri: str, suites: list[str], select: str = "last"
     for suite, claim, better, worse in comparisons:
         key = {"top1": SELECTIONS[select][0], "top5": SELECTIONS[select][1]}[claim.metric]
         runs = loaded[suite]
-        values = {cell: (runs.loc[runs["tags.cell"] == cell, f"metrics.{key}"].astype(float)
-                         if not runs.empty else pd.Series(dtype=float)) for cell in (better, worse)}
+        side = {cell: runs[runs["tags.cell"] == cell] if not runs.empty else runs for cell in (better, worse)}
+        values = {cell: side[cell].loc[~side[cell]["diverged"], f"metrics.{key}"].astype(float) if len(side[cell])
+                  else pd.Series(dtype=float) for cell in side}
+        diverged = {cell: int(side[cell]["diverged"].sum()) if len(side[cell]) else 0 for cell in side}
         test = welch(values[better], values[worse])
+        if all(len(side[c]) for c in side) and any(not len(values[c]) for c in side):
+            test = Welch(math.nan, "diverged", test.ci)
         paper = {cell: refs.get((cell, claim.metric), (math.nan, ""))[0] for cell in (better, worse)}
         paper_diff = paper[better] - paper[worse]
         ran = len(values[better]) and len(values[worse])
@@ -113,7 +118,8 @@ def audit(spec: Spec, tracking_uri: str, suites: list[str], select: str = "last"
             "suite": suite, "source": claim.source, "metric": claim.metric,
             "claim": f"{_short(better, worse)[0]} > {_short(better, worse)[1]}",
             "better": better, "than": worse,
-            "ours_better": _summary(values[better]), "ours_than": _summary(values[worse]),
+            "ours_better": _summary(values[better], diverged[better]),
+            "ours_than": _summary(values[worse], diverged[worse]),
             "diff": values[better].mean() - values[worse].mean() if ran else math.nan,
             "ci_low": test.ci[0], "ci_high": test.ci[1], "paper_diff": paper_diff,
             "paper_diff_in_ci": "" if math.isnan(paper_diff) or math.isnan(test.ci[0])
@@ -178,7 +184,8 @@ def caption(result: Audit, select: str, command: str) -> str:
             f"{SELECTIONS[select][2]}, mean ± sample std over seeds (n), one configuration per cell and one "
             f"recipe setting per suite (the report's rules). Verdict: Welch's two-sided t-test, α = {ALPHA}: "
             "confirmed / refuted when p < α in the claim's / the opposite direction, inconclusive otherwise "
-            "or with fewer than 2 seeds a side, not run when a side has no run. Δ ours [95% CI]: our "
+            "or with fewer than 2 seeds a side, diverged when every run of a side diverged (a non-finite loss; "
+            "'k diverged' counts such seeds, not in n), not run when a side has no run. Δ ours [95% CI]: our "
             "difference and Welch's confidence interval of it; \"paper Δ in CI\": whether the paper's own "
             "difference lies in that interval (\"no\" where the interval excludes the paper's effect size). "
             "p (Holm): Holm's step-down adjustment over the tested claims of the same suite; a verdict "

@@ -22,8 +22,8 @@ def detail_table(report: Report) -> pd.DataFrame:
     d = report.detail
     frame = pd.DataFrame({
         "cell": d["cell"], "n": d["n"],
-        "top1": [fmt(m, s, n) for m, s, n in zip(d.top1_mean, d.top1_std, d.n)],
-        "top5": [fmt(m, s, n) for m, s, n in zip(d.top5_mean, d.top5_std, d.n)],
+        "top1": [fmt(m, s, n, k) for m, s, n, k in zip(d.top1_mean, d.top1_std, d.n, d.diverged)],
+        "top5": [fmt(m, s, n, k) for m, s, n, k in zip(d.top5_mean, d.top5_std, d.n, d.diverged)],
         "top1_paper": [f"{v:.2f}" if not math.isnan(v) else "" for v in d.top1_paper],
         "top1_delta": [(f"{v:+.2f}" + ("*" if f else "")) if not math.isnan(v) else ""
                        for v, f in zip(d.top1_delta, d.top1_flag)],
@@ -93,7 +93,8 @@ def provenance(report: Report, command: str) -> str:
     start, end = runs["start_time"].min(), runs["end_time"].max()
     wall = runs["metrics.wall_seconds"].astype(float).sum()
     lines = [f"# Provenance: {report.title}", "",
-             f"Rendered by `{command}` from the MLflow runs below (FINISHED student runs, latest per cell and seed).", "",
+             f"Rendered by `{command}` from the MLflow runs below (FINISHED student runs and those that "
+             "diverged, latest per cell and seed).", "",
              f"- Git commit(s) of the runs: {', '.join(sorted(set(runs['params.env.git_commit'])))}",
              f"- Hardware: {', '.join(sorted(set(runs['params.env.device_name'])))} "
              f"(device {', '.join(sorted(set(runs['params.env.device'])))}, torch {', '.join(sorted(set(runs['params.env.torch'])))})",
@@ -101,8 +102,11 @@ def provenance(report: Report, command: str) -> str:
              f"summed training wall time {wall / 60:.1f} min (teachers not included)",
              "", "| cell | seed | MLflow run id | commit | test top-1 (last) | wall s |", "| --- | --- | --- | --- | --- | --- |"]
     for _, r in runs.iterrows():
+        top1 = (f"diverged: {r['tags.failure_term']} non-finite at epoch {r['tags.failure_epoch']}" if r["diverged"]
+                else f"{float(r['metrics.test_top1_last']):.2f}")
+        wall = float(r["metrics.wall_seconds"])
         lines.append(f"| {r['tags.cell']} | {r['tags.seed']} | {r['run_id']} | {r['params.env.git_commit'][:10]} | "
-                     f"{float(r['metrics.test_top1_last']):.2f} | {float(r['metrics.wall_seconds']):.0f} |")
+                     f"{top1} | {'' if math.isnan(wall) else f'{wall:.0f}'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 from harness.errors import UserError
 from harness.schema import SuiteSpec
 from harness.spec import Spec
-from harness.tracking import finished_student_runs, metric_histories
+from harness.tracking import student_results, metric_histories
 
 SELECTIONS = {"last": ("test_top1_last", "test_top5_last", "last epoch"),
               "best-val": ("test_top1_best_val", "test_top5_best_val", "the epoch of best validation accuracy")}
@@ -70,7 +70,7 @@ def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False,
     stated) or else the setting that covers the most cells, then the recipe as stated, then the most
     runs. Per cell the report takes the configuration without user overrides if there is one, then
     the one with the most seeds, then the most recent."""
-    runs = finished_student_runs(tracking_uri)
+    runs = student_results(tracking_uri)
     if runs.empty:
         return runs, []
     runs = runs[runs["tags.cell"].isin(cells)].copy()
@@ -144,10 +144,12 @@ def references(suite: SuiteSpec) -> dict[tuple[str, str], tuple[float, str]]:
     return out
 
 
-def fmt(mean: float, std: float, n: int) -> str:
+def fmt(mean: float, std: float, n: int, diverged: int = 0) -> str:
+    """'mean ± std (n)' of the finished runs, and how many seeds diverged (no accuracy to average)."""
     if n == 0:
-        return "missing"
-    return f"{mean:.2f} ± {std:.2f} ({n})" if n > 1 else f"{mean:.2f} (1)"
+        return f"diverged ({diverged})" if diverged else "missing"
+    text = f"{mean:.2f} ± {std:.2f} ({n})" if n > 1 else f"{mean:.2f} (1)"
+    return text + (f"; {diverged} diverged" if diverged else "")
 
 
 def summarize(runs: pd.DataFrame, cells: list[str], refs: dict, select: str, tolerance: float = 0.5) -> pd.DataFrame:
@@ -155,9 +157,11 @@ def summarize(runs: pd.DataFrame, cells: list[str], refs: dict, select: str, tol
     rows = []
     for cell in cells:
         group = runs[runs["tags.cell"] == cell] if not runs.empty else runs
+        diverged = int(group["diverged"].sum()) if len(group) else 0
+        group = group[~group["diverged"]] if len(group) else group  # accuracies and costs: finished runs only
         n = len(group)
         dataset, pair, method = cell.split("/")
-        row = {"cell": cell, "dataset": dataset, "pair": pair, "method": method, "n": n}
+        row = {"cell": cell, "dataset": dataset, "pair": pair, "method": method, "n": n, "diverged": diverged}
         for metric, key in (("top1", top1_key), ("top5", top5_key)):
             values = group[f"metrics.{key}"].astype(float) if n else pd.Series(dtype=float)
             mean, std = (values.mean(), values.std(ddof=1) if n > 1 else float("nan")) if n else (math.nan, math.nan)
@@ -205,7 +209,7 @@ def paper_table(detail: pd.DataFrame) -> pd.DataFrame:
     column = detail["dataset"] if single_pair else detail["dataset"] + " " + detail["pair"]
     text = []
     for _, r in detail.iterrows():
-        cell = fmt(r.top1_mean, r.top1_std, r.n)
+        cell = fmt(r.top1_mean, r.top1_std, r.n, r.diverged)
         if not math.isnan(r.top1_paper):
             delta = f", Δ {r.top1_delta:+.2f}" if r.n else ""
             cell += f" [paper {r.top1_paper:.2f}{delta}]" + ("*" if r.top1_flag else "")
@@ -219,6 +223,7 @@ def paper_table(detail: pd.DataFrame) -> pd.DataFrame:
 
 
 def curves(tracking_uri: str, runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    runs = runs[~runs["diverged"]]
     histories = metric_histories(tracking_uri, list(runs["run_id"]), "test/top1")
     out = {}
     for cell, group in runs.groupby("tags.cell"):
@@ -249,7 +254,8 @@ def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | N
     epochs = sorted(set(runs["params.recipe.epochs"]), key=int)
     devices = sorted(set(runs["params.env.device_name"]))
     commits = sorted(set(runs["params.env.git_commit"].str[:10]))
-    caption = (f"Test top-1 accuracy (%) at {SELECTIONS[select][2]}, mean ± sample std over seeds (n). "
+    caption = (f"Test top-1 accuracy (%) at {SELECTIONS[select][2]}, mean ± sample std over seeds (n); "
+               "'k diverged': seeds whose loss became non-finite (their runs FAILED), not in n. "
                f"Recipe(s): {', '.join(recipes)}, {', '.join(epochs)} epochs. "
                f"Paper numbers are references from {suite_spec.source}, converted to accuracy where the paper "
                f"reports error; Δ = ours − paper (z: Δ in units of our std); * marks a paper number outside "

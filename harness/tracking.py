@@ -11,6 +11,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import pandas as pd
+
 from harness.errors import UserError
 
 EXPERIMENT = "kd-harness"
@@ -32,8 +34,10 @@ def default_tracking_uri(home: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
 
 
-def finished_student_runs(uri: str):
-    """Every FINISHED student run of the store as mlflow.search_runs' DataFrame (read only)."""
+def student_results(uri: str):
+    """Every FINISHED student run of the store, and every one that diverged (FAILED with a non-finite
+    loss: a result of its recipe too), as mlflow.search_runs' DataFrame (read only); the column
+    `diverged` tells them apart."""
     import mlflow
 
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
@@ -42,8 +46,12 @@ def finished_student_runs(uri: str):
         found = mlflow.get_experiment_by_name(EXPERIMENT)
         if found is None:
             raise UserError(f"the store {uri} has no kd-harness runs")
-        return mlflow.search_runs([found.experiment_id], output_format="pandas",
-                                  filter_string="tags.role = 'student' and attributes.status = 'FINISHED'")
+        finished, diverged = (mlflow.search_runs([found.experiment_id], output_format="pandas", filter_string=f)
+                              for f in ("tags.role = 'student' and attributes.status = 'FINISHED'",
+                                        "tags.role = 'student' and attributes.status = 'FAILED' "
+                                        "and tags.failure = 'non_finite_loss'"))
+    frames = [frame.assign(diverged=flag) for frame, flag in ((finished, False), (diverged, True)) if not frame.empty]
+    return pd.concat(frames, ignore_index=True) if frames else finished.assign(diverged=False)
 
 
 def metric_histories(uri: str, run_ids: list[str], key: str) -> dict[str, list]:

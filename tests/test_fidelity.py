@@ -275,13 +275,46 @@ def test_holm_adjustment_golden_values():
     assert aud.holm(pd.Series([0.6, 0.7])).tolist() == [1.0, 1.0]
 
 
+def _log_failed(client, experiment, cell, seed, failure):
+    run = client.create_run(experiment, tags={"role": "student", "cell": cell, "seed": str(seed), "smoke": "False",
+                                              "failure": failure, "failure_term": "lpl", "failure_epoch": "3"})
+    for k, v in {"recipe_name": "digits", "recipe.epochs": "3", "env.device_name": "test-cpu",
+                 "env.git_commit": "abcdef0123456789", "env.device": "cpu", "env.torch": "2.14.1"}.items():
+        client.log_param(run.info.run_id, k, v)
+    client.set_terminated(run.info.run_id, "FAILED")
+
+
+def test_diverged_runs_are_a_result_not_a_missing_cell(claims_store, tmp_path):
+    """Seeds whose loss became non-finite (FAILED, failure=non_finite_loss) show as diverged in the
+    report and the audit; other failures stay out."""
+    uri, path = claims_store
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("kd-harness").experiment_id
+    for seed in (0, 1):
+        _log_failed(client, experiment, NST, seed, "non_finite_loss")  # every NST seed diverged
+    _log_failed(client, experiment, FITNET, 1, "non_finite_loss")  # FitNet: seed 0 finished, seed 1 diverged
+    _log_failed(client, experiment, BASE, 3, "out_of_memory")  # not a result of the recipe: left out
+    spec = load_spec(path)
+    table = aud.audit(spec, uri, ["claims_test"]).table.set_index("claim")
+    assert table.loc["at > nst_poly", "verdict"] == "diverged" and table.loc["at > nst_poly", "ours_than"] == "diverged (2)"
+    assert table.loc["at > fitnet", "ours_than"] == "93.00 (1); 1 diverged"
+    assert table.loc["at > fitnet", "verdict"] == "inconclusive"
+    assert table.loc["kd > baseline", "ours_than"] == "90.00 ± 0.50 (3)"  # the out-of-memory run is not counted
+    report = rep.build(spec, uri, "claims_test", None, "last")
+    detail = report.detail.set_index("cell")
+    assert (detail.loc[NST, "n"], detail.loc[NST, "diverged"]) == (0, 2)
+    assert "diverged (2)" in render.render(report, "md")
+    runs_md = render.provenance(report, "harness report --suite claims_test")
+    assert runs_md.count("diverged: lpl non-finite at epoch 3") == 3
+
+
 def test_audit_command_writes_markdown(claims_store, tmp_path, monkeypatch):
     uri, path = claims_store
     out = tmp_path / "CLAIMS.md"
     assert main(["--spec", str(path), "--tracking-uri", uri, "audit", "--suite", "claims_test", "--out", str(out)]) == 0
     text = out.read_text()
     assert "**confirmed**" in text and "**refuted**" in text and "**not run**" in text
-    assert "Verdicts: confirmed 2, refuted 1, inconclusive 2, not run 1 (of 6)" in text
+    assert "Verdicts: confirmed 2, refuted 1, inconclusive 2, diverged 0, not run 1 (of 6)" in text
     assert "After Holm's correction within each suite: confirmed 2, refuted 1." in text
     assert "## Runs used" in text
 
