@@ -20,7 +20,7 @@ import pandas as pd
 from harness.errors import UserError
 from harness.schema import SuiteSpec
 from harness.spec import Spec
-from harness.tracking import student_results, metric_histories
+from harness.tracking import finished_teacher_runs, metric_histories, student_results
 
 SELECTIONS = {"last": ("test_top1_last", "test_top5_last", "last epoch"),
               "best-val": ("test_top1_best_val", "test_top5_best_val", "the epoch of best validation accuracy")}
@@ -237,6 +237,24 @@ def curves(tracking_uri: str, runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
+def teacher_notes(tracking_uri: str, runs: pd.DataFrame) -> list[str]:
+    """One line per teacher the shown students learned from: what it is, its test top-1, its run."""
+    column = runs["params.teacher.key"] if "params.teacher.key" in runs else pd.Series(dtype=str)
+    keys = sorted({key for value in column.dropna() for key in str(value).split("+") if key})
+    found = finished_teacher_runs(tracking_uri, keys) if keys else {}
+    notes = []
+    for key in keys:
+        run = found.get(key)
+        if run is None:
+            notes.append(f"teacher {key}: no finished run in this store (its file was trained elsewhere)")
+            continue
+        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+        notes.append(f"teacher {tags.get('dataset')}/{tags.get('model')} seed {tags.get('seed')}, "
+                     f"{params.get('recipe.epochs')} epochs: {metrics.get('test_top1_last', math.nan):.2f}% test "
+                     f"top-1 (MLflow run {run.info.run_id})")
+    return notes
+
+
 def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | None, select: str,
           include_smoke: bool = False, departures: str | None = None) -> Report:
     if suite is not None:
@@ -263,5 +281,6 @@ def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | N
                "s/epoch figure from runs that shared the machine (1-min load average above the run's own threads, "
                f"at most the core count, + {LOAD_MARGIN}): not a cost figure. "
                f"Hardware: {', '.join(devices)}. Commit(s): {', '.join(commits)}.")
-    notes = [f"departure from the paper: {d}" for d in suite_spec.departures] + notes
+    notes = ([f"departure from the paper: {d}" for d in suite_spec.departures] + teacher_notes(tracking_uri, runs)
+             + notes)
     return Report(suite_spec.title, caption, paper_table(detail), detail, runs, curves(tracking_uri, runs), notes)

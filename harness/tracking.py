@@ -54,6 +54,17 @@ def student_results(uri: str):
     return pd.concat(frames, ignore_index=True) if frames else finished.assign(diverged=False)
 
 
+def finished_teacher_runs(uri: str, keys: list[str]) -> dict:
+    """run key -> the FINISHED teacher run (mlflow Run) of each of `keys` this store has."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([found.experiment_id], max_results=5000,
+                              filter_string="tags.role = 'teacher' and attributes.status = 'FINISHED'")
+    return {r.data.tags["run_key"]: r for r in runs if r.data.tags.get("run_key") in keys}
+
+
 def metric_histories(uri: str, run_ids: list[str], key: str) -> dict[str, list]:
     """Each run's logged values of metric `key`, by run id."""
     from mlflow.tracking import MlflowClient

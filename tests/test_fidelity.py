@@ -308,6 +308,23 @@ def test_diverged_runs_are_a_result_not_a_missing_cell(claims_store, tmp_path):
     assert runs_md.count("diverged: lpl non-finite at epoch 3") == 3
 
 
+def test_report_names_the_teachers_its_students_learned_from(home):
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    home.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("kd-harness")
+    teacher = client.create_run(experiment, tags={"role": "teacher", "run_key": "tkey0001", "dataset": "digits",
+                                                  "model": "resnet20", "seed": "0"})
+    client.log_param(teacher.info.run_id, "recipe.epochs", "7")
+    client.log_metric(teacher.info.run_id, "test_top1_last", 97.5)
+    client.set_terminated(teacher.info.run_id, "FINISHED")
+    _log_runs(client, experiment, KD, [95.0, 95.5], params={"teacher.key": "tkey0001"})
+    _log_runs(client, experiment, NST, [94.0], params={"teacher.key": "tkey0002"})
+    notes = rep.build(SPEC, uri, None, [KD, NST, BASE], "last").notes
+    assert f"teacher digits/resnet20 seed 0, 7 epochs: 97.50% test top-1 (MLflow run {teacher.info.run_id})" in notes
+    assert "teacher tkey0002: no finished run in this store (its file was trained elsewhere)" in notes
+
+
 def test_audit_command_writes_markdown(claims_store, tmp_path, monkeypatch):
     uri, path = claims_store
     out = tmp_path / "CLAIMS.md"
