@@ -91,14 +91,15 @@ def _summary(values: pd.Series, diverged: int) -> str:
 
 
 def audit(spec: Spec, tracking_uri: str, suites: list[str], select: str = "last",
-          include_smoke: bool = False) -> Audit:
+          include_smoke: bool = False, departures: str | None = None) -> Audit:
     comparisons = [(name, claim, better, worse) for name in suites for claim in spec.suites[name].claims
                    for better, worse in claim.pairs()]
     refs = {key: value for name in suites for key, value in references(spec.suites[name]).items()}
     loaded, notes = {}, []
     for name in suites:  # each suite (one paper table) at one recipe setting, chosen as the report does
         cells = sorted({c for suite, _, better, worse in comparisons if suite == name for c in (better, worse)})
-        loaded[name], suite_notes = load_runs(tracking_uri, cells, include_smoke) if cells else (pd.DataFrame(), [])
+        loaded[name], suite_notes = load_runs(tracking_uri, cells, include_smoke, departures) if cells \
+            else (pd.DataFrame(), [])
         notes += [f"{name}: {n}" for n in suite_notes]
     rows = []
     for suite, claim, better, worse in comparisons:

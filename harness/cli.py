@@ -136,6 +136,8 @@ def build_parser() -> Parser:
                    help="test accuracy at the last epoch (default) or at the best validation epoch")
     p.add_argument("--out", help="write the Markdown audit to this file")
     p.add_argument("--include-smoke", action="store_true", help="count --smoke runs too")
+    p.add_argument("--departures", metavar="'none'|'epochs=N teacher_epochs=M'",
+                   help="with --suite: audit the runs at this recipe setting (default: per suite, the report's rule)")
 
     p = sub.add_parser("ui", help="start the MLflow UI on the runs store (127.0.0.1)")
     p.add_argument("--port", type=int, default=5000)

@@ -245,6 +245,8 @@ def command_audit(args, spec, tracking_uri: str) -> int:
     from harness import audit
 
     suites = args.suite or [name for name, suite in spec.suites.items() if suite.claims]
+    if args.departures is not None and not args.suite:
+        raise UserError("--departures needs --suite: a recipe setting belongs to the suites that ran it")
     for name in suites:
         require_known(name, spec.suites, "suite")
         if not spec.suites[name].claims:
@@ -252,7 +254,7 @@ def command_audit(args, spec, tracking_uri: str) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and not out.parent.is_dir():
         raise UserError(f"cannot write {out}: {out.parent} is not a directory")
-    result = audit.audit(spec, tracking_uri, suites, args.select, args.include_smoke)
+    result = audit.audit(spec, tracking_uri, suites, args.select, args.include_smoke, args.departures)
     command = "harness " + " ".join(sys.argv[1:])
     text = audit.render_markdown(result, "Claims audit", audit.caption(result, args.select, command))
     if out is None:

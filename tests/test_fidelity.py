@@ -325,6 +325,21 @@ def test_report_names_the_teachers_its_students_learned_from(home):
     assert "teacher tkey0002: no finished run in this store (its file was trained elsewhere)" in notes
 
 
+def test_audit_at_a_named_recipe_setting(claims_store, capsys):
+    uri, path = claims_store
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("kd-harness").experiment_id
+    _log_runs(client, experiment, BASE, [95.0, 95.2], tags={"config_key": "b2", "overrides": "epochs=2"})
+    _log_runs(client, experiment, KD, [80.0, 80.4], tags={"config_key": "k2", "overrides": "epochs=2"})
+    spec = load_spec(path)
+    assert aud.audit(spec, uri, ["claims_test"]).table.set_index("claim").loc["kd > baseline", "verdict"] == "confirmed"
+    short = aud.audit(spec, uri, ["claims_test"], departures="epochs=2").table.set_index("claim")
+    assert short.loc["kd > baseline", "verdict"] == "refuted" and short.loc["kd > baseline", "diff"] == pytest.approx(-14.9)
+    capsys.readouterr()
+    assert main(["--spec", str(path), "--tracking-uri", uri, "audit", "--departures", "epochs=2"]) == 2
+    assert "--departures needs --suite" in capsys.readouterr().err
+
+
 def test_audit_command_writes_markdown(claims_store, tmp_path, monkeypatch):
     uri, path = claims_store
     out = tmp_path / "CLAIMS.md"
