@@ -34,6 +34,12 @@ def default_tracking_uri(home: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
 
 
+# a finished run's summary metrics, which readers of student_results may ask of every row (a diverged
+# run logged none of them: its columns are NaN, and exist even when no shown run finished)
+SUMMARY_METRICS = ("test_top1_last", "test_top5_last", "test_top1_best_val", "test_top5_best_val", "wall_seconds",
+                   "mean_epoch_seconds", "peak_memory_mb", "extra_parameters", "student_parameters")
+
+
 def student_results(uri: str):
     """Every FINISHED student run of the store, and every one that diverged (FAILED with a non-finite
     loss: a result of its recipe too), as mlflow.search_runs' DataFrame (read only); the column
@@ -51,7 +57,8 @@ def student_results(uri: str):
                                         "tags.role = 'student' and attributes.status = 'FAILED' "
                                         "and tags.failure = 'non_finite_loss'"))
     frames = [frame.assign(diverged=flag) for frame, flag in ((finished, False), (diverged, True)) if not frame.empty]
-    return pd.concat(frames, ignore_index=True) if frames else finished.assign(diverged=False)
+    runs = pd.concat(frames, ignore_index=True) if frames else finished.assign(diverged=False)
+    return runs.assign(**{f"metrics.{m}": float("nan") for m in SUMMARY_METRICS if f"metrics.{m}" not in runs})
 
 
 def finished_teacher_runs(uri: str, keys: list[str]) -> dict:

@@ -340,6 +340,24 @@ def test_audit_at_a_named_recipe_setting(claims_store, capsys):
     assert "--departures needs --suite" in capsys.readouterr().err
 
 
+def test_a_store_whose_runs_all_diverged_still_renders(home, tmp_path):
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    home.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("kd-harness")
+    _log_failed(client, experiment, KD, 0, "non_finite_loss")
+    report = rep.build(SPEC, uri, None, [KD, BASE], "last")
+    assert "diverged (1)" in render.render(report, "md")
+    assert "diverged: lpl non-finite at epoch 3" in render.provenance(report, "harness report")
+    raw = yaml.safe_load(DEFAULT_SPEC.read_text())
+    raw["suites"]["claims_test"] = {"title": "Claims", "source": "Test", "cells": [BASE, KD],
+                                    "claims": [{"better": KD, "than": BASE, "source": "T"}]}
+    path = tmp_path / "benchmarks.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    row = aud.audit(load_spec(path), uri, ["claims_test"]).table.iloc[0]
+    assert (row["ours_better"], row["verdict"]) == ("diverged (1)", "not run")  # the student side never ran
+
+
 def test_audit_command_writes_markdown(claims_store, tmp_path, monkeypatch):
     uri, path = claims_store
     out = tmp_path / "CLAIMS.md"
