@@ -98,7 +98,7 @@ def audit(spec: Spec, tracking_uri: str, suites: list[str], select: str = "last"
     loaded, notes = {}, []
     for name in suites:  # each suite (one paper table) at one recipe setting, chosen as the report does
         cells = sorted({c for suite, _, better, worse in comparisons if suite == name for c in (better, worse)})
-        loaded[name], suite_notes = load_runs(tracking_uri, cells, include_smoke, departures) if cells \
+        loaded[name], suite_notes = load_runs(tracking_uri, cells, include_smoke, departures, name) if cells \
             else (pd.DataFrame(), [])
         notes += [f"{name}: {n}" for n in suite_notes]
     rows = []

@@ -60,7 +60,7 @@ def parse_setting(text: str) -> str:
 
 
 def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False,
-              departures: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+              departures: str | None = None, suite: str | None = None) -> tuple[pd.DataFrame, list[str]]:
     """FINISHED student runs of `cells` at one recipe setting, one configuration per cell, the latest
     run per seed; and a note for each group of runs left out.
 
@@ -68,7 +68,8 @@ def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False,
     default) are different configurations and are never averaged together. Cells are compared with
     each other only at one recipe setting (RECIPE_DEPARTURES): `departures` ('none' for the recipe as
     stated) or else the setting that covers the most cells, then the recipe as stated, then the most
-    runs. Per cell the report takes the configuration without user overrides if there is one, then
+    runs. Per cell the report takes the configuration run under `suite` (whose overrides may set the
+    cell apart from its defaults), then one run under no suite, then one without user overrides, then
     the one with the most seeds, then the most recent."""
     runs = student_results(tracking_uri)
     if runs.empty:
@@ -105,7 +106,8 @@ def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False,
     chosen = []
     for cell, group in runs.groupby("tags.cell", sort=False):
         ranked = sorted(group.groupby("configuration"), key=lambda item: (
-            item[1]["overrides"].iloc[0] != "", -item[1]["tags.seed"].nunique(), -item[1]["start_time"].max().value))
+            suite_rank(item[1], suite), item[1]["overrides"].iloc[0] != "", -item[1]["tags.seed"].nunique(),
+            -item[1]["start_time"].max().value))
         keep = ranked[0][1]
         chosen.append(keep.sort_values("start_time").groupby("tags.seed").tail(1))
         if len(ranked) > 1:
@@ -117,6 +119,13 @@ def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False,
                          + (f", {keep['overrides'].iloc[0]}" if keep["overrides"].iloc[0] else "")
                          + f"); left out: {others}")
     return pd.concat(chosen), notes
+
+
+def suite_rank(runs: pd.DataFrame, suite: str | None) -> int:
+    """0: some run was made for `suite`; 1: some under no suite (the cell's own defaults); 2: only for
+    other suites, whose overrides may differ from this one's."""
+    tagged = set(runs["tags.suite"].fillna("")) if "tags.suite" in runs else {""}
+    return 0 if suite in tagged else 1 if "" in tagged else 2
 
 
 IGNORED_PARAMS = ("params.env.", "params.teacher.path", "params.seed")
@@ -262,7 +271,7 @@ def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | N
         cells = suite_spec.cells
     else:
         suite_spec = SuiteSpec(title="Selected cells", source="kd-harness", cells=cells)
-    runs, notes = load_runs(tracking_uri, cells, include_smoke, departures)
+    runs, notes = load_runs(tracking_uri, cells, include_smoke, departures, suite)
     if runs.empty:
         hint = f" ({notes[0]})" if notes else ""
         raise UserError(f"no finished runs for {'suite ' + suite if suite else 'these cells'} in {tracking_uri}"

@@ -402,6 +402,24 @@ def test_report_never_mixes_configurations(home, tmp_path):
     assert "kd.tau=3" in render.render(result, "md")
 
 
+def test_a_suites_report_takes_the_configuration_run_for_it(home):
+    """A suite whose overrides set a cell apart (lpl_table3_sigma10) beside the cell's defaults: each
+    suite's report and audit shows its own configuration, whichever has more seeds or is newer."""
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    home.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("kd-harness")
+    _log_runs(client, experiment, KD, [50.0], tags={"config_key": "defaults", "overrides": "", "suite": ""})
+    _log_runs(client, experiment, KD, [70.0, 71.0], tags={"config_key": "variant", "overrides": "", "suite": "v"})
+    _log_runs(client, experiment, BASE, [40.0], tags={"config_key": "base", "overrides": "", "suite": ""})
+    top1 = {suite: rep.load_runs(uri, [KD, BASE], suite=suite)[0].groupby("tags.cell")["metrics.test_top1_last"].mean()
+            for suite in (None, "other", "v")}
+    assert top1[None][KD] == top1["other"][KD] == 50.0 and top1["v"][KD] == pytest.approx(70.5)
+    assert top1[None][BASE] == top1["v"][BASE] == 40.0  # a cell the suite leaves alone: its default runs
+    assert rep.suite_rank(pd.DataFrame({"tags.suite": ["other"]}), "v") == 2
+    assert SPEC.suites["lpl_table3_sigma10"].overrides == {"lpl": {"sigma": 10.0}}
+
+
 def test_cells_are_compared_at_one_recipe_setting(home, capsys):
     """A shortened run (--epochs 2) of every cell and the recipe's own epochs for some: the table never
     puts one cell's shortened runs beside another's full ones."""
