@@ -111,14 +111,19 @@ def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False,
         keep = ranked[0][1]
         chosen.append(keep.sort_values("start_time").groupby("tags.seed").tail(1))
         if len(ranked) > 1:
-            others = "; ".join(f"{key[:8]} ({g['tags.seed'].nunique()} seeds"
-                               + (f", {g['overrides'].iloc[0]}" if g["overrides"].iloc[0] else "") + ")"
-                               for key, g in ranked[1:])
-            notes.append(f"{cell}: {len(ranked)} configurations in the store; shown {ranked[0][0][:8]} "
-                         f"({keep['tags.seed'].nunique()} seeds"
-                         + (f", {keep['overrides'].iloc[0]}" if keep["overrides"].iloc[0] else "")
-                         + f"); left out: {others}")
+            others = "; ".join(describe_configuration(key, g) for key, g in ranked[1:])
+            notes.append(f"{cell}: {len(ranked)} configurations in the store; shown "
+                         f"{describe_configuration(ranked[0][0], keep)}; left out: {others}")
     return pd.concat(chosen), notes
+
+
+def describe_configuration(key: str, runs: pd.DataFrame) -> str:
+    """'1814d8f1 (2 seeds, suite lpl_table3_sigma10)': the key, its seeds, its overrides and suites."""
+    suites = sorted(set(runs["tags.suite"].fillna("")) - {""}) if "tags.suite" in runs else []
+    overrides = runs["overrides"].iloc[0]
+    extra = ([overrides] if overrides else []) + [f"suite {s}" for s in suites]
+    seeds = f"{runs['tags.seed'].nunique()} seeds"
+    return f"{key[:8]} ({', '.join([seeds] + extra)})"
 
 
 def suite_rank(runs: pd.DataFrame, suite: str | None) -> int:

@@ -416,6 +416,7 @@ def test_a_suites_report_takes_the_configuration_run_for_it(home):
             for suite in (None, "other", "v")}
     assert top1[None][KD] == top1["other"][KD] == 50.0 and top1["v"][KD] == pytest.approx(70.5)
     assert top1[None][BASE] == top1["v"][BASE] == 40.0  # a cell the suite leaves alone: its default runs
+    assert any("left out: variant (2 seeds, suite v)" in n for n in rep.load_runs(uri, [KD, BASE])[1])
     assert rep.suite_rank(pd.DataFrame({"tags.suite": ["other"]}), "v") == 2
     assert SPEC.suites["lpl_table3_sigma10"].overrides == {"lpl": {"sigma": 10.0}}
 
