@@ -20,8 +20,9 @@ import torch.nn.functional as F
 
 from harness.cells import Cell
 from harness.data import Batches
-from harness.engine import autocast, build_optimizer
+from harness.engine import autocast, build_optimizer, configure_determinism
 from harness.options import RunOptions
+from harness.plan import deterministic
 from harness.provenance import environment_params
 from harness.runner import Runner
 from harness.workshare import until_free
@@ -63,6 +64,8 @@ def bench(runner: Runner, dataset: str, pair: str, methods: list[str], opts: Run
         cell = runner.spec.cell(f"{dataset}/{pair}/{method}")
         plan = runner.plan(cell, dataclasses.replace(opts, seed=0, progress=False))
         recipe, device, objective = plan.recipe, plan.device, plan.objective
+        # the numerics a run of this plan trains under (cuDNN autotuning and determinism, TF32)
+        configure_determinism(deterministic(plan.opts, device), device, plan.opts.tf32)
         if batch_size is not None:
             recipe = plan.recipe = recipe.model_copy(update={"batch_size": batch_size})
         if objective.needs_teacher and teacher is None:
@@ -86,6 +89,8 @@ def bench(runner: Runner, dataset: str, pair: str, methods: list[str], opts: Run
     frame["vs_kd"] = frame.ms_per_step / harness_kd
     frame.attrs["harness_over_bare"] = harness_kd / bare_kd
     frame.attrs["profiles"] = profiles
+    frame.attrs["device"] = str(device)
+    frame.attrs["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return frame
 
 

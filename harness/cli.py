@@ -176,15 +176,18 @@ def main(argv: list[str] | None = None) -> int:
             return commands.command_audit(args, spec, tracking_uri)
         from harness import distributed
 
-        context = distributed.from_environment()
-        if context.enabled and args.command not in ("run", "teacher"):
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command not in ("run", "teacher"):
             raise UserError(f"torchrun runs `harness run` and `harness teacher`, not `harness {args.command}`")
+        context = distributed.from_environment(getattr(args, "device", "auto"))
         if not context.is_main:  # rank 0 speaks for all
             sys.stdout = open(os.devnull, "w")
         runner = Runner(spec, home, tracking_uri, context)
         training = {"run": commands.command_run, "teacher": commands.command_teacher,
                     "sweep": commands.command_sweep, "bench": commands.command_bench, "perf": commands.command_perf}
-        return training[args.command](args, spec, runner)
+        try:
+            return training[args.command](args, spec, runner)
+        finally:
+            distributed.shutdown()
     except UserError as e:
         print(f"harness: error: {e}", file=sys.stderr)
         return 2

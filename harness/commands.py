@@ -195,8 +195,11 @@ def command_bench(args, spec, runner) -> int:
     table = bench(runner, args.dataset, args.pair, args.methods, _options(args), args.steps, args.warmup,
                   args.profile, args.batch_size)
     shown = speed_features()
-    print(f"CPU: {cpu_name()}; features: {' '.join(shown) or 'unknown'}; native bf16: "
-          f"{'yes' if set(shown) & set(NATIVE_BF16_FLAGS) else 'no (bf16 autocast is emulated: slow)'}")
+    if table.attrs["device"].startswith("cuda"):  # bf16 emulation is a CPU matter
+        print(f"GPU: {table.attrs['device_name']}")
+    else:
+        print(f"CPU: {cpu_name()}; features: {' '.join(shown) or 'unknown'}; native bf16: "
+              f"{'yes' if set(shown) & set(NATIVE_BF16_FLAGS) else 'no (bf16 autocast is emulated: slow)'}")
     options = f"amp={args.amp}, channels_last={args.channels_last}, compile={args.compile}, device={args.device}"
     print(f"{args.dataset}/{args.pair}, {options}: harness kd step / bare kd loop = "
           f"{table.attrs['harness_over_bare']:.3f}")

@@ -121,13 +121,15 @@ class Batches:
         return normalise(images, self.pixel_max, self.stats)
 
     def epoch_plan(self, batch_size: int, generator: torch.Generator) -> dict:
-        """Everything random about one training epoch, drawn at once from `generator`."""
+        """Everything random about one training epoch, drawn at once from `generator` (on the CPU,
+        so that every device draws the same plan) and moved to the device once: the steps then
+        slice it there, with no host-to-device copy per batch."""
         n = len(self.splits["train"])
-        plan = {"order": torch.randperm(n, generator=generator), "batch_size": batch_size}
+        plan = {"order": torch.randperm(n, generator=generator)}
         if self.augment == "crop_flip":
             plan["offsets"] = torch.randint(0, 2 * CROP_PADDING + 1, (n, 2), generator=generator)
             plan["flips"] = torch.rand(n, generator=generator) < 0.5
-        return plan
+        return {k: v.to(self.device, non_blocking=True) for k, v in plan.items()} | {"batch_size": batch_size}
 
     @staticmethod
     def steps(plan: dict) -> int:
@@ -142,15 +144,15 @@ class Batches:
 
     def batch_indices(self, plan: dict, step: int) -> torch.Tensor:
         """Positions in the training split of this shard's images of batch `step`."""
-        return plan["order"][self._slice(plan, step)].to(self.device)
+        return plan["order"][self._slice(plan, step)]
 
     def train_batch(self, plan: dict, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         sl = self._slice(plan, step)
-        idx = plan["order"][sl].to(self.device)
+        idx = plan["order"][sl]
         split = self.splits["train"]
         images, labels = split.images[idx], split.labels[idx]
         if self.augment == "crop_flip":
-            images = crop_flip(images, plan["offsets"][sl].to(self.device), plan["flips"][sl].to(self.device))
+            images = crop_flip(images, plan["offsets"][sl], plan["flips"][sl])
         return self._normalise(images), labels
 
     def eval_batches(self, split: str, batch_size: int):

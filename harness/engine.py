@@ -28,15 +28,10 @@ from harness import distributed
 from harness.checkpoint import CheckpointStore
 from harness.data import Batches
 from harness.models import count_parameters, extract_features
+from harness.monitor import GUARD_EVERY, FiniteGuard, MethodFailed, NonFiniteLoss, Stopwatch
 from harness.options import RunOptions
 from harness.schema import RecipeSpec
 from methods import MAIN_PHASE, Objective
-
-
-class NonFiniteLoss(Exception):
-    def __init__(self, epoch: int, step: int, term: str, value: float):
-        self.epoch, self.step, self.term, self.value = epoch, step, term, value
-        super().__init__(f"loss term {term!r} became {value} at epoch {epoch}, step {step}")
 
 
 class Interrupted(Exception):
@@ -62,12 +57,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def configure_determinism(enabled: bool, device: torch.device) -> None:
+def configure_determinism(enabled: bool, device: torch.device, tf32: bool = False) -> None:
+    """The numerics switches a run (and `harness bench`) trains under. TF32 is off unless asked for
+    (`--tf32`): PyTorch's own defaults differ between matmuls (off) and cuDNN convolutions (on)."""
     if enabled and device.type == "cuda":  # cuBLAS needs this for deterministic matmuls
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(enabled, warn_only=device.type == "cuda")
     torch.backends.cudnn.benchmark = not enabled
     torch.backends.cudnn.deterministic = enabled
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
 
 
 def build_optimizer(recipe: RecipeSpec, params) -> torch.optim.Optimizer:
@@ -94,15 +93,16 @@ def lr_factor(recipe: RecipeSpec, epoch: int) -> float:
 def evaluate(model: nn.Module, batches: Batches, split: str, batch_size: int, amp: str) -> tuple[float, float]:
     """Top-1 and top-5 accuracy (percent) of `model` on a split."""
     model.eval()
-    correct1 = correct5 = total = 0
+    hits1 = hits5 = total = 0  # counts stay on the device until the split is done: one host read
     for x, y in batches.eval_batches(split, batch_size):
         with autocast(x.device, amp):
             logits = model(x)
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top == y[:, None]
-        correct1 += hits[:, 0].sum().item()
-        correct5 += hits.any(dim=1).sum().item()
+        hits1 = hits1 + hits[:, 0].sum()
+        hits5 = hits5 + hits.any(dim=1).sum()
         total += len(y)
+    correct1, correct5 = torch.stack([hits1, hits5]).tolist()
     return 100.0 * correct1 / total, 100.0 * correct5 / total
 
 
@@ -168,9 +168,22 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def as_fp32(value):
+    """Every floating tensor of a feature tree (dicts, lists) in fp32; other values as they are."""
+    if isinstance(value, dict):
+        return {k: as_fp32(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(as_fp32(v) for v in value)
+    return value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+
 class StudentStep(nn.Module):
     """The student's forward and the objective's loss terms as one module: what DistributedDataParallel
-    wraps, so that the gradients of the student and of the method's own parameters are both averaged."""
+    wraps, so that the gradients of the student and of the method's own parameters are both averaged.
+
+    Autocast covers the networks, never a method's arithmetic: the objective runs with autocast off
+    on fp32 copies of the features (bf16 distances and Gram matrices lose the small differences the
+    losses measure, fp16 overflows past 65,504, and solvers such as eigh have no half kernels)."""
 
     def __init__(self, student: nn.Module, objective: Objective, extract: Callable, stages: list[int]):
         super().__init__()
@@ -178,7 +191,9 @@ class StudentStep(nn.Module):
 
     def forward(self, x, teacher_features, y, phase: str):
         features = self.extract(self.student, x, self.objective.student_features, self.stages)
-        return self.objective(features, teacher_features, y, phase), features["logits"]
+        with torch.autocast(x.device.type, enabled=False):
+            losses = self.objective(as_fp32(features), as_fp32(teacher_features), y, phase)
+        return losses, features["logits"]
 
 
 class Trainer:
@@ -191,6 +206,8 @@ class Trainer:
         feature dicts, one per teacher, in this order.
         teacher_cache: the teachers' features for every training image, as an earlier Trainer of the
         same cell and data computed them (`config.options.teacher_cache`; a sweep's trials share one)."""
+        if context.enabled and config.options.sync_bn:  # before any optimizer sees the batch-norm parameters
+            nn.SyncBatchNorm.convert_sync_batchnorm(student)
         self.teachers = [] if teacher is None else list(teacher) if isinstance(teacher, list) else [teacher]
         if objective.needs_teacher and not self.teachers:
             raise ValueError("this objective reads teacher features but no teacher was given")
@@ -219,14 +236,16 @@ class Trainer:
                 model.to(memory_format=torch.channels_last)
         self.step_module = StudentStep(student, objective, self.extract, config.student_stages)
         if context.enabled:  # a pre-phase (hint training) leaves some parameters unused
+            # broadcast_buffers off: each rank keeps its own batch-norm statistics (distributed.py)
             self.step_module = nn.parallel.DistributedDataParallel(
                 self.step_module, device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=len(self.phases) > 1)
+                find_unused_parameters=len(self.phases) > 1, broadcast_buffers=False)
         self.history: list[dict] = []
         self.epoch, self.step = 0, 0
         self.epoch_start_generator: torch.Tensor | None = None
         self.partial: dict = {}
-        self.teacher_seconds = 0.0  # the teachers' forward time in the current epoch
+        self.teacher_clock = Stopwatch(device)  # the teachers' forward time in the current epoch
+        self.guard = FiniteGuard(device)  # the current epoch's first non-finite step
         self.resumed = False
         self.meta: dict = {}  # stored with every checkpoint (the runner puts the MLflow run id here)
 
@@ -240,7 +259,8 @@ class Trainer:
             "grad_scaler": self.scaler.state_dict(),
             "epoch_start_generator": self.epoch_start_generator,
             "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            # the training device's generator only: a run resumes on a machine with fewer GPUs
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "python_rng": random.getstate(),
             "numpy_rng": _plain(np.random.get_state(legacy=False)),
             "history": self.history, "partial": self.partial, "meta": self.meta,
@@ -258,8 +278,8 @@ class Trainer:
             self.scaler.load_state_dict(state["grad_scaler"])
         self.epoch_start_generator = state["epoch_start_generator"]
         torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"]:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if isinstance(state["cuda_rng"], torch.Tensor) and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         random.setstate(_as_tuple(state["python_rng"]))
         numpy_state = dict(state["numpy_rng"])
         numpy_state["state"] = dict(numpy_state["state"], key=np.asarray(numpy_state["state"]["key"], np.uint32))
@@ -315,7 +335,8 @@ class Trainer:
     def _train_epoch(self, bar) -> None:
         epoch_started = time.perf_counter() - self.partial.get("seconds", 0.0)
         cpu_started = time.process_time() - self.partial.get("cpu_seconds", 0.0)
-        self.teacher_seconds = self.partial.get("teacher_seconds", 0.0)
+        self.teacher_clock = Stopwatch(self.device, self.partial.get("teacher_seconds", 0.0))
+        self.guard = FiniteGuard(self.device)
         self.generator.set_state(self.epoch_start_generator)
         plan = self.batches.epoch_plan(self.recipe.batch_size, self.generator)
         phase_index, phase, phase_start = self.phase_at(self.epoch)
@@ -336,24 +357,23 @@ class Trainer:
         self.student.train()
         for teacher in self.teachers:
             teacher.eval()
-        for step in range(self.step, Batches.steps(plan)):
+        n_steps = Batches.steps(plan)
+        for step in range(self.step, n_steps):
             indices = self.batches.batch_indices(plan, step) if self.teacher_cache is not None else None
-            losses, batch_correct, stop = self.train_step(*self.batches.train_batch(plan, step), step, phase,
-                                                           indices)
+            losses, batch_correct = self.train_step(*self.batches.train_batch(plan, step), step, phase, indices)
             for term, value in losses.items():
                 sums[term] = sums.get(term, 0) + value.detach().float()
             correct += batch_correct
             self.step = step + 1
             bar.update(1)
-            if stop and self.step < Batches.steps(plan):
+            if self._look_now(step, n_steps) and self._guard_says_stop() and self.step < n_steps:
                 all_sums, all_correct = self._over_ranks(sums, correct)
                 self.partial = {"sums": {k: v.item() for k, v in all_sums.items()}, "correct": all_correct.item(),
                                 "seconds": time.perf_counter() - epoch_started,
                                 "cpu_seconds": time.process_time() - cpu_started,
-                                "teacher_seconds": self.teacher_seconds}
+                                "teacher_seconds": self.teacher_clock.seconds()}
                 self._save()
                 raise Interrupted(f"stopped at epoch {self.epoch}, step {self.step}; checkpoint written")
-        n_steps = Batches.steps(plan)
         if self.context.enabled:  # losses: mean over ranks; correct: summed over the global batch
             sums, correct = self._over_ranks(sums, correct)
             sums = {k: v / self.context.world_size for k, v in sums.items()}
@@ -369,7 +389,7 @@ class Trainer:
         metrics["epoch_cpu_seconds"] = time.process_time() - cpu_started
         metrics["load_1m"] = machine_load()
         if self.teachers and self.teacher_cache is None:  # the teachers' share of the epoch
-            metrics["epoch_teacher_seconds"] = self.teacher_seconds
+            metrics["epoch_teacher_seconds"] = self.teacher_clock.seconds()
         metrics["epoch"] = self.epoch
         metrics["phase"] = phase_index
         bar.set_postfix(epoch=self.epoch, **{s: f"{metrics[f'{s}/top1']:.2f}" for s in self.eval_splits})
@@ -379,6 +399,24 @@ class Trainer:
         self.partial = {}
         self._save()
         self.log(metrics, self.epoch - 1)
+
+    def _look_now(self, step: int, n_steps: int) -> bool:
+        """Whether the host reads the guard after `step`: every GUARD_EVERY steps and at the epoch's
+        end; at once when this single process was asked to stop (under torchrun the ranks must
+        agree on the step, so they look together)."""
+        return (step + 1) % GUARD_EVERY == 0 or step + 1 == n_steps \
+            or (not self.context.enabled and self.stop.is_set())
+
+    def _guard_says_stop(self) -> bool:
+        """Raise NonFiniteLoss if a step of any rank went non-finite; else whether any rank was asked
+        to stop (one small collective under torchrun)."""
+        diverged, stop = distributed.any_rank(self.context, self.guard.went_bad(), self.stop.is_set(),
+                                              device=self.device)
+        if diverged:
+            if self.guard.went_bad():
+                raise self.guard.error(self.epoch)
+            raise NonFiniteLoss(self.epoch, self.step - 1, "total on another rank", math.nan)
+        return stop
 
     def _over_ranks(self, sums: dict, correct: torch.Tensor) -> tuple[dict, torch.Tensor]:
         """Loss sums and the correct count, each summed over the ranks (unchanged on one process)."""
@@ -409,7 +447,9 @@ class Trainer:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, step: int = 0, phase: str = MAIN_PHASE,
                    indices: torch.Tensor | None = None):
-        """One optimisation step on a batch: returns (named losses, correct count, stop requested)."""
+        """One optimisation step on a batch: returns (named losses, correct count), both on the device.
+        Nothing here waits for the device: a non-finite loss is recorded by the guard, which the
+        epoch loop reads every GUARD_EVERY steps."""
         if self.config.options.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.config.options.amp):
@@ -417,21 +457,15 @@ class Trainer:
             if self.teacher_cache is not None:
                 teacher_features = _take_tree(self.teacher_cache, indices)
             elif self.objective.needs_teacher:
-                started = time.perf_counter()
-                with torch.inference_mode():
+                with self.teacher_clock.section(), torch.inference_mode():
                     teacher_features = self._teacher_features(x)
                 teacher_features = _clone_tree(teacher_features)  # inference tensors cannot enter autograd
-                if self.device.type == "cuda":  # kernels run asynchronously: wait for them before the clock
-                    torch.cuda.synchronize(self.device)
-                self.teacher_seconds += time.perf_counter() - started
-            losses, logits = self.step_module(x, teacher_features, y, phase)
+            try:
+                losses, logits = self.step_module(x, teacher_features, y, phase)
+            except torch.linalg.LinAlgError as e:  # a solver that found no answer: a FAILED run, not a traceback
+                raise MethodFailed(self.epoch, step, str(e).splitlines()[0]) from None
         total = sum(losses.values())
-        # one collective per step decides for every rank: a diverged loss anywhere, a stop request anywhere
-        diverged, stop = distributed.any_rank(self.context, not torch.isfinite(total), self.stop.is_set(),
-                                              device=self.device)
-        if diverged:
-            term = next((k for k, v in losses.items() if not torch.isfinite(v)), "total on another rank")
-            raise NonFiniteLoss(self.epoch, step, term, losses[term].item() if term in losses else math.nan)
+        self.guard.watch(losses, step)
         self.optimizer.zero_grad(set_to_none=True)
         for opt in self.extra:
             opt.zero_grad(set_to_none=True)
@@ -442,7 +476,7 @@ class Trainer:
                 if any(p.grad is not None for group in opt.param_groups for p in group["params"]):
                     self.scaler.step(opt)
         self.scaler.update()
-        return losses, (logits.argmax(dim=1) == y).sum(), stop
+        return losses, (logits.argmax(dim=1) == y).sum()
 
     def summary(self, wall_seconds: float) -> dict:
         """Summary metrics; the best-validation ones only when validation was evaluated (and was

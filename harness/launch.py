@@ -51,10 +51,37 @@ def worker_argv(argv: list[str], home: Path, tracking_uri: str) -> list[str]:
     return out[:command] + ["--home", str(home), "--tracking-uri", tracking_uri] + out[command:]
 
 
-def worker(argv: list[str], threads: int | None) -> int:
-    """One worker: the harness command line in a fresh process, `threads` torch threads."""
-    env = os.environ | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
+def worker(argv: list[str], threads: int | None, gpu: str | None = None) -> int:
+    """One worker: the harness command line in a fresh process, `threads` torch threads, and on a GPU
+    machine its own GPU (`gpu`: the one CUDA_VISIBLE_DEVICES shows it)."""
+    env = os.environ | ({"OMP_NUM_THREADS": str(threads)} if threads else {}) \
+        | ({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})
     return subprocess.run([sys.executable, "-m", "harness", *argv], env=env).returncode
+
+
+def local_gpus() -> list[str]:
+    """The GPUs this machine's workers may take: CUDA_VISIBLE_DEVICES's list where it is set, else
+    those nvidia-smi lists (none on a CPU machine). Read without importing torch."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g for g in visible.split(",") if g.strip()]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(line for line in out.splitlines() if line.startswith("GPU "))]
+
+
+def gpu_per_worker(workers: int, gpus: list[str]) -> list[str | None]:
+    """Worker i takes GPU i (round robin past the last one, said on stderr); None where there are none."""
+    if not gpus:
+        return [None] * workers
+    if workers > len(gpus):
+        print(f"harness: warning: {workers} workers on {len(gpus)} GPUs: some GPUs train two runs at once",
+              file=sys.stderr)
+    return [gpus[i % len(gpus)] for i in range(workers)]
 
 
 def check(args) -> int:
@@ -81,16 +108,17 @@ def launch(args, argv: list[str], home: Path, tracking_uri: str, workers: int) -
     folder = home / "submitit"
     executor = submitit.AutoExecutor(folder=folder, cluster=args.launcher)
     executor.update_parameters(timeout_min=args.timeout_min, name=f"harness-{args.command}")
-    threads = None
+    threads, gpus = None, [None] * workers
     if args.launcher == "slurm":
         executor.update_parameters(slurm_partition=args.partition, gpus_per_node=args.gpus_per_task,
                                    cpus_per_task=args.cpus_per_task or 1,
                                    slurm_array_parallelism=args.array_parallelism or workers)
     else:  # K processes on this machine's cores: torch threads split between them
         threads = args.cpus_per_task or max(1, (os.cpu_count() or 1) // workers)
+        gpus = gpu_per_worker(workers, local_gpus())
     command = worker_argv(argv, home, tracking_uri)
     try:
-        jobs = executor.map_array(worker, [command] * workers, [threads] * workers)
+        jobs = executor.map_array(worker, [command] * workers, [threads] * workers, gpus)
     except Exception as e:  # sbatch refused the array, the folder is not writable, ...
         raise UserError(f"--launcher {args.launcher}: could not submit the workers: {e}") from None
     ids = ", ".join(job.job_id for job in jobs)

@@ -19,8 +19,9 @@ import torch
 
 from harness import distributed
 from harness.checkpoint import CheckpointStore
-from harness.engine import Interrupted, NonFiniteLoss, Trainer
+from harness.engine import Interrupted, Trainer
 from harness.errors import UserError
+from harness.monitor import MethodFailed, NonFiniteLoss
 from harness.process import exclusive, stop_on_signals
 from harness.workshare import WORKER, Claimed, claim_tags, first_claim, heartbeat, is_live
 
@@ -60,36 +61,18 @@ def execute(runner: Runner, job: Job, force: bool, reuse_finished: bool = True) 
     teacher whose file is gone) while an interrupted run is still resumed."""
     if not runner.context.is_main:
         return _execute_follower(runner, job)
-    tracker, run_dir = runner.tracker, runner.home / "runs" / job.run_key
-    # who trains this run: a local lock (processes of this machine), then the store (every worker
-    # that shares it). Another worker's live claim raises Claimed.
+    run_dir = runner.home / "runs" / job.run_key
     with exclusive(run_dir / "lock") as held:
-        if not held:
-            raise Claimed(job.run_key, "another process of this machine")
-        runs = tracker.find(job.run_key)
-        latest = runs[0] if runs else None
-        if latest is not None and latest.info.status == "FINISHED" and reuse_finished and not force:
-            distributed.broadcast(runner.context, ("skip", latest.info.run_id, latest.data.metrics))
-            return Outcome(latest.info.run_id, "SKIPPED", latest.data.metrics)
-        live = next((r for r in runs if is_live(r)), None)
-        if live is not None:
-            raise Claimed(job.run_key, live.data.tags["worker"])
-        checkpoints = CheckpointStore(run_dir / "checkpoints")
-        if latest is not None and latest.info.status in ("RUNNING", "KILLED") and not force:
-            run_id = latest.info.run_id  # its worker died or was stopped: take it over, resume
-            tracker.reopen(run_id, claim_tags())
-            time.sleep(TAKEOVER_PAUSE)
-            if tracker.tag(run_id, "worker") != WORKER:  # another worker took it over after us
-                raise Claimed(job.run_key, tracker.tag(run_id, "worker"))
-        else:
-            run_id = tracker.create(job.run_name, job.tags | {"run_key": job.run_key} | claim_tags())
-            winner = first_claim(tracker.find(job.run_key))
-            if winner is not None and winner.info.run_id != run_id:  # two workers raced; the first won
-                tracker.withdraw(run_id)
-                raise Claimed(job.run_key, winner.data.tags["worker"])
-            checkpoints.clear()
-            tracker.log_params(run_id, job.params())
-            tracker.log_dict(run_id, job.config, "config.json")
+        try:
+            decision = _decide(runner.tracker, job, force, reuse_finished, held, run_dir)
+        except BaseException as e:  # the other ranks wait for a decision: hand them the error instead
+            distributed.broadcast(runner.context, ("error", f"{type(e).__name__}: {e}"))
+            raise
+        if isinstance(decision, Outcome):
+            distributed.broadcast(runner.context, ("skip", decision.run_id, decision.summary))
+            return decision
+        run_id, checkpoints = decision
+        tracker = runner.tracker
         distributed.broadcast(runner.context, ("train", run_id))  # checkpoints are settled: ranks may read them
         stop = threading.Event()
         log = tracker.epoch_logger(run_id)
@@ -107,6 +90,39 @@ def execute(runner: Runner, job: Job, force: bool, reuse_finished: bool = True) 
         return Outcome(run_id, "FINISHED", summary)
 
 
+def _decide(tracker, job: Job, force: bool, reuse_finished: bool, held: bool,
+            run_dir) -> Outcome | tuple[str, CheckpointStore]:
+    """Who trains this run: a local lock (processes of this machine, `held`), then the store (every
+    worker that shares it; another worker's live claim raises Claimed). The FINISHED run to skip, or
+    the MLflow run to train in (a new one, or an interrupted one taken over) and its checkpoints."""
+    if not held:
+        raise Claimed(job.run_key, "another process of this machine")
+    runs = tracker.find(job.run_key)
+    latest = runs[0] if runs else None
+    if latest is not None and latest.info.status == "FINISHED" and reuse_finished and not force:
+        return Outcome(latest.info.run_id, "SKIPPED", latest.data.metrics)
+    live = next((r for r in runs if is_live(r)), None)
+    if live is not None:
+        raise Claimed(job.run_key, live.data.tags["worker"])
+    checkpoints = CheckpointStore(run_dir / "checkpoints")
+    if latest is not None and latest.info.status in ("RUNNING", "KILLED") and not force:
+        run_id = latest.info.run_id  # its worker died or was stopped: take it over, resume
+        tracker.reopen(run_id, claim_tags())
+        time.sleep(TAKEOVER_PAUSE)
+        if tracker.tag(run_id, "worker") != WORKER:  # another worker took it over after us
+            raise Claimed(job.run_key, tracker.tag(run_id, "worker"))
+    else:
+        run_id = tracker.create(job.run_name, job.tags | {"run_key": job.run_key} | claim_tags())
+        winner = first_claim(tracker.find(job.run_key))
+        if winner is not None and winner.info.run_id != run_id:  # two workers raced; the first won
+            tracker.withdraw(run_id)
+            raise Claimed(job.run_key, winner.data.tags["worker"])
+        checkpoints.clear()
+        tracker.log_params(run_id, job.params())
+        tracker.log_dict(run_id, job.config, "config.json")
+    return run_id, checkpoints
+
+
 def end_finished(tracker, run_id: str, summary: dict, epochs: int) -> None:
     """A run that trained to the end: its summary metrics, then FINISHED."""
     tracker.log_metrics(run_id, summary, step=epochs)
@@ -118,6 +134,11 @@ def end_failed(tracker, run_id: str, run_name: str, error: BaseException):
     if isinstance(error, NonFiniteLoss):
         tracker.set_tags(run_id, {"failure": "non_finite_loss", "failure_reason": str(error),
                                   "failure_term": error.term, "failure_epoch": error.epoch, "failure_step": error.step})
+        tracker.finish(run_id, "FAILED")
+        raise TrainingFailed(f"{run_name}: {error}; MLflow run {run_id} marked FAILED") from None
+    if isinstance(error, MethodFailed):
+        tracker.set_tags(run_id, {"failure": "method_failed", "failure_reason": str(error)[:5000],
+                                  "failure_epoch": error.epoch, "failure_step": error.step})
         tracker.finish(run_id, "FAILED")
         raise TrainingFailed(f"{run_name}: {error}; MLflow run {run_id} marked FAILED") from None
     if isinstance(error, Interrupted):
@@ -136,6 +157,9 @@ def end_failed(tracker, run_id: str, run_name: str, error: BaseException):
 def _execute_follower(runner: Runner, job: Job) -> Outcome:
     """A rank other than 0: train in step with rank 0, which decides, tracks and checkpoints."""
     decision, run_id, *metrics = distributed.broadcast(runner.context)
+    if decision == "error":  # rank 0 failed before training: so does every rank, at once
+        raise TrainingFailed(f"{job.run_name}: rank 0 failed before training ({run_id}); "
+                             f"rank {runner.context.rank} stops too")
     if decision == "skip":
         return Outcome(run_id, "SKIPPED", metrics[0])
     stop = threading.Event()
@@ -144,6 +168,6 @@ def _execute_follower(runner: Runner, job: Job) -> Outcome:
     try:
         with stop_on_signals(stop):
             summary = trainer.run()
-    except NonFiniteLoss as e:
+    except (NonFiniteLoss, MethodFailed) as e:
         raise TrainingFailed(f"{job.run_name}: {e} (rank {runner.context.rank})") from None
     return Outcome(run_id, "FINISHED", summary)

@@ -44,6 +44,10 @@ class RunOptions:
     compile: bool = option(False, "torch.compile the forward passes", identity="when_set")
     teacher_cache: bool = option(False, "compute the teacher's features once per training image and keep them on "
                                  "the device (datasets without augmentation only)", identity="when_set")
+    tf32: bool = option(False, "TF32 matmuls and convolutions on CUDA (default off: full fp32 numerics; "
+                        "PyTorch's own defaults differ between matmuls and cuDNN)", identity="when_set")
+    sync_bn: bool = option(False, "under torchrun on CUDA: batch-norm statistics over the global batch "
+                           "(SyncBatchNorm) instead of per rank", identity="when_set")
     deterministic: bool | None = option(None, "deterministic algorithms (default: on for CPU, off for CUDA)")
     force: bool = option(False, "train again even if a finished run exists")
     teacher_epochs: int | None = option(None, "shorten the teacher's recipe")

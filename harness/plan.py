@@ -8,9 +8,11 @@ and the Python API all start from a plan.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -98,6 +100,7 @@ def make_plan(runner: Runner, cell: Cell, opts: RunOptions) -> RunPlan:
     recipe = shortened(recipe, opts.epochs, opts.smoke)
     device = resolve_device(opts.device, runner.context)
     opts = resolved_amp(opts, device)
+    check_device_options(opts, device, runner.context)
     if recipe.batch_size % runner.context.world_size:
         raise UserError(f"batch size {recipe.batch_size} (recipe {recipe_name}) does not divide into "
                         f"{runner.context.world_size} processes: the recipe's batch is the global batch")
@@ -128,7 +131,7 @@ def make_plan(runner: Runner, cell: Cell, opts: RunOptions) -> RunPlan:
             "stages": dump(pair.stages), "hint": pair.hint, "teacher_seed": opts.teacher_seed,
             "deterministic": deterministic(opts, device), "phases": dict(objective.phases(recipe.epochs)),
             "train_on": "train+val" if opts.full_train else "train",
-        } | opts.identity() | world_size(runner.context) | {"teacher_key": teacher_info.get("teacher.key", "")}
+        } | opts.identity() | device_identity(device) | world_size(runner.context) | {"teacher_key": teacher_info.get("teacher.key", "")}
 
     cache_bytes = feature_bytes(probe.teachers or (probe.teacher,), objective.teacher_features) // PROBE_BATCH \
         if opts.teacher_cache and objective.needs_teacher else 0
@@ -165,7 +168,10 @@ def check_cache_fits(bytes_per_image: int, images: int, device: torch.device) ->
 
 def resolve_device(name: str, context: distributed.Context = distributed.SINGLE) -> torch.device:
     if name == "auto":  # under torchrun, each rank takes the GPU of its local rank
-        return torch.device(f"cuda:{context.local_rank}" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device(f"cuda:{context.local_rank}")
+        warn_unusable_gpu()
+        return torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -173,6 +179,33 @@ def resolve_device(name: str, context: distributed.Context = distributed.SINGLE)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name!r} requested but CUDA is not available here")
     return device
+
+
+def check_device_options(opts: RunOptions, device: torch.device, context: distributed.Context) -> None:
+    if opts.tf32 and device.type != "cuda":
+        raise UserError(f"--tf32 sets CUDA's matmul and cuDNN precision; this run is on {device.type}")
+    if opts.sync_bn and not (context.enabled and device.type == "cuda"):
+        raise UserError("--sync-bn synchronises batch norm over torchrun's ranks on CUDA (SyncBatchNorm has "
+                        "no CPU kernel); without it each rank keeps its own batch-norm statistics")
+
+
+def device_identity(device: torch.device) -> dict:
+    """The device type names a run, except the CPU's (so that CPU runs keep their keys): a CUDA run
+    never matches a CPU run's key, and reports never average the two."""
+    return {} if device.type == "cpu" else {"device_type": device.type}
+
+
+@functools.cache
+def warn_unusable_gpu() -> None:
+    """--device auto falls back to the CPU: say so loudly when nvidia-smi sees a GPU torch cannot use
+    (a CPU-only torch build, a driver older than its CUDA), instead of training on the CPU in silence."""
+    from harness.provenance import nvidia_smi
+
+    gpus = [line for line in nvidia_smi("-L") if line.startswith("GPU ")]
+    if gpus:
+        print(f"harness: warning: nvidia-smi sees {len(gpus)} GPU(s) ({gpus[0]}) but torch {torch.__version__} "
+              f"cannot use them (CUDA build: {torch.version.cuda or 'none'}): training on the CPU; "
+              "install a CUDA build of torch that this driver supports, or pass --device cpu", file=sys.stderr)
 
 
 def resolved_amp(opts: RunOptions, device: torch.device) -> RunOptions:

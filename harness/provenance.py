@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -54,4 +55,30 @@ def environment_params(device: torch.device) -> dict:
         "env.device": str(device),
         "env.device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "env.threads": torch.get_num_threads(),
+    } | cuda_params(device)
+
+
+def nvidia_smi(*query: str) -> list[str]:
+    """Lines nvidia-smi prints for a query (none where it is absent or fails)."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", *query], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return out.stdout.strip().splitlines() if out.returncode == 0 else []
+
+
+def cuda_params(device: torch.device) -> dict:
+    """The CUDA stack a run used: torch's CUDA build, cuDNN, NCCL, the driver and the GPUs visible."""
+    on_cuda = device.type == "cuda"
+    nccl = ".".join(map(str, torch.cuda.nccl.version())) if on_cuda and torch.distributed.is_nccl_available() else "unused"
+    return {
+        "env.cuda_build": torch.version.cuda or "none",
+        "env.cudnn": torch.backends.cudnn.version() if on_cuda else "unused",
+        "env.nccl": nccl,
+        "env.driver": (nvidia_smi("--query-gpu=driver_version", "--format=csv,noheader") or ["unknown"])[0]
+        if on_cuda else "unused",
+        "env.gpu_count": torch.cuda.device_count() if on_cuda else 0,
+        "env.tf32": torch.backends.cuda.matmul.allow_tf32 if on_cuda else "unused",
     }

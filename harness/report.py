@@ -4,8 +4,7 @@ Runs come from `mlflow.search_runs` (FINISHED student runs of the requested cell
 left out unless asked; for each cell and seed the latest run). Each table cell is
 `mean ± std (n)` over seeds of the chosen accuracy; a paper's number stands beside it as a
 labelled reference with the difference, flagged when it lies outside mean ± max(2·std, the suite's
-tolerance). Cells
-without runs show as missing, never as zero.
+tolerance). Cells without runs show as missing, never as zero.
 """
 
 from __future__ import annotations
@@ -207,14 +206,15 @@ def under_load(runs: pd.DataFrame) -> pd.Series:
     core count) + LOAD_MARGIN: another process shared the cores, so the s/epoch figure measures the
     sharing, not the method. A one-thread run beside another one-thread run counts as shared too,
     although the load then equals the core count. Runs logged before the load was recorded count as
-    unknown, not loaded."""
+    unknown, not loaded; GPU runs never (their loader workers load the CPU by design)."""
     if "metrics.max_load_1m" not in runs:
         return pd.Series(False, index=runs.index)
     load = runs["metrics.max_load_1m"].astype(float)
     cores = runs["metrics.cpu_count"].astype(float)
     threads = pd.to_numeric(runs["params.env.threads"], errors="coerce") if "params.env.threads" in runs else cores
     own = pd.concat([threads, cores], axis=1).min(axis=1)  # NaN threads (not logged): the core count
-    return (load > own + LOAD_MARGIN).fillna(False)
+    on_gpu = runs.get("params.env.device", pd.Series("cpu", index=runs.index)).astype(str).str.startswith("cuda")
+    return ((load > own + LOAD_MARGIN) & ~on_gpu).fillna(False)
 
 
 def paper_table(detail: pd.DataFrame) -> pd.DataFrame:

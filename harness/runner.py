@@ -20,8 +20,8 @@ from harness.lifecycle import Job, Outcome, execute
 from harness.models import build_model
 from harness.options import RunOptions
 from harness.paths import data_root
-from harness.plan import (RunPlan, config_key, configuration_key, deterministic, flatten, full_dump, identity_dump,
-                          make_plan, resolve_device, resolved_amp, run_name, shortened, world_size)
+from harness.plan import (RunPlan, config_key, configuration_key, deterministic, device_identity, flatten, full_dump,
+                          identity_dump, make_plan, resolve_device, resolved_amp, run_name, shortened, world_size)
 from harness.process import exclusive
 from harness.provenance import environment_params
 from harness.schema import PairSpec, RecipeSpec
@@ -90,7 +90,8 @@ class Runner:
             return {"role": "teacher", "dataset": dataset, "dataset_spec": dump(spec.datasets[dataset]),
                     "model": model_name, "model_spec": dump(spec.models[model_name]), "recipe_name": recipe_name,
                     "recipe": dump(recipe), "seed": opts.teacher_seed, "smoke": opts.smoke, "amp": opts.amp,
-                    "deterministic": deterministic(opts, device)} | world_size(self.context)
+                    "deterministic": deterministic(opts, device)} | ({"tf32": True} if opts.tf32 else {}) \
+                | device_identity(device) | world_size(self.context)
 
         config, key = describe(full_dump), config_key(describe(identity_dump))
         return TeacherIdentity(dataset, recipe, device, opts, config, key,
@@ -117,9 +118,9 @@ class Runner:
             self.tracker.log_model(run_id, model, data.probe_images(2).to(device))
             self.tracker.set_tags(run_id, {"teacher_file": str(path)})
 
-        # a teacher's key names amp only: it trains without the other speed options
+        # a teacher's key names amp (and tf32) only: it trains without the other speed options
         engine_opts = RunOptions(amp=opts.amp, progress=opts.progress)
-        configure_determinism(deterministic(opts, device), device)
+        configure_determinism(deterministic(opts, device), device, opts.tf32)
         job = Job(
             run_key=key, run_name=f"teacher {dataset}/{model_name} seed {opts.teacher_seed}",
             tags={"role": "teacher", "dataset": dataset, "teacher": model_name, "model": model_name,
@@ -175,7 +176,7 @@ class Runner:
         departures = {f"{m}.{k}": v for m, values in opts.overrides.items() for k, v in values.items()}
         departures |= {k: v for k, v in (("epochs", opts.epochs), ("teacher_epochs", opts.teacher_epochs))
                        if v is not None}
-        configure_determinism(deterministic(opts, device), device)
+        configure_determinism(deterministic(opts, device), device, opts.tf32)
         job = Job(
             run_key=plan.run_key, run_name=run_name(cell, opts.seed, departures),
             tags={"role": "student", "cell": cell.id, "dataset": cell.dataset, "teacher": pair.teacher,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -196,16 +197,19 @@ class Tracker:
 
         # its pickle warning says what the docstring says: the module loads back through the harness's classes
         logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
-        was_training = model.training
-        model.eval()
+        from mlflow.models import infer_signature
+
+        # a CPU copy in eval mode: a model trained on a GPU loads on a CPU-only host
+        cpu_model = copy.deepcopy(model).cpu().eval()
+        example = example.detach().cpu().float()
         with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+            signature = infer_signature(example.numpy(), cpu_model(example).numpy())
             # pickle: loads back as the eager module (its class from the harness package), which .eval()s;
             # requirements given, not inferred (inference imports the model in a subprocess: seconds)
-            mlflow.pytorch.save_model(model, f"{tmp}/model", input_example=example.cpu().numpy(),
+            mlflow.pytorch.save_model(cpu_model, f"{tmp}/model", input_example=example.numpy(), signature=signature,
                                       serialization_format="pickle",
                                       pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "timm"])
             self.client.log_artifacts(run_id, f"{tmp}/model", "model")
-        model.train(was_training)
         if register:
             try:
                 if not self.client.search_registered_models(f"name = '{register}'"):

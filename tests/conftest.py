@@ -14,6 +14,14 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def pytest_configure(config):
+    """The default run hides GPUs, so a GPU machine runs the same suite as CI's CPU one; a run that
+    selects the `cuda` tests (-m cuda) sees them. Set before any test initialises CUDA."""
+    markexpr = config.getoption("markexpr") or ""
+    if "cuda" not in markexpr.replace("not cuda", ""):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     """A fresh runs home (MLflow store, teachers, checkpoints) for one test."""
