@@ -4,6 +4,10 @@ loss = CE(y, s) + lam * tau^2 * KL(softmax(t / tau) || softmax(s / tau)), KL sum
 classes and averaged over the batch. Convention: `lam` weights the soft term and CE keeps
 weight 1 (as in the NST, NMT and LPL papers' Eq. 2); the tau^2 factor is explicit, so the
 papers' "tau = 4, lambda = 16" (which is tau^2) is lam = 1 here.
+
+`standardize` (default off) first applies the logit standardisation of Sun et al. (CVPR 2024,
+"Logit standardization in knowledge distillation") to both logits: z -> (z - mean(z)) / std(z)
+over the classes, then the same tau and tau^2 (the `kd_ls` variant in benchmarks.yaml).
 """
 
 from __future__ import annotations
@@ -17,6 +21,13 @@ from pydantic import Field
 from methods.base import Distiller, Params
 
 
+def standardize_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Per-sample Z-score over the classes, (z - mean) / (std + 1e-7), std with Bessel's correction
+    (torch.std, as the authors' code computes it)."""
+    z = logits.float()
+    return (z - z.mean(dim=1, keepdim=True)) / (z.std(dim=1, keepdim=True) + 1e-7)
+
+
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
     """tau^2 * KL(softmax(t / tau) || softmax(s / tau)), batch mean."""
     log_p_student = F.log_softmax(student_logits / tau, dim=1)
@@ -28,6 +39,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: flo
 class KDParams(Params):
     tau: Annotated[float, Field(gt=0, description="softmax temperature")]
     lam: Annotated[float, Field(ge=0, description="weight of the soft-target term")]
+    # a default, so that runs made before the option existed keep their keys (plan.identity_dump)
+    standardize: bool = Field(False, description="Z-score both logits first (Sun et al. 2024)")
 
 
 class KD(Distiller):
@@ -37,4 +50,7 @@ class KD(Distiller):
     loss_terms = frozenset({"kd"})
 
     def forward(self, student, teacher, targets):
-        return {"kd": self.params.lam * kd_loss(student["logits"], teacher["logits"], self.params.tau)}
+        s, t = student["logits"], teacher["logits"]
+        if self.params.standardize:
+            s, t = standardize_logits(s), standardize_logits(t)
+        return {"kd": self.params.lam * kd_loss(s, t, self.params.tau)}
