@@ -344,6 +344,8 @@ class Trainer:
             self.optimizer, self.optimizer_phase = self._new_optimizer(), phase_index
         factor = lr_factor(self.recipe, self.epoch - phase_start) if phase == MAIN_PHASE \
             else self.objective.phase_lr_scale(phase, self.recipe.epochs)
+        if phase == MAIN_PHASE:
+            self.objective.set_epoch(self.epoch - phase_start, self.recipe.epochs)
         for group in self.optimizer.param_groups:
             group["lr"] = self.recipe.lr * factor
         for spec, opt in zip(self.extra_specs, self.extra):

@@ -100,6 +100,10 @@ class Objective(nn.Module):
         scales = {p.name: p.lr_scale for part in self.parts.values() for p in part.pre_phases(main_epochs)}
         return scales.get(phase, 1.0)
 
+    def set_epoch(self, epoch: int, main_epochs: int) -> None:
+        for part in self.parts.values():
+            part.set_epoch(epoch, main_epochs)
+
     def check_teachers(self, count: int) -> None:
         """A multi-teacher pair feeds only parts that read every teacher (or no teacher); a part that
         reads every teacher needs a pair of two or more."""

@@ -94,6 +94,10 @@ class Distiller(nn.Module):
     def pre_phases(self, main_epochs: int) -> list[PrePhase]:
         return []
 
+    def set_epoch(self, epoch: int, main_epochs: int) -> None:
+        """Told at the start of every main-phase epoch (0-based, of `main_epochs`), resumed runs
+        included: for losses whose weight follows the schedule (DKD's warm-up)."""
+
     def phase_losses(self, phase: str, student: dict, teacher: dict, targets: torch.Tensor) -> dict:
         raise NotImplementedError(f"{type(self).__name__} declares no phase {phase!r}")
 

@@ -9,8 +9,7 @@ probability underflows to log(0). `standardize` applies the logit standardisatio
 (2024) to both logits first (`standardize_logits` in methods/kd.py).
 
 mdistiller ramps the weight in linearly, min(epoch / warmup, 1) with epoch counted from 1
-(`dkd_warmup`). A Distiller is not told the epoch (methods/base.py), so the method trains with the
-weight at 1 from the first step; docs/methods/dkd.md names the engine hook the ramp needs.
+(`dkd_warmup`); the engine tells the method each main-phase epoch (`Distiller.set_epoch`).
 """
 
 from __future__ import annotations
@@ -62,6 +61,7 @@ class DKDParams(Params):
     beta: Annotated[float, Field(ge=0, description="weight of NCKD (among the non-target classes)")]
     tau: Annotated[float, Field(gt=0, description="softmax temperature")]
     standardize: Annotated[bool, Field(description="Z-score both logits first (Sun et al. 2024)")]
+    warmup_epochs: Annotated[int, Field(ge=0, description="epochs of the linear warm-up of the weight (0: none)")]
 
 
 class DKD(Distiller):
@@ -70,9 +70,17 @@ class DKD(Distiller):
     student_features = frozenset({"logits"})
     loss_terms = frozenset({"dkd"})
 
+    def __init__(self, params: DKDParams, probe):
+        super().__init__(params, probe)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int, main_epochs: int) -> None:
+        self.epoch = epoch
+
     def forward(self, student, teacher, targets):
         s, t = student["logits"], teacher["logits"]
         if self.params.standardize:
             s, t = standardize_logits(s), standardize_logits(t)
         p = self.params
-        return {"dkd": dkd_loss(s, t, targets, p.alpha, p.beta, p.tau)}
+        weight = dkd_warmup(self.epoch, p.warmup_epochs)
+        return {"dkd": weight * dkd_loss(s, t, targets, p.alpha, p.beta, p.tau)}

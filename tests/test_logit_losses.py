@@ -95,6 +95,25 @@ def test_dkd_warmup_is_mdistillers_ramp_at_our_zero_based_epoch():
     assert dkd_warmup(0, 0) == 1.0
 
 
+def test_dkd_is_told_the_epoch_by_the_engine(home):
+    """Each main-phase epoch reaches the method before its steps: the DKD term's weight ramps."""
+    from harness.options import RunOptions
+    from harness.runner import Runner
+    from harness.spec import load_spec
+
+    spec = load_spec()
+    runner = Runner(spec, home, f"sqlite:///{home / 'mlflow.db'}")
+    plan = runner.plan(spec.cell("digits/hinton1200-hinton800/dkd"),
+                       RunOptions(epochs=3, teacher_epochs=1, progress=False, overrides={"dkd": {"warmup_epochs": 4}}))
+    dkd = plan.objective.parts["dkd"]
+    seen = []
+    forward = dkd.forward
+    dkd.forward = lambda *args: seen.append(dkd.epoch) or forward(*args)
+    plan.trainer(plan.teachers(), eval_splits=()).run()
+    assert sorted(set(seen)) == [0, 1, 2]
+    assert [dkd_warmup(e, 4) for e in sorted(set(seen))] == [0.25, 0.5, 0.75]
+
+
 # ---- DIST ----------------------------------------------------------------------------------
 def pearson(a, b):
     ma, mb = statistics.fmean(a), statistics.fmean(b)
