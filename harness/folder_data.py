@@ -119,33 +119,49 @@ class EvalImages(Dataset):
         return self.transform(_read(self.split.files[i])), self.split.labels[i]
 
 
-class TrainBatches(Dataset):
-    """Item k = the k-th remaining batch of this rank: each worker decodes whole batches."""
+class TrainImages(Dataset):
+    """Item (i, epoch seed) = image i of the training split, augmented as that epoch draws it."""
 
-    def __init__(self, split: FileSplit, spec: DatasetSpec, batches: list[torch.Tensor], epoch_seed: int):
-        self.split, self.batches, self.epoch_seed = split, batches, epoch_seed
+    def __init__(self, split: FileSplit, spec: DatasetSpec):
+        self.split = split
         self.augment = spec.augment != "none"
         self.crop = v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(spec.img_size, antialias=True),
                                 v2.RandomHorizontalFlip()])
         self.plain = EvalImages(split, spec).transform
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.split)
 
-    def __getitem__(self, k: int):
-        images = []
-        for i in self.batches[k].tolist():
-            if self.augment:  # this image's crop in this epoch, whichever process decodes it
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(self.epoch_seed * 10_000_019 + i)
-                    images.append(self.crop(_read(self.split.files[i])))
-            else:
-                images.append(self.plain(_read(self.split.files[i])))
-        return torch.stack(images), self.split.labels[self.batches[k]]
+    def __getitem__(self, key: tuple[int, int]):
+        i, epoch_seed = key
+        if not self.augment:
+            return self.plain(_read(self.split.files[i])), self.split.labels[i]
+        with torch.random.fork_rng(devices=[]):  # this image's crop in this epoch, whichever worker decodes it
+            torch.manual_seed(epoch_seed * 10_000_019 + i)
+            return self.crop(_read(self.split.files[i])), self.split.labels[i]
+
+
+class PlanSampler:
+    """The batches of the current epoch plan from a given step, as (image, epoch seed) keys: the
+    main process sets them, so one persistent loader (its workers kept across epochs) serves
+    every epoch and every resume."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+        self.seed = 0
+
+    def __iter__(self):
+        return iter([[(i, self.seed) for i in batch] for batch in self.batches])
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def default_workers() -> int:
-    return int(os.environ.get("KD_HARNESS_WORKERS", min(8, os.cpu_count() or 1)))
+    """Loader workers of this process: $KD_HARNESS_WORKERS, else the node's cores shared between
+    torchrun's local ranks (LOCAL_WORLD_SIZE), at most 8 each."""
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return int(os.environ.get("KD_HARNESS_WORKERS", min(8, max(1, (os.cpu_count() or 1) // ranks_here))))
 
 
 class FolderBatches(Batches):
@@ -154,25 +170,32 @@ class FolderBatches(Batches):
         super().__init__(data, device, splits, shard)
         self.spec = data.spec
         self.workers = default_workers()
-        self._stream, self._next = None, None  # the open loader, and the (plan, step) it yields next
+        self._sampler = PlanSampler()
+        self._train_loader = None  # opened on the first training batch, kept across epochs
+        self._stream, self._next = None, None  # the epoch's iterator, and the (plan, step) it yields next
 
     def epoch_plan(self, batch_size: int, generator: torch.Generator) -> dict:
+        """On the CPU: the order is read by the loader's sampler, never by the device."""
         n = len(self.splits["train"])
         return {"order": torch.randperm(n, generator=generator), "batch_size": batch_size,
                 "seed": int(torch.randint(2**31 - 1, (1,), generator=generator))}
 
-    def _loader(self, dataset: Dataset, batch_size: int | None) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=self.workers,
-                          pin_memory=self.device.type == "cuda", persistent_workers=False)
+                          pin_memory=self.device.type == "cuda")
 
     def train_batch(self, plan: dict, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._next != (id(plan), step):  # a new epoch, or a resume mid-epoch: open a loader at `step`
-            batches = [self.batch_indices(plan, s).cpu() for s in range(step, Batches.steps(plan))]
-            dataset = TrainBatches(self.splits["train"], self.spec, batches, plan["seed"])
-            self._stream = iter(self._loader(dataset, None))
+        if self._next != (id(plan), step):  # a new epoch, or a resume mid-epoch: the loader starts at `step`
+            if self._train_loader is None:
+                self._train_loader = DataLoader(TrainImages(self.splits["train"], self.spec), batch_sampler=self._sampler,
+                                                num_workers=self.workers, persistent_workers=self.workers > 0,
+                                                pin_memory=self.device.type == "cuda")
+            self._sampler.batches = [self.batch_indices(plan, s).tolist() for s in range(step, Batches.steps(plan))]
+            self._sampler.seed = plan["seed"]
+            self._stream = iter(self._train_loader)
         images, labels = next(self._stream)
         self._next = (id(plan), step + 1)
-        return self._normalise(images.to(self.device, non_blocking=True)), labels.to(self.device)
+        return self._normalise(images.to(self.device, non_blocking=True)), labels.to(self.device, non_blocking=True)
 
     def eval_batches(self, split: str, batch_size: int):
         for images, labels in self._loader(EvalImages(self.splits[split], self.spec), batch_size):

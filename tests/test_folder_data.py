@@ -122,3 +122,24 @@ def test_folder_spec_errors(tmp_path, change, message):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(UserError, match=message):
         load_spec(str(path))
+
+
+def test_one_persistent_loader_serves_every_epoch(tiny, monkeypatch):
+    """The training loader's workers start once: later epochs (and a resume within one) reuse them."""
+    data = _data(tiny)
+    batches = data.batches(torch.device("cpu"))
+    plans = [batches.epoch_plan(16, torch.Generator().manual_seed(seed)) for seed in (1, 2)]
+    batches.train_batch(plans[0], 0)
+    loader = batches._train_loader
+    pids = [w.pid for w in loader._iterator._workers]
+    for step in range(1, 4):
+        batches.train_batch(plans[0], step)
+    batches.train_batch(plans[1], 0)  # the next epoch
+    batches.train_batch(plans[1], 5)  # a jump, as a resume makes
+    assert batches._train_loader is loader and loader.persistent_workers
+    assert [w.pid for w in loader._iterator._workers] == pids
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.delenv("KD_HARNESS_WORKERS")
+    from harness.folder_data import default_workers
+
+    assert default_workers() == min(8, max(1, (__import__("os").cpu_count() or 1) // 4))
