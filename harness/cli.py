@@ -80,11 +80,15 @@ def build_parser() -> Parser:
                    help="float:LOW:HIGH[:log], int:LOW:HIGH[:log] or cat:A,B (repeatable)")
     p.add_argument("--sampler", choices=["tpe", "grid"], default="tpe")
     p.add_argument("--grid", help="a named grid of benchmarks.yaml (implies --sampler grid), e.g. lpl_fig3")
-    p.add_argument("--sampler-seed", type=int, default=0)
+    p.add_argument("--sampler-seed", type=int, default=0,
+                   help="trial n draws from a generator seeded by (this, n): a fresh study repeats, a resumed or "
+                   "shared one draws new points")
     p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
     p.add_argument("--storage", help="Optuna storage: a SQLAlchemy URL or journal:PATH "
                    "(default: sqlite:///HOME/optuna.db)")
-    p.add_argument("--study", help="study name (default: derived from the cell)")
+    p.add_argument("--study", help="study name (default: sweep-CELL-HASH, HASH naming the objective: recipe and "
+                   "epochs, options that change results, search space, grid); a study made for another "
+                   "objective is refused")
     p.add_argument("--final-seeds", type=int, default=0,
                    help="then retrain the best configuration on train+val over N seeds and report test accuracy")
     p.add_argument("--seed", type=int, default=0, help="the trials' training seed")
