@@ -5,9 +5,10 @@
     table = results(suite="positive_control")      # the report's per-cell DataFrame
 
 `run_cell` takes the same run options as `harness run` (as keywords: epochs, smoke, data_root,
-device, amp, channels_last, compile, teacher_cache, teacher_seed, teacher_epochs, force, ...);
-any other keyword is a hyperparameter of the cell's method (`--set NAME=VALUE`; write
-`params={"kd.tau": 4.0}` for one part of a combined method). Mistakes raise `harness.UserError`.
+device, amp, channels_last, compile, teacher_cache, teacher_seed, teacher_epochs, force,
+progress (default False here), ...); any other keyword is a hyperparameter of the cell's method
+(`--set NAME=VALUE`; write `params={"kd.tau": 4.0}` for one part of a combined method). Mistakes
+(an unknown name, a hyperparameter given twice) raise `harness.UserError`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from harness.errors import UserError
 from harness.options import RunOptions
 
 # RunOptions a caller may set by keyword; the seed, the method values and the suite come from the call
-OPTION_NAMES = {f.name for f in fields(RunOptions)} - {"seed", "overrides", "tags", "suite"}
+NOT_KEYWORDS = {"seed", "overrides", "tags", "suite"}
+OPTION_NAMES = {f.name for f in fields(RunOptions)} - NOT_KEYWORDS
 
 
 def open_runner(home: str | Path | None = None, tracking_uri: str | None = None, spec_path: str | None = None):
@@ -102,13 +104,18 @@ def run_cell(cell: str, seeds: int | list[int] = 1, *, params: dict[str, Any] | 
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list or any(s < 0 for s in seed_list):
         raise UserError(f"seeds: a positive count or a list of non-negative seeds, got {seeds!r}")
-    options = {k: v for k, v in overrides.items() if k in OPTION_NAMES}
-    hyper = {k: v for k, v in overrides.items() if k not in OPTION_NAMES} | (params or {})
+    wrong = sorted(NOT_KEYWORDS & set(overrides))
+    if wrong:  # else taken for hyperparameters, and refused as unknown ones of the method
+        raise UserError(f"run_cell: {', '.join(wrong)} is not a keyword of run_cell (give the seeds as `seeds`)")
+    options = {"progress": False} | {k: v for k, v in overrides.items() if k in OPTION_NAMES}
     method_values: dict[str, dict] = {}
-    for name, value in hyper.items():
+    hyper = [(k, v) for k, v in overrides.items() if k not in OPTION_NAMES] + list((params or {}).items())
+    for name, value in hyper:
         method, key, _ = split_assignment("run_cell", f"{name}=", target.method, "[METHOD.]NAME")
+        if key in method_values.get(method, {}):  # `tau=` and params={"kd.tau": ...}: which one was meant?
+            raise UserError(f"run_cell: hyperparameter {method}.{key} is given twice")
         method_values.setdefault(method, {})[key] = value
-    base = RunOptions(progress=False, **options)
+    base = RunOptions(**options)
     plans = [(target, replace(base, seed=seed, overrides=method_values)) for seed in seed_list]
     outcomes, _ = run_plans(runner, plans)
     return [{"cell": target.id, "seed": opts.seed,

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from harness.commits import commits, dirty_note
 from harness.report import SELECTIONS, fmt, load_runs, references
 from harness.spec import Spec
 
@@ -179,8 +180,9 @@ def caption(result: Audit, select: str, command: str) -> str:
     where = ""
     if not runs.empty:
         where = (f" Runs: {len(runs)} ({runs['tags.cell'].nunique()} cells); commit(s) "
-                 f"{', '.join(sorted(set(runs['params.env.git_commit'].str[:10])))}; hardware "
-                 f"{', '.join(sorted(set(runs['params.env.device_name'])))}.")
+                 f"{', '.join(sorted(set(commits(runs))))}; hardware "
+                 f"{', '.join(sorted(set(runs['params.env.device_name'])))}."
+                 + "".join(f" {note}." for note in dirty_note(runs)))
     return (f"Regenerated from the MLflow store by `{command}`. Accuracy: test top-1 (%) at "
             f"{SELECTIONS[select][2]}, mean ± sample std over seeds (n), one configuration per cell and one "
             f"recipe setting per suite (the report's rules). Verdict: Welch's two-sided t-test, α = {ALPHA}: "
@@ -200,8 +202,9 @@ def render_runs(result: Audit) -> str:
         return ""
     lines = ["", "## Runs used", "", "| cell | seed | MLflow run id | commit | departures from the cell's defaults |",
              "| --- | --- | --- | --- | --- |"]
-    for _, r in result.runs.sort_values(["tags.cell", "tags.seed"]).iterrows():
-        lines.append(f"| {r['tags.cell']} | {r['tags.seed']} | {r['run_id']} | {r['params.env.git_commit'][:10]} | "
+    runs = result.runs.sort_values(["tags.cell", "tags.seed"])
+    for (_, r), commit in zip(runs.iterrows(), commits(runs)):
+        lines.append(f"| {r['tags.cell']} | {r['tags.seed']} | {r['run_id']} | {commit} | "
                      f"{r['overrides'] or 'none'} |")
     return "\n".join(lines) + "\n"
 

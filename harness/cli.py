@@ -20,23 +20,33 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def build_parser() -> Parser:
-    parser = Parser(prog="harness", description="Reproducible knowledge-distillation benchmarks: "
-                    "run cells DATASET/TEACHER-STUDENT/METHOD, tracked in MLflow.")
+def global_options(default) -> argparse.ArgumentParser:
+    """--spec, --home and --tracking-uri, for the main parser (default None) and, as a parent, for
+    every subcommand (default SUPPRESS: absent there, the value given before the subcommand stays;
+    given there, it wins)."""
+    parser = argparse.ArgumentParser(add_help=False, argument_default=default)
     parser.add_argument("--spec", help="benchmarks yaml (default: $KD_HARNESS_SPEC or the repository's benchmarks.yaml)")
     parser.add_argument("--home", help="runs home: MLflow store, teachers, checkpoints "
                         "(default: $KD_HARNESS_HOME or a user data dir)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
                         "sqlite:///HOME/mlflow.db)")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    return parser
 
-    p = sub.add_parser("list", help="list cells from benchmarks.yaml", description="Print cells, one per line.")
+
+def build_parser() -> Parser:
+    parser = Parser(prog="harness", description="Reproducible knowledge-distillation benchmarks: "
+                    "run cells DATASET/TEACHER-STUDENT/METHOD, tracked in MLflow.", parents=[global_options(None)])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    common = [global_options(argparse.SUPPRESS)]  # every subcommand's parents
+
+    p = sub.add_parser("list", parents=common, help="list cells from benchmarks.yaml",
+                       description="Print cells, one per line.")
     p.add_argument("--suite")
     p.add_argument("--dataset")
     p.add_argument("--method")
     p.add_argument("--all", action="store_true", help="also the cells that cannot run, with the reason")
 
-    p = sub.add_parser("run", help="train and track one cell (or a suite)",
+    p = sub.add_parser("run", parents=common, help="train and track one cell (or a suite)",
                        description="Train the cell's teacher (or reuse the cached one), distil the student, "
                        "log everything to MLflow. Finished cells are skipped; interrupted ones resume.")
     target = p.add_mutually_exclusive_group(required=True)
@@ -52,14 +62,14 @@ def build_parser() -> Parser:
     add_flags(p)
     launch.add_arguments(p)
 
-    p = sub.add_parser("teacher", help="train and cache a teacher", description="Train (or find cached) the "
-                       "teacher DATASET/MODEL with the dataset's teacher recipe.")
+    p = sub.add_parser("teacher", parents=common, help="train and cache a teacher",
+                       description="Train (or find cached) the teacher DATASET/MODEL with the dataset's teacher recipe.")
     p.add_argument("target", metavar="DATASET/MODEL")
     p.add_argument("--seed", type=int, default=0, help="the teacher's seed")
     p.add_argument("--epochs", type=int, help="override the teacher recipe's epochs")
     add_flags(p)
 
-    p = sub.add_parser("sweep", help="tune a cell's hyperparameters with Optuna on the validation split",
+    p = sub.add_parser("sweep", parents=common, help="tune a cell's hyperparameters with Optuna on the validation split",
                        description="Optuna study over the cell's search space (benchmarks.yaml, or --space). "
                        "Trials see only the training and validation splits. Several processes or machines "
                        "running the same command on one --storage and --study share the study; running it "
@@ -70,11 +80,15 @@ def build_parser() -> Parser:
                    help="float:LOW:HIGH[:log], int:LOW:HIGH[:log] or cat:A,B (repeatable)")
     p.add_argument("--sampler", choices=["tpe", "grid"], default="tpe")
     p.add_argument("--grid", help="a named grid of benchmarks.yaml (implies --sampler grid), e.g. lpl_fig3")
-    p.add_argument("--sampler-seed", type=int, default=0)
+    p.add_argument("--sampler-seed", type=int, default=0,
+                   help="trial n draws from a generator seeded by (this, n): a fresh study repeats, a resumed or "
+                   "shared one draws new points")
     p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
     p.add_argument("--storage", help="Optuna storage: a SQLAlchemy URL or journal:PATH "
                    "(default: sqlite:///HOME/optuna.db)")
-    p.add_argument("--study", help="study name (default: derived from the cell)")
+    p.add_argument("--study", help="study name (default: sweep-CELL-HASH, HASH naming the objective: recipe and "
+                   "epochs, options that change results, search space, grid); a study made for another "
+                   "objective is refused")
     p.add_argument("--final-seeds", type=int, default=0,
                    help="then retrain the best configuration on train+val over N seeds and report test accuracy")
     p.add_argument("--seed", type=int, default=0, help="the trials' training seed")
@@ -82,7 +96,7 @@ def build_parser() -> Parser:
     add_flags(p)
     launch.add_arguments(p)
 
-    p = sub.add_parser("bench", help="time the harness against a bare loop, and every method's step",
+    p = sub.add_parser("bench", parents=common, help="time the harness against a bare loop, and every method's step",
                        description="Median step time of each method through the harness, of a hand-written KD "
                        "loop doing the same work, images per second, and the ratios; on the chosen options.")
     p.add_argument("--dataset", required=True)
@@ -96,8 +110,8 @@ def build_parser() -> Parser:
                    help="also profile each method's step with torch.profiler (where its time goes)")
     add_flags(p)
 
-    p = sub.add_parser("perf", help="the standing speed record: bench every method under each speed option, "
-                       "and each option's accuracy cost", description="Run it alone on the machine. Step times of "
+    p = sub.add_parser("perf", parents=common, help="the standing speed record: bench every method under each speed "
+                       "option, and each option's accuracy cost", description="Run it alone on the machine. Step times of "
                        "every method of each DATASET/PAIR under each option set, and one cell's test top-1 over "
                        "seeds under each option set against fp32 (Welch's t-test); Markdown. --teacher-epochs shortens the "
                        "bench's teachers only (a step time does not depend on them); the cell's teacher trains in full.")
@@ -112,7 +126,7 @@ def build_parser() -> Parser:
     p.add_argument("--out", help="write the Markdown record to this file")
     add_flags(p)
 
-    p = sub.add_parser("report", help="comparison tables and plots from MLflow, beside the papers' numbers",
+    p = sub.add_parser("report", parents=common, help="comparison tables and plots from MLflow, beside the papers' numbers",
                        description="Render a suite's (or some cells') results: mean ± std over seeds, the paper's "
                        "number and the difference, cost columns; Markdown, HTML (with plots), LaTeX, CSV.")
     target = p.add_mutually_exclusive_group(required=True)
@@ -127,7 +141,7 @@ def build_parser() -> Parser:
                    help="the recipe setting to show (cells are only compared at one; default: the one that "
                    "covers the most cells, then the recipe as stated)")
 
-    p = sub.add_parser("audit", help="test the papers' claims on our runs (Welch's t-test per claim)",
+    p = sub.add_parser("audit", parents=common, help="test the papers' claims on our runs (Welch's t-test per claim)",
                        description="For every claim of the chosen suites (benchmarks.yaml, suites.*.claims): our "
                        "means ± std (n), the difference, Welch's p-value and a verdict (confirmed, refuted, "
                        "inconclusive, not run), beside the paper's numbers.")
@@ -139,7 +153,7 @@ def build_parser() -> Parser:
     p.add_argument("--departures", metavar="'none'|'epochs=N teacher_epochs=M'",
                    help="with --suite: audit the runs at this recipe setting (default: per suite, the report's rule)")
 
-    p = sub.add_parser("ui", help="start the MLflow UI on the runs store (127.0.0.1)")
+    p = sub.add_parser("ui", parents=common, help="start the MLflow UI on the runs store (127.0.0.1)")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
     return parser

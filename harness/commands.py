@@ -157,9 +157,8 @@ def command_sweep(args, spec, runner) -> int:
     if args.sampler == "grid" and not args.grid:
         raise UserError("--sampler grid needs --grid NAME (a grid of benchmarks.yaml)")
     opts = replace(_options(args, epochs=args.epochs), seed=args.seed, progress=False)
-    study = args.study or "sweep-" + cell.id.replace("/", "-")
     sweep_opts = SweepOptions(
-        trials=args.trials, study=study, storage=args.storage or f"sqlite:///{runner.home / 'optuna.db'}",
+        trials=args.trials, study=args.study, storage=args.storage or f"sqlite:///{runner.home / 'optuna.db'}",
         sampler=args.sampler, pruner=args.pruner, seed=args.sampler_seed, space=args.space, grid=args.grid,
         final_seeds=args.final_seeds)
     if args.launcher:
@@ -167,6 +166,7 @@ def command_sweep(args, spec, runner) -> int:
         check(runner, cell, opts, sweep_opts)  # space, cell, storage: before any job exists
         return launch.launch(args, args.argv, runner.home, runner.tracking_uri, workers)
     sweep = Sweep(runner, cell, opts, sweep_opts)
+    study = sweep.opts.study
     result = sweep.run()
     print(sweep.summary_table())
     complete = [t for t in result.trials if t.value is not None]

@@ -24,13 +24,18 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _git_state() -> tuple[str, bool]:
-    repo = Path(__file__).resolve().parent.parent
+def _git_state(repo: Path = Path(__file__).resolve().parent.parent) -> tuple[str, bool]:
+    """HEAD's commit, and whether the code differs from it: a changed tracked file, or a new file (not
+    ignored) among the code a run executes (harness/, methods/, benchmarks.yaml; a new methods/x.py
+    runs without being committed). New results or docs do not count."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or "unknown"
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
+        commit = git("rev-parse", "HEAD") or "unknown"
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no")
+                     or git("ls-files", "--others", "--exclude-standard", "--", "harness", "methods",
+                            "benchmarks.yaml"))
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "unknown", False
     return commit, dirty

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.commits import commits, dirty_note
 from harness.errors import UserError
 from harness.report import FORMATS, Report, fmt
 
@@ -95,17 +96,18 @@ def provenance(report: Report, command: str) -> str:
     lines = [f"# Provenance: {report.title}", "",
              f"Rendered by `{command}` from the MLflow runs below (FINISHED student runs and those that "
              "diverged, latest per cell and seed).", "",
-             f"- Git commit(s) of the runs: {', '.join(sorted(set(runs['params.env.git_commit'])))}",
+             f"- Git commit(s) of the runs: {', '.join(sorted(set(commits(runs, 40))))}",
+             *(f"- {note}" for note in dirty_note(runs)),
              f"- Hardware: {', '.join(sorted(set(runs['params.env.device_name'])))} "
              f"(device {', '.join(sorted(set(runs['params.env.device'])))}, torch {', '.join(sorted(set(runs['params.env.torch'])))})",
              f"- Runs started {start:%Y-%m-%d %H:%M} UTC, last finished {end:%Y-%m-%d %H:%M} UTC; "
              f"summed training wall time {wall / 60:.1f} min (teachers not included)",
              "", "| cell | seed | MLflow run id | commit | test top-1 (last) | wall s |", "| --- | --- | --- | --- | --- | --- |"]
-    for _, r in runs.iterrows():
+    for (_, r), commit in zip(runs.iterrows(), commits(runs)):
         top1 = (f"diverged: {r['tags.failure_term']} non-finite at epoch {r['tags.failure_epoch']}" if r["diverged"]
                 else f"{float(r['metrics.test_top1_last']):.2f}")
         wall = float(r["metrics.wall_seconds"])
-        lines.append(f"| {r['tags.cell']} | {r['tags.seed']} | {r['run_id']} | {r['params.env.git_commit'][:10]} | "
+        lines.append(f"| {r['tags.cell']} | {r['tags.seed']} | {r['run_id']} | {commit} | "
                      f"{top1} | {'' if math.isnan(wall) else f'{wall:.0f}'} |")
     return "\n".join(lines) + "\n"
 

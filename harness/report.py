@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from harness.commits import commits, dirty_note
 from harness.errors import UserError
 from harness.schema import SuiteSpec
 from harness.spec import Spec
@@ -285,7 +286,6 @@ def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | N
     recipes = sorted(set(runs["params.recipe_name"]))
     epochs = sorted(set(runs["params.recipe.epochs"]), key=int)
     devices = sorted(set(runs["params.env.device_name"]))
-    commits = sorted(set(runs["params.env.git_commit"].str[:10]))
     caption = (f"Test top-1 accuracy (%) at {SELECTIONS[select][2]}, mean ± sample std over seeds (n); "
                "'k diverged': seeds whose loss became non-finite (their runs FAILED), not in n. "
                f"Recipe(s): {', '.join(recipes)}, {', '.join(epochs)} epochs. "
@@ -294,7 +294,7 @@ def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | N
                f"mean ± max(2·std, {suite_spec.tolerance:g} points); † marks a "
                "s/epoch figure from runs that shared the machine (1-min load average above the run's own threads, "
                f"at most the core count, + {LOAD_MARGIN}): not a cost figure. "
-               f"Hardware: {', '.join(devices)}. Commit(s): {', '.join(commits)}.")
-    notes = ([f"departure from the paper: {d}" for d in suite_spec.departures] + teacher_notes(tracking_uri, runs)
-             + notes)
+               f"Hardware: {', '.join(devices)}. Commit(s): {', '.join(sorted(set(commits(runs))))}.")
+    notes = ([f"departure from the paper: {d}" for d in suite_spec.departures] + dirty_note(runs)
+             + teacher_notes(tracking_uri, runs) + notes)
     return Report(suite_spec.title, caption, paper_table(detail), detail, runs, curves(tracking_uri, runs), notes)

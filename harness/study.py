@@ -1,17 +1,21 @@
 """The pieces of an Optuna study: its search space (benchmarks.yaml's, a named grid's, or --space),
-its sampler, pruner and storage; checked before any trial runs."""
+its sampler, pruner and storage, and the objective its trials measure; checked before any trial runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import optuna
 
 from harness.cells import Cell, method_parts, split_assignment
 from harness.errors import UserError
+from harness.plan import config_key, flatten
 from harness.spec import Spec
 from methods import method_class
 
@@ -108,11 +112,39 @@ def open_storage(url: str):
                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
 
 
-def make_sampler(name: str, seed: int):
+class TrialSeeded(optuna.samplers.BaseSampler):
+    """A sampler whose random draws for trial n come from a generator seeded by (seed, n). Trial
+    numbers are handed out by the storage, once each: a resumed study or a second worker on it draws
+    new points (one sampler seeded once per process would repeat the first worker's), and a fresh
+    study in one process draws the same points for the same seed. The model the sampler fits (TPE's)
+    is rebuilt from the study's trials each time, so nothing but the generator is lost between trials."""
+
+    def __init__(self, make, seed: int):
+        self.make, self.seed = make, seed
+        self.inner = make(seed)
+
+    def before_trial(self, study, trial) -> None:
+        self.inner = self.make(int(np.random.SeedSequence([self.seed, trial.number]).generate_state(1)[0]))
+        self.inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self.inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self.inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self.inner.after_trial(study, trial, state, values)
+
+
+def make_sampler(name: str, seed: int) -> TrialSeeded:
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if name in ("grid", "random"):
-        return optuna.samplers.RandomSampler(seed=seed)  # grid points come from the queue, not the sampler
+        return TrialSeeded(lambda s: optuna.samplers.TPESampler(seed=s), seed)
+    if name in ("grid", "random"):  # grid points come from the queue, not the sampler
+        return TrialSeeded(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
     raise UserError(f"unknown sampler {name!r}; use tpe or grid")
 
 
@@ -136,3 +168,42 @@ def search_space(spec: Spec, cell: Cell, opts: SweepOptions) -> tuple[dict[str, 
         raise UserError(f"grid {opts.grid} is for method {grid.method}, not part of {cell.method!r}")
     space = {p: Dimension(grid.method, p, "cat", choices=tuple(v)) for p, v in grid.grid.items()}
     return space, [dict(zip(grid.grid, values)) for values in itertools.product(*grid.grid.values())]
+
+
+def describe_objective(identity: dict, space: dict[str, Dimension], grid: str | None, grid_points: list | None) -> dict:
+    """What a trial's value measures: the trial run's identity before the searched values are set
+    (cell, recipe with its epochs, data, models, teacher, the options that change results, the other
+    hyperparameters, the trials' seed), the search space and the grid. The sampler, its seed and the
+    pruner only choose which trials run, and are left out. Written as the storage gives it back
+    (JSON: lists, not tuples), so that a stored description compares equal."""
+    described = {"trial": identity, "space": {name: dataclasses.asdict(dim) for name, dim in space.items()},
+                 "grid": {"name": grid, "points": grid_points}}
+    return json.loads(json.dumps(described, sort_keys=True, default=str))
+
+
+def default_study_name(cell: Cell, objective: dict) -> str:
+    """The cell and a short hash of the objective: another budget or space makes another study."""
+    return f"sweep-{cell.id.replace('/', '-')}-{config_key(objective)[:8]}"
+
+
+def check_objective(storage, study: str, objective: dict) -> None:
+    """Refuse to join a study whose trials measured another objective (say at another --epochs): its
+    best trial would not compare with ours. A study not there yet is fine: it records ours once made."""
+    try:
+        study_id = storage.get_study_id_from_name(study)
+    except KeyError:
+        return
+    attrs = storage.get_study_user_attrs(study_id)
+    stored = attrs.get("objective")
+    if stored is None:
+        if "mlflow_parent_run_id" in attrs or storage.get_n_trials(study_id):
+            raise UserError(f"study {study!r} records no objective (made by an older harness), so its trials "
+                            "cannot be checked against these: give another --study")
+        return  # another worker is creating it right now; it is checked again once made
+    if stored != objective:
+        ours, theirs = flatten(objective), flatten(stored)
+        differ = [f"{key.removeprefix('trial.')} {theirs.get(key, 'unset')} in the study, {ours.get(key, 'unset')} here"
+                  for key in sorted(set(ours) | set(theirs)) if ours.get(key) != theirs.get(key)]
+        shown = "; ".join(differ[:5]) + (f"; and {len(differ) - 5} more" if len(differ) > 5 else "")
+        raise UserError(f"study {study!r} was made for another objective ({shown}): give another --study, or "
+                        "leave --study out (the default name includes a hash of the objective)")

@@ -4,9 +4,13 @@ Each trial trains the cell on the training part and reports validation top-1 per
 the pruner); the test split is never moved to the device inside a trial. The study lives in
 an Optuna storage (a local SQLite file by default; any SQLAlchemy URL such as PostgreSQL; or
 `journal:PATH`), so the same command started in several processes or machines joins one
-study, and re-running it resumes. MLflow gets a parent run per study and a nested child run
-per trial; when the study ends, the best configuration can be retrained on train + validation
-over several seeds and evaluated on test, tagged with the study.
+study, and re-running it resumes. A study records the objective its trials measure (the trial
+run's identity, the search space, the grid): the default study name carries a hash of it, and a
+named study made for another objective is refused. Trial n draws its points from a generator
+seeded by (--sampler-seed, n), so resumed and parallel workers draw new points. MLflow gets a
+parent run per study and a nested child run per trial; when the study ends, the best
+configuration can be retrained on train + validation over several seeds and evaluated on test,
+tagged with the study.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import io
 import threading
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import optuna
 import torch
@@ -24,28 +29,43 @@ from optuna.trial import TrialState
 from harness.cells import Cell
 from harness.lifecycle import end_failed, end_finished
 from harness.options import RunOptions
-from harness.plan import flatten
+from harness.plan import config_key, flatten
 from harness.process import exclusive
 from harness.provenance import environment_params
 from harness.runner import Runner
-from harness.study import make_pruner, make_sampler, open_storage, search_space
+from harness.study import (check_objective, default_study_name, describe_objective, make_pruner, make_sampler,
+                           open_storage, search_space)
 from harness.workshare import until_free
+from methods import Objective
 
 
-def check(runner: Runner, cell: Cell, run_opts: RunOptions, opts: "SweepOptions"):
+class Checked(NamedTuple):
+    space: dict
+    grid_points: list | None
+    objective: Objective  # the method's, as the trials train it
+    storage: object
+    description: dict  # what every trial measures (harness/study.py: describe_objective)
+    study: str  # --study, or the default name
+
+
+def check(runner: Runner, cell: Cell, run_opts: RunOptions, opts: "SweepOptions") -> Checked:
     """Everything a sweep needs, validated before any teacher trains or any run exists: the search
-    space, the cell's data, models and hyperparameters, the storage. Returns (space, grid points,
-    objective, storage)."""
+    space, the cell's data, models and hyperparameters, the storage, and that an existing study of
+    that name measured the same objective."""
     space, grid_points = search_space(runner.spec, cell, opts)
     plan = runner.plan(cell, run_opts)
     plan.data  # noqa: B018  (present and readable)
-    return space, grid_points, plan.objective, open_storage(opts.storage)
+    storage = open_storage(opts.storage)
+    description = describe_objective(plan.identity, space, opts.grid, grid_points)
+    study = opts.study or default_study_name(cell, description)
+    check_objective(storage, study, description)
+    return Checked(space, grid_points, plan.objective, storage, description, study)
 
 
 @dataclass
 class SweepOptions:
     trials: int
-    study: str
+    study: str | None  # None: sweep-CELL-HASH, the hash of the objective (harness/study.py)
     storage: str
     sampler: str = "tpe"
     pruner: str = "median"
@@ -60,13 +80,15 @@ class Sweep:
         self.runner, self.cell, self.run_opts, self.opts = runner, cell, run_opts, opts
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress line says it once
         self.tracker = runner.tracker
-        self.space, self.grid_points, objective, self.storage = check(runner, cell, run_opts, opts)
+        checked = check(runner, cell, run_opts, opts)
+        self.space, self.grid_points, self.storage = checked.space, checked.grid_points, checked.storage
+        self.description, self.opts = checked.description, dataclasses.replace(opts, study=checked.study)
         pair = runner.spec.pairs[cell.pair]
         # the teacher is trained (or loaded) before any trial, so no trial ever evaluates the test split
-        self.teachers = (until_free(runner.teachers, cell.dataset, pair, run_opts) if objective.needs_teacher
-                         else None)
+        self.teachers = (until_free(runner.teachers, cell.dataset, pair, run_opts)
+                         if checked.objective.needs_teacher else None)
         self.teacher_features: list | None = None  # with --teacher-cache: computed by the first trial, shared
-        self.study = optuna.create_study(study_name=opts.study, storage=self.storage, direction="maximize",
+        self.study = optuna.create_study(study_name=self.opts.study, storage=self.storage, direction="maximize",
                                          sampler=make_sampler(opts.sampler if self.grid_points is None else "grid",
                                                               opts.seed),
                                          pruner=make_pruner(opts.pruner), load_if_exists=True)
@@ -77,18 +99,21 @@ class Sweep:
         with exclusive(self.runner.home / "sweeps" / f"{self.opts.study}.lock", wait=True):
             run_id = self.study.user_attrs.get("mlflow_parent_run_id")
             if run_id is None:
+                self.study.set_user_attr("objective", self.description)  # before the parent: joiners check it
                 run_id = self.tracker.create(f"sweep {self.opts.study}", {
                     "role": "sweep", "cell": self.cell.id, "study": self.opts.study, "storage": self.opts.storage})
                 self.tracker.log_params(run_id, {
                     "sampler": "grid" if self.grid_points else self.opts.sampler, "sampler_seed": self.opts.seed,
                     "pruner": self.opts.pruner, "space": "; ".join(f"{k}={v}" for k, v in self.space.items()),
                     "grid": self.opts.grid or "", "optuna": optuna.__version__,
-                    "objective": "val/top1 (best epoch), maximize"} | environment_params(torch.device("cpu")))
+                    "objective": "val/top1 (best epoch), maximize",
+                    "objective_fingerprint": config_key(self.description)} | environment_params(torch.device("cpu")))
                 self.study.set_user_attr("mlflow_parent_run_id", run_id)
                 if self.grid_points is not None:
                     for point in self.grid_points:
                         self.study.enqueue_trial(point)
-            else:
+            else:  # made by another worker, maybe after our check(): check again, now that it is recorded
+                check_objective(self.storage, self.opts.study, self.description)
                 self.tracker.reopen(run_id, {})
         return run_id
 

@@ -5,7 +5,7 @@ import sys
 
 from mlflow.tracking import MlflowClient
 
-from harness.cli import main
+from harness.cli import build_parser, main
 
 SUMMARY = ["test_top1_best_val", "test_top1_last", "test_top5_last", "mean_epoch_seconds", "extra_parameters",
            "student_parameters", "peak_memory_mb", "wall_seconds"]
@@ -87,3 +87,18 @@ def test_missing_data_and_bad_spec_through_a_real_process(home, tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert expected in proc.stderr and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_home_and_tracking_uri_go_before_or_after_the_subcommand(home, tmp_path):
+    parse = build_parser().parse_args
+    after = parse(["run", "--cell", "c", "--home", "/a", "--tracking-uri", "sqlite:////a/m.db"])
+    assert (after.home, after.tracking_uri, after.spec) == ("/a", "sqlite:////a/m.db", None)
+    assert parse(["--home", "/a", "run", "--cell", "c"]).home == "/a"
+    assert parse(["--home", "/a", "report", "--suite", "s", "--home", "/b"]).home == "/b"  # the subcommand's wins
+    other = tmp_path / "other"
+    store = f"sqlite:///{other / 'store.db'}"
+    assert main(["run", "--cell", "digits/resnet20-resnet8/baseline", "--smoke", "--no-progress",
+                 "--home", str(other), "--tracking-uri", store]) == 0
+    client = MlflowClient(store)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED" and other.is_dir() and not home.exists()  # $KD_HARNESS_HOME unused

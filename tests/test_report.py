@@ -1,5 +1,5 @@
 """The report: a store with known runs gives known numbers; every format; the HTML in a real
-browser; `harness ui` serving the runs over MLflow's REST API."""
+browser; `harness ui` serving the runs over MLflow's REST API; runs of uncommitted code marked."""
 
 import json
 import math
@@ -15,9 +15,11 @@ import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from harness import audit as aud
 from harness import render
 from harness import report as rep
 from harness.cli import main
+from harness.provenance import _git_state
 from harness.spec import DEFAULT_SPEC, load_spec
 
 A, B, C = "digits/resnet20-resnet8/baseline", "digits/resnet20-resnet8/kd", "digits/resnet20-resnet8/at"
@@ -242,3 +244,52 @@ def test_mlflow_ui_opens_on_the_runs_table_with_readable_names(home, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_runs_of_uncommitted_code_are_marked_in_reports_and_the_audit(store):
+    uri, spec_path = store
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("kd-harness").experiment_id
+    dirty = client.search_runs([experiment], f"tags.cell = '{B}' and tags.seed = '0'")[0].info.run_id
+    client.log_param(dirty, "env.git_dirty", "True")
+    raw = yaml.safe_load(spec_path.read_text())
+    raw["suites"]["known"]["claims"] = [{"better": B, "than": A, "source": "Test Table"}]
+    spec_path.write_text(yaml.safe_dump(raw))
+    spec = load_spec(spec_path)
+    result = rep.build(spec, uri, "known", None, "last")
+    assert "Commit(s): abcdef0123, abcdef0123+dirty." in result.caption
+    note = "1 of 6 runs ran uncommitted code (commit shown as ID+dirty)"
+    assert any(n.startswith(note) for n in result.notes) and note in render.render(result, "md")
+    runs_md = render.provenance(result, "harness report --suite known")
+    assert "abcdef0123456789+dirty" in runs_md and f"| {dirty} | abcdef0123+dirty |" in runs_md
+    assert runs_md.count("| abcdef0123 |") == 5
+    audited = aud.audit(spec, uri, ["known"])
+    text = aud.render_markdown(audited, "Claims audit", aud.caption(audited, "last", "harness audit"))
+    assert "commit(s) abcdef0123, abcdef0123+dirty;" in text and note in text
+    assert f"| {dirty} | abcdef0123+dirty |" in text and text.count("| abcdef0123 |") == 5
+
+
+def test_a_new_file_in_the_code_makes_the_checkout_dirty(tmp_path):
+    """Untracked files count where a run executes them (harness/, methods/, benchmarks.yaml), not
+    results or docs, nor ignored files."""
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    for name in ("harness/__init__.py", "methods/__init__.py", "docs/notes.md", ".gitignore"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("__pycache__/\n" if name == ".gitignore" else "")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "code")
+    assert _git_state(tmp_path)[1] is False
+    for name in ("results/new/report.md", "docs/new.md", "harness/__pycache__/x.pyc"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    assert _git_state(tmp_path)[1] is False
+    (tmp_path / "methods" / "x.py").write_text("class X: ...\n")
+    commit, dirty = _git_state(tmp_path)
+    assert dirty is True and len(commit) == 40
+    (tmp_path / "methods" / "x.py").unlink()
+    (tmp_path / "docs" / "notes.md").write_text("changed")  # a tracked file changed: dirty, as before
+    assert _git_state(tmp_path)[1] is True

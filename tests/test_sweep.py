@@ -1,10 +1,12 @@
-"""Optuna sweeps: a real study on digits, two workers on one study, the grid covered exactly
-once, the test split never touched by a trial, and bad input."""
+"""Optuna sweeps: a real study on digits, two workers on one study drawing different trials, the
+grid covered exactly once, the test split never touched by a trial, one objective per study, and
+bad input."""
 
 import os
 import subprocess
 import sys
 
+import optuna
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -12,6 +14,7 @@ from mlflow.tracking import MlflowClient
 import harness.data
 from harness.cli import main
 from harness.spec import DEFAULT_SPEC
+from harness.study import make_sampler
 
 CELL = "digits/resnet20-resnet8/lpl"
 
@@ -60,9 +63,34 @@ def test_a_real_sweep_with_nested_runs_and_no_test_split(home, monkeypatch, caps
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"trials.csv", "optimization_history.png"} <= artifacts
     assert parent.data.params["sampler"] == "tpe" and parent.data.params["pruner"] == "median"
-    # running the command again resumes the same study: 8 more trials, the same parent
+    # running the command again resumes the same study: 2 more trials, new points, the same parent
     assert main(["sweep", "--cell", CELL, "--trials", "2", "--epochs", "2"]) == 0
     assert len(runs(home, "sweep")) == 1 and len(runs(home, "trial")) == 10
+    (name,) = optuna.get_all_study_names(f"sqlite:///{home / 'optuna.db'}")
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{home / 'optuna.db'}")
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 10
+
+
+def test_trial_draws_are_new_on_resume_and_repeat_on_a_fresh_study(tmp_path):
+    """Trial n draws from (sampler seed, n): a second process on a study draws new points where one
+    sampler seeded per process would repeat trial 0, and a fresh study repeats a fresh study."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+
+    def objective(trial):
+        return trial.suggest_float("gamma", 0.01, 10, log=True) + trial.suggest_int("k", 1, 16)
+
+    def draws(storage, trials, seed=0, name="s"):
+        study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler("tpe", seed),
+                                    direction="maximize", load_if_exists=True)
+        study.optimize(objective, n_trials=trials)
+        return [tuple(sorted(t.params.items())) for t in study.trials]
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    draws(url, 3)
+    resumed = draws(url, 1)  # another process resuming the study, or a worker joining it
+    assert len(set(resumed)) == 4
+    assert draws(None, 4) == resumed  # a fresh study, same seed: the same trials
+    assert draws(None, 4, seed=1) != resumed
 
 
 def _workers(home, *args, n=2):
@@ -83,21 +111,18 @@ def _teacher(home):
 
 
 def test_two_workers_share_one_study(home):
-    import optuna
-
     _teacher(home)  # so both workers start on trials at once
     _workers(home, "sweep", "--cell", CELL, "--trials", "6", "--epochs", "1", "--pruner", "none",
              "--study", "shared")
     study = optuna.load_study(study_name="shared", storage=f"sqlite:///{home / 'optuna.db'}")
     assert len(study.trials) == 12 and len({t.number for t in study.trials}) == 12
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 12  # no worker repeats another's
     children = runs(home, "trial")
     assert len(children) == 12 and len({c.data.tags["trial"] for c in children}) == 12
     assert len(runs(home, "sweep")) == 1
 
 
 def test_grid_points_run_exactly_once_across_workers(home, tmp_path):
-    import optuna
-
     raw = yaml.safe_load(DEFAULT_SPEC.read_text())
     raw["grids"]["tiny"] = {"method": "lpl", "grid": {"k": [1, 2], "gamma": [0.1, 1.0]}, "source": "test"}
     spec = tmp_path / "benchmarks.yaml"
@@ -109,6 +134,35 @@ def test_grid_points_run_exactly_once_across_workers(home, tmp_path):
     points = sorted((t.params["k"], t.params["gamma"]) for t in study.trials)
     assert points == [(1, 0.1), (1, 1.0), (2, 0.1), (2, 1.0)]
     assert all(t.state.name == "COMPLETE" for t in study.trials)
+
+
+def test_a_study_holds_one_objective(home, capsys):
+    """Another --epochs is another objective: by default another study; a named study made at another
+    budget is refused before anything trains or any run is made."""
+    base = ["sweep", "--cell", CELL, "--trials", "1", "--pruner", "none", "--teacher-epochs", "1"]
+    storage = f"sqlite:///{home / 'optuna.db'}"
+    assert main(base + ["--epochs", "1"]) == 0
+    assert main(base + ["--epochs", "2"]) == 0
+    names = optuna.get_all_study_names(storage)
+    assert len(names) == 2 and all(n.startswith("sweep-digits-resnet20-resnet8-lpl-") for n in names)
+    assert len(runs(home, "sweep")) == 2
+    one_epoch = next(n for n in names if optuna.load_study(study_name=n, storage=storage)
+                     .user_attrs["objective"]["trial"]["recipe"]["epochs"] == 1)
+    before = len(runs(home))
+    capsys.readouterr()
+    assert main(base + ["--epochs", "2", "--study", one_epoch]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"study '{one_epoch}' was made for another objective" in err, err
+    assert "recipe.epochs 1 in the study, 2 here" in err
+    assert len(runs(home)) == before and len(optuna.load_study(study_name=one_epoch, storage=storage).trials) == 1
+    # the same objective joins its study under its name
+    assert main(base + ["--epochs", "1", "--study", one_epoch]) == 0
+    assert len(optuna.load_study(study_name=one_epoch, storage=storage).trials) == 2
+    # a study that records no objective cannot be checked: refused too
+    optuna.create_study(study_name="unrecorded", storage=storage).optimize(lambda t: t.suggest_float("k", 1, 2), 1)
+    capsys.readouterr()
+    assert main(base + ["--epochs", "1", "--study", "unrecorded"]) == 2
+    assert "study 'unrecorded' records no objective" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, expected", [
