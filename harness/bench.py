@@ -56,10 +56,12 @@ def profile_steps(step, batches, plan, steps: int) -> str:
 
 
 def bench(runner: Runner, dataset: str, pair: str, methods: list[str], opts: RunOptions, steps: int = 20,
-          warmup: int = 5, profile: bool = False, batch_size: int | None = None) -> pd.DataFrame:
-    """The table; with `profile`, frame.attrs["profiles"] maps each method to its operator table."""
+          warmup: int = 5, profile: bool = False, batch_size: int | None = None,
+          teachers: list | None = None) -> pd.DataFrame:
+    """The table; with `profile`, frame.attrs["profiles"] maps each method to its operator table.
+    `teachers`: the pair's teacher networks (default: its cached or newly trained teachers)."""
     rows, profiles = [], {}
-    teacher = None
+    teacher = teachers
     for method in ["baseline", "kd"] + [m for m in methods if m not in ("baseline", "kd")]:
         cell = runner.spec.cell(f"{dataset}/{pair}/{method}")
         plan = runner.plan(cell, dataclasses.replace(opts, seed=0, progress=False))

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Prepare what scripts/gpu_acceptance.sh needs on the lent GPU machine (Python 3.12, its own torch,
+# no registry): the pure-Python packages it lacks as wheels in .whl/, MNIST gzipped in .carry/mnist/.
+# Both folders are git-ignored; name them in the device tool's `carry`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .whl .carry/mnist
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+  pydantic==2.14.4 pydantic-core==2.50.5 annotated-types typing-inspection "typing-extensions>=4.16" platformdirs
+data=${KD_HARNESS_DATA:-../shared/data}
+for f in "$data"/MNIST/raw/*-ubyte; do gzip -c "$f" >".carry/mnist/$(basename "$f").gz"; done
+du -sh .whl .carry
