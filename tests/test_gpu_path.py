@@ -4,6 +4,7 @@ fewer devices, identity, the device-side epoch plan); tests marked `cuda` run th
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,6 +93,13 @@ def test_loss_terms_run_in_fp32_under_autocast(runner, cell_id):
 def test_nmt_smoke_cell_finishes_under_bf16(home):
     """The issue's reproduction: `--amp bf16` NMT ended in 'linalg_eigh_cpu not implemented for BFloat16'."""
     assert main(["run", "--cell", "digits/resnet20-resnet8/nmt", "--smoke", "--amp", "bf16", "--no-progress"]) == 0
+    # the student is logged as a CPU copy with a signature: it loads on a CPU-only host
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.role = 'student'")
+    mlmodel = Path(client.download_artifacts(run.info.run_id, "model/MLmodel", str(home))).read_text()
+    assert "signature:" in mlmodel and "inputs:" in mlmodel
 
 
 def _mlp_trainer(home, epochs: int = 1):
@@ -253,3 +261,50 @@ def test_the_default_test_run_hides_gpus():
     import os
 
     assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_torchrun_picks_the_backend_of_the_device_and_refuses_misplaced_ranks(monkeypatch):
+    import torch.distributed as dist
+
+    from harness import distributed
+    from harness.errors import UserError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    calls = []
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw)))
+    context = distributed.from_environment("cpu")  # a GPU machine, a CPU run: gloo
+    assert (context.rank, context.world_size) == (1, 2)
+    assert calls[-1][0] == "gloo" and calls[-1][1]["timeout"].total_seconds() == 1800
+    with pytest.raises(UserError, match="local rank 1 has no GPU: 1 visible"):
+        distributed.from_environment("auto")
+    with pytest.raises(UserError, match="--device cuda:1 under torchrun"):
+        distributed.from_environment("cuda:1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
+    distributed.from_environment("cuda")
+    assert calls[-1][0] == "nccl" and calls[-1][1]["device_id"] == torch.device("cuda", 1)
+
+
+def test_an_error_on_rank_0_before_its_decision_reaches_the_other_ranks(home, monkeypatch):
+    """Rank 0 fails before it broadcasts skip/train: it broadcasts the error instead (no rank waits
+    for a broadcast that never comes), and a follower given that error stops at once."""
+    from harness import distributed, lifecycle
+    from harness.lifecycle import Job, TrainingFailed
+
+    sent = []
+    monkeypatch.setattr(distributed, "broadcast", lambda context, value=None: sent.append(value) or value)
+    runner = Runner(SPEC, home, f"sqlite:///{home / 'mlflow.db'}", distributed.Context(0, 2, 0))
+    monkeypatch.setattr(Runner, "tracker", property(lambda self: (_ for _ in ()).throw(OSError("store unreachable"))))
+    job = Job("key", "a run", {}, dict, {}, make_trainer=None)
+    with pytest.raises(OSError, match="store unreachable"):
+        lifecycle.execute(runner, job, force=False)
+    assert sent == [("error", "OSError: store unreachable")]
+    follower = Runner(SPEC, home, "sqlite://", distributed.Context(1, 2, 1))
+    monkeypatch.setattr(distributed, "broadcast", lambda context, value=None: ("error", "OSError: store unreachable"))
+    with pytest.raises(TrainingFailed, match="rank 0 failed before training"):
+        lifecycle.execute(follower, job, force=False)
