@@ -94,7 +94,7 @@ def method_matrix(runner: Runner, device: str, option_sets: dict, steps: int, co
                 for step in range(steps):
                     _sync(plan.device)
                     started = time.perf_counter()
-                    losses, _ = trainer.train_step(*trainer.batches.train_batch(epoch, step), step)
+                    losses, _ = trainer.step_on(epoch, step)
                     _sync(plan.device)
                     times.append(time.perf_counter() - started)
                     terms = {k: v.detach().item() for k, v in losses.items()}

@@ -28,15 +28,15 @@ from harness.runner import Runner
 from harness.workshare import until_free
 
 
-def _timed(step, batches, plan, steps: int, warmup: int, device: torch.device) -> float:
-    """Median seconds per step (batch fetch and augmentation included)."""
+def _timed(step, plan, steps: int, warmup: int, device: torch.device) -> float:
+    """Median seconds per step(plan, i) (batch fetch and augmentation included)."""
     times = []
     n = Batches.steps(plan)
     for i in range(warmup + steps):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        step(*batches.train_batch(plan, i % n))
+        step(plan, i % n)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if i >= warmup:
@@ -44,14 +44,14 @@ def _timed(step, batches, plan, steps: int, warmup: int, device: torch.device) -
     return statistics.median(times)
 
 
-def profile_steps(step, batches, plan, steps: int) -> str:
+def profile_steps(step, plan, steps: int) -> str:
     """torch.profiler's table of the operators that take a step's time (CPU time, top 15)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=activities) as prof:
         for i in range(steps):
-            step(*batches.train_batch(plan, i % Batches.steps(plan)))
+            step(plan, i % Batches.steps(plan))
     return prof.key_averages().table(sort_by="cpu_time_total", row_limit=15, max_name_column_width=50)
 
 
@@ -75,9 +75,9 @@ def bench(runner: Runner, dataset: str, pair: str, methods: list[str], opts: Run
         trainer = plan.trainer(teacher if objective.needs_teacher else None, eval_splits=(), label=method)
         batches = trainer.batches
         epoch = batches.epoch_plan(recipe.batch_size, torch.Generator().manual_seed(0))
-        seconds = _timed(trainer.train_step, batches, epoch, steps, warmup, device)
+        seconds = _timed(trainer.step_on, epoch, steps, warmup, device)
         if profile:
-            profiles[method] = profile_steps(trainer.train_step, batches, epoch, min(steps, 5))
+            profiles[method] = profile_steps(trainer.step_on, epoch, min(steps, 5))
         rows.append({"method": method, "path": "harness", "ms_per_step": 1000 * seconds,
                      "images_per_s": recipe.batch_size / seconds, "extra_parameters": objective.extra_parameters()})
         if method == "kd":
@@ -107,7 +107,8 @@ def _bare_kd_row(runner, cell: Cell, opts, teacher, batches, plan, steps, warmup
     optimizer = build_optimizer(recipe, student.parameters())
     student.train()
 
-    def step(x, y):
+    def step(epoch_plan, i):
+        x, y = batches.train_batch(epoch_plan, i)
         if opts.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, opts.amp):
@@ -121,7 +122,7 @@ def _bare_kd_row(runner, cell: Cell, opts, teacher, batches, plan, steps, warmup
         loss.backward()
         optimizer.step()
 
-    seconds = _timed(step, batches, plan, steps, warmup, device)
+    seconds = _timed(step, plan, steps, warmup, device)
     return {"method": "kd", "path": "bare loop", "ms_per_step": 1000 * seconds,
             "images_per_s": recipe.batch_size / seconds, "extra_parameters": 0}
 

@@ -189,8 +189,12 @@ class StudentStep(nn.Module):
         super().__init__()
         self.student, self.objective, self.extract, self.stages = student, objective, extract, stages
 
-    def forward(self, x, teacher_features, y, phase: str):
-        features = self.extract(self.student, x, self.objective.student_features, self.stages)
+    def forward(self, x, teacher_features, y, phase: str, indices: torch.Tensor | None = None):
+        features = self.extract(self.student, x, self.objective.student_features - {"indices"}, self.stages)
+        if self.objective.reads_indices:
+            if indices is None:
+                raise ValueError("this objective reads the batch's indices in the training split; none were given")
+            features["indices"] = indices
         with torch.autocast(x.device.type, enabled=False):
             losses = self.objective(as_fp32(features), as_fp32(teacher_features), y, phase)
         return losses, features["logits"]
@@ -223,6 +227,7 @@ class Trainer:
         self.extra_specs = objective.extra_optimizers()
         self.extra = [s.build() for s in self.extra_specs]
         self.total_epochs = sum(epochs for _, epochs in self.phases)
+        objective.bind_training_set(batches.splits["train"].labels.to(device))  # before a restore fills its state
         self.optimizer, self.optimizer_phase = self._new_optimizer(), 0
         self.generator = torch.Generator()
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
@@ -361,8 +366,7 @@ class Trainer:
             teacher.eval()
         n_steps = Batches.steps(plan)
         for step in range(self.step, n_steps):
-            indices = self.batches.batch_indices(plan, step) if self.teacher_cache is not None else None
-            losses, batch_correct = self.train_step(*self.batches.train_batch(plan, step), step, phase, indices)
+            losses, batch_correct = self.step_on(plan, step, phase)
             for term, value in losses.items():
                 sums[term] = sums.get(term, 0) + value.detach().float()
             correct += batch_correct
@@ -447,6 +451,13 @@ class Trainer:
         return [self.extract(teacher, x, self.objective.teacher_features, self.config.teacher_stages)
                 for teacher in self.teachers]
 
+    def step_on(self, plan: dict, step: int, phase: str = MAIN_PHASE):
+        """train_step on batch `step` of an epoch plan, with the batch's indices where the teacher
+        cache or the objective reads them."""
+        wants_indices = self.teacher_cache is not None or self.objective.reads_indices
+        indices = self.batches.batch_indices(plan, step) if wants_indices else None
+        return self.train_step(*self.batches.train_batch(plan, step), step, phase, indices)
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor, step: int = 0, phase: str = MAIN_PHASE,
                    indices: torch.Tensor | None = None):
         """One optimisation step on a batch: returns (named losses, correct count), both on the device.
@@ -463,7 +474,7 @@ class Trainer:
                     teacher_features = self._teacher_features(x)
                 teacher_features = _clone_tree(teacher_features)  # inference tensors cannot enter autograd
             try:
-                losses, logits = self.step_module(x, teacher_features, y, phase)
+                losses, logits = self.step_module(x, teacher_features, y, phase, indices)
             except torch.linalg.LinAlgError as e:  # a solver that found no answer: a FAILED run, not a traceback
                 raise MethodFailed(self.epoch, step, str(e).splitlines()[0]) from None
         total = sum(losses.values())

@@ -118,6 +118,9 @@ def make_plan(runner: Runner, cell: Cell, opts: RunOptions) -> RunPlan:
                  for m in set(opts.overrides) | (set(suite_overrides) & set(method_parts(cell.method)))}
     objective = build_objective(spec, cell.method, overrides, probe)
     objective.check_teachers(len(teacher_archs))
+    if runner.context.enabled and objective.reads_indices:
+        raise UserError(f"{cell.method} keeps state per training image (a memory bank) that the ranks of torchrun "
+                        "would each update with their own shard: run it in one process")
     teacher_info = runner.teacher_keys(cell.dataset, pair, opts) if objective.needs_teacher else {}
 
     def describe(dump):

@@ -104,6 +104,15 @@ class Objective(nn.Module):
         for part in self.parts.values():
             part.set_epoch(epoch, main_epochs)
 
+    @property
+    def reads_indices(self) -> bool:
+        """Whether a part reads the batch's positions in the training split (the engine gives them)."""
+        return "indices" in self.student_features
+
+    def bind_training_set(self, labels: torch.Tensor) -> None:
+        for part in self.parts.values():
+            part.bind_training_set(labels)
+
     def check_teachers(self, count: int) -> None:
         """A multi-teacher pair feeds only parts that read every teacher (or no teacher); a part that
         reads every teacher needs a pair of two or more."""

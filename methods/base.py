@@ -3,7 +3,8 @@
 A Distiller declares which features it reads from the teacher and the student, may own
 auxiliary (training-only) modules, and returns a dict of named, already-weighted loss terms.
 The student's cross-entropy is added once by `methods.Objective`, so methods combine with
-'+' without counting it twice. Hyperparameters arrive validated by the method's `Params`
+'+' without counting it twice. A method may also read "indices" among its student features: the batch's positions in the
+training split, which the engine (not the network) provides. Hyperparameters arrive validated by the method's `Params`
 (a pydantic model with no defaults: benchmarks.yaml is the single source of defaults).
 
 A multi-teacher pair gives several teachers. A Distiller that declares `multi_teacher` receives
@@ -93,6 +94,11 @@ class Distiller(nn.Module):
 
     def pre_phases(self, main_epochs: int) -> list[PrePhase]:
         return []
+
+    def bind_training_set(self, labels: torch.Tensor) -> None:
+        """Told the training split's labels (on the device) before training starts and before a
+        checkpoint is restored: for state sized by the training set (CRD's memory bank). Such a
+        method declares the student feature "indices" (the batch's positions in the split)."""
 
     def set_epoch(self, epoch: int, main_epochs: int) -> None:
         """Told at the start of every main-phase epoch (0-based, of `main_epochs`), resumed runs
