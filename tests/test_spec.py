@@ -100,6 +100,16 @@ def _mutations():
                                              "metric": "top1", "source": "x"}]), "not one of the suite's cells"),
         ("reference bad metric", setter(["suites", "nmt_table1", "references", 0, "metric"], "acc"), "metric"),
         ("method without class", deleter(["methods", "kd", "class"]), "class"),
+        ("convention bad selection", setter(["suites", "nmt_table1", "convention"], {"selection": "best"}),
+         "suites.nmt_table1.convention.selection: Input should be 'last', 'best-test', 'best-val' or 'unknown'"),
+        ("convention bad aggregate", setter(["suites", "nmt_table1", "references", 0, "convention"],
+                                            {"aggregate": "mean"}), "references.0.convention.aggregate"),
+        ("median without k", setter(["suites", "nmt_table1", "references", 0, "convention"],
+                                    {"aggregate": "median-of-k"}), "aggregate median-of-k needs k, the number of runs"),
+        ("k without of-k", setter(["suites", "nmt_table1", "convention"], {"aggregate": "single", "k": 3}),
+         "k goes with mean-of-k or median-of-k, not aggregate single"),
+        ("margin not positive", setter(["suites", "nmt_table1", "equivalence_margin"], 0),
+         "suites.nmt_table1.equivalence_margin"),
         ("bad name", setter(["datasets", "Digits!"], {}), "Digits!"),
     ]
 
