@@ -7,7 +7,7 @@ import os
 import sys
 import warnings
 
-from harness import commands, launch
+from harness import commands, launch, store_commands
 from harness.errors import UserError
 from harness.options import SPEED_OPTION_SETS, add_flags
 from harness.paths import runs_home
@@ -141,14 +141,18 @@ def build_parser() -> Parser:
                    help="the recipe setting to show (cells are only compared at one; default: the one that "
                    "covers the most cells, then the recipe as stated)")
 
-    p = sub.add_parser("audit", parents=common, help="test the papers' claims on our runs (Welch's t-test per claim)",
-                       description="For every claim of the chosen suites (benchmarks.yaml, suites.*.claims): our "
-                       "means ± std (n), the difference, Welch's p-value and a verdict (confirmed, refuted, "
-                       "inconclusive, not run), beside the paper's numbers.")
+    p = sub.add_parser("audit", parents=common, help="test the papers' claims on our runs (Welch's t-test and TOST per claim)",
+                       description="For every claim of the chosen suites (benchmarks.yaml, suites.*.claims), at "
+                       "the paper's convention and at ours: our means ± std (n), the difference, Welch's and TOST's "
+                       "p-values, Hedges' g and a verdict (confirmed, refuted, equivalent, inconclusive with the "
+                       "seeds needed, diverged, not run), beside the paper's numbers; a forest plot per suite "
+                       "beside --out.")
     p.add_argument("--suite", nargs="+", help="suites to audit (default: every suite with claims)")
     p.add_argument("--select", choices=["last", "best-val"], default="last",
                    help="test accuracy at the last epoch (default) or at the best validation epoch")
-    p.add_argument("--out", help="write the Markdown audit to this file")
+    p.add_argument("--out", help="write the Markdown audit to this file (each suite's forest plot beside it)")
+    p.add_argument("--seeds-plan", action="store_true", help="with --suite: print the `harness run` commands "
+                   "that would give each inconclusive claim the seeds its power figure needs, with their cost")
     p.add_argument("--include-smoke", action="store_true", help="count --smoke runs too")
     p.add_argument("--departures", metavar="'none'|'epochs=N teacher_epochs=M'",
                    help="with --suite: audit the runs at this recipe setting (default: per suite, the report's rule)")
@@ -183,11 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         from harness.runner import Runner
 
         if args.command == "report":
-            return commands.command_report(args, spec, tracking_uri)
+            return store_commands.command_report(args, spec, tracking_uri)
         if args.command == "ui":
             return commands.command_ui(args, tracking_uri)
         if args.command == "audit":
-            return commands.command_audit(args, spec, tracking_uri)
+            return store_commands.command_audit(args, spec, tracking_uri)
         from harness import distributed
 
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command not in ("run", "teacher"):

@@ -217,57 +217,6 @@ def command_bench(args, spec, runner) -> int:
     return 0
 
 
-def command_report(args, spec, tracking_uri: str) -> int:
-    from harness import render
-    from harness import report as rep
-
-    cells = None
-    if args.cells:
-        cells = [spec.cell(c).id for c in args.cells]
-    elif args.suite:
-        require_known(args.suite, spec.suites, "suite")
-    if args.out and not args.out.endswith("/") and not Path(args.out).is_dir() \
-            and not Path(args.out).parent.is_dir():
-        raise UserError(f"cannot write {args.out}: {Path(args.out).parent} is not a directory")
-    result = rep.build(spec, tracking_uri, args.suite, cells, args.select, args.include_smoke, args.departures)
-    if args.out and (args.out.endswith("/") or Path(args.out).is_dir()):
-        command = "harness report " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["report"] else sys.argv[1:])
-        images = render.write_directory(result, Path(args.out), command)
-        print(f"wrote {Path(args.out)}/report.{{md,html,tex,csv}}, runs.md and {', '.join(images)}")
-        return 0
-    text = render.render(result, args.format, render.plots(result) if args.format == "html" else None)
-    if args.out:
-        Path(args.out).write_text(text)
-        print(f"wrote {args.out}")
-    else:
-        print(text)
-    return 0
-
-
-def command_audit(args, spec, tracking_uri: str) -> int:
-    from harness import audit
-
-    suites = args.suite or [name for name, suite in spec.suites.items() if suite.claims]
-    if args.departures is not None and not args.suite:
-        raise UserError("--departures needs --suite: a recipe setting belongs to the suites that ran it")
-    for name in suites:
-        require_known(name, spec.suites, "suite")
-        if not spec.suites[name].claims:
-            raise UserError(f"suite {name!r} lists no claims to audit")
-    out = Path(args.out) if args.out else None
-    if out is not None and not out.parent.is_dir():
-        raise UserError(f"cannot write {out}: {out.parent} is not a directory")
-    result = audit.audit(spec, tracking_uri, suites, args.select, args.include_smoke, args.departures)
-    command = "harness " + " ".join(sys.argv[1:])
-    text = audit.render_markdown(result, "Claims audit", audit.caption(result, args.select, command))
-    if out is None:
-        print(text)
-    else:
-        out.write_text(text)
-        print(f"wrote {out}")
-    return 0
-
-
 def command_ui(args, tracking_uri: str) -> int:
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
         raise UserError(f"no MLflow store at {tracking_uri}; run some cells first")

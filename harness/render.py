@@ -16,7 +16,8 @@ from harness.report import FORMATS, Report, fmt
 
 DETAIL_COLUMNS = {"cell": "cell", "n": "n", "top1": "top-1", "top5": "top-5", "top1_paper": "paper top-1",
                   "top1_delta": "Δ top-1", "top1_z": "z", "sec_per_epoch": "s/epoch (median)", "extra_parameters": "extra params",
-                  "student_parameters": "student params", "peak_memory_mb": "peak MB", "epochs": "epochs"}
+                  "student_parameters": "student params", "peak_memory_mb": "peak MB", "epochs": "epochs",
+                  "top1_at_paper": "top-1 at the paper's convention", "top1_convention": "the paper's convention"}
 
 
 def detail_table(report: Report) -> pd.DataFrame:
@@ -36,6 +37,10 @@ def detail_table(report: Report) -> pd.DataFrame:
         "peak_memory_mb": [f"{v:.0f}" if not math.isnan(v) else "" for v in d.peak_memory_mb],
         "epochs": d["epochs"],
     })
+    if d["top1_convention"].astype(bool).any():  # some paper's convention is not our figure: show both
+        frame.insert(4, "top1_at_paper", [f"{v:.2f}" if not math.isnan(v) else "n/a" if n else ""
+                                          for v, n in zip(d.top1_at_paper, d.n)])
+        frame.insert(5, "top1_convention", d["top1_convention"].replace("", "as ours"))
     return frame.rename(columns=DETAIL_COLUMNS)
 
 
@@ -150,10 +155,11 @@ def render(report: Report, fmt: str, images: dict[str, bytes] | None = None) -> 
     raise UserError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
-def write_directory(report: Report, out: Path, command: str) -> list[str]:
-    """Every format, the plots and runs.md (the provenance) into `out`; the plots' names."""
+def write_directory(report: Report, out: Path, command: str, extra: dict[str, bytes] | None = None) -> list[str]:
+    """Every format, the plots (and `extra` ones, such as the claims' forest plot) and runs.md (the
+    provenance) into `out`; the plots' names."""
     out.mkdir(parents=True, exist_ok=True)
-    images = plots(report)
+    images = plots(report) | (extra or {})
     for name, png in images.items():
         (out / name).write_bytes(png)
     for form, ext in (("md", "md"), ("html", "html"), ("latex", "tex"), ("csv", "csv")):

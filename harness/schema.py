@@ -177,12 +177,33 @@ class RecipeSpec(Strict):
     source: str = ""
 
 
+class Convention(Strict):
+    """How a paper arrived at its printed number: which epoch's test accuracy (`selection`) and how
+    several runs were combined (`aggregate`, over `k` runs). `unknown` is a valid reading."""
+
+    selection: Literal["last", "best-test", "best-val", "unknown"] = Field("unknown", description=(
+        "last: the final epoch; best-test: the best epoch on the test set (test-selected, optimistic); "
+        "best-val: the epoch of best validation accuracy"))
+    aggregate: Literal["single", "mean-of-k", "median-of-k", "unknown"] = "unknown"
+    k: PositiveInt | None = Field(None, description="the number of runs behind a mean-of-k or median-of-k")
+
+    @model_validator(mode="after")
+    def _runs(self):
+        of_k = self.aggregate in ("mean-of-k", "median-of-k")
+        if of_k and self.k is None:
+            raise ValueError(f"aggregate {self.aggregate} needs k, the number of runs")
+        if not of_k and self.k is not None:
+            raise ValueError(f"k goes with mean-of-k or median-of-k, not aggregate {self.aggregate}")
+        return self
+
+
 class Reference(Strict):
     cell: str
     value: float
     metric: Literal["top1", "top5", "top1_error", "top5_error"]
     source: str
     note: str = ""
+    convention: Convention | None = Field(None, description="how the paper got this number; absent: the suite's")
 
 
 class Claim(Strict):
@@ -219,6 +240,10 @@ class SuiteSpec(Strict):
     references: list[Reference] = []
     claims: list[Claim] = Field([], description="the paper's ordering claims, audited by `harness audit`")
     departures: list[str] = Field([], description="where this suite cannot follow the paper as printed, and why")
+    convention: Convention = Field(Convention(), description="the paper's convention for every reference "
+                                   "that declares none of its own")
+    equivalence_margin: float = Field(0.5, gt=0, description=(
+        "accuracy points within which the audit calls two cells equivalent (TOST at this margin)"))
     tolerance: float = Field(0.5, ge=0, description=(
         "accuracy points a paper's single number may differ by (its own run-to-run noise, which the paper does "
         "not print) before a report flags it; the flag needs |ours - paper| > max(2 std, tolerance)"))

@@ -37,7 +37,8 @@ def default_tracking_uri(home: Path) -> str:
 
 # a finished run's summary metrics, which readers of student_results may ask of every row (a diverged
 # run logged none of them: its columns are NaN, and exist even when no shown run finished)
-SUMMARY_METRICS = ("test_top1_last", "test_top5_last", "test_top1_best_val", "test_top5_best_val", "wall_seconds",
+SUMMARY_METRICS = ("test_top1_last", "test_top5_last", "test_top1_best_val", "test_top5_best_val",
+                   "test_top1_max_test", "test_top5_max_test", "wall_seconds",
                    "mean_epoch_seconds", "peak_memory_mb", "extra_parameters", "student_parameters")
 
 
@@ -71,6 +72,22 @@ def finished_teacher_runs(uri: str, keys: list[str]) -> dict:
     runs = client.search_runs([found.experiment_id], max_results=5000,
                               filter_string="tags.role = 'teacher' and attributes.status = 'FINISHED'")
     return {r.data.tags["run_key"]: r for r in runs if r.data.tags.get("run_key") in keys}
+
+
+def sweep_trials(uri: str, studies: list[str]) -> dict[str, int]:
+    """study -> the trials its sweep parent run counted (complete + pruned + failed), for each of
+    `studies` whose parent run in this store logged them (harness/sweep.py, when a sweep ends)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([found.experiment_id], max_results=5000, filter_string="tags.role = 'sweep'")
+    counts = {}
+    for run in runs:
+        study, metrics = run.data.tags.get("study"), run.data.metrics
+        if study in studies and "trials_complete" in metrics:
+            counts[study] = int(sum(metrics.get(f"trials_{s}", 0) for s in ("complete", "pruned", "fail")))
+    return counts
 
 
 def metric_histories(uri: str, run_ids: list[str], key: str) -> dict[str, list]:

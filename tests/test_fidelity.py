@@ -16,6 +16,7 @@ from harness import audit as aud
 from harness import preprocess, render
 from harness import report as rep
 from harness.cli import main
+from harness.configurations import suite_rank
 from harness.errors import UserError
 from harness.models import build_model
 from harness.sources import load_data
@@ -364,7 +365,7 @@ def test_audit_command_writes_markdown(claims_store, tmp_path, monkeypatch):
     assert main(["--spec", str(path), "--tracking-uri", uri, "audit", "--suite", "claims_test", "--out", str(out)]) == 0
     text = out.read_text()
     assert "**confirmed**" in text and "**refuted**" in text and "**not run**" in text
-    assert "Verdicts: confirmed 2, refuted 1, inconclusive 2, diverged 0, not run 1 (of 6)" in text
+    assert "Verdicts: confirmed 2, refuted 1, equivalent 0, inconclusive 2, diverged 0, not run 1, n/a 0 (of 6)" in text
     assert "After Holm's correction within each suite: confirmed 2, refuted 1." in text
     assert "## Runs used" in text
 
@@ -417,7 +418,7 @@ def test_a_suites_report_takes_the_configuration_run_for_it(home):
     assert top1[None][KD] == top1["other"][KD] == 50.0 and top1["v"][KD] == pytest.approx(70.5)
     assert top1[None][BASE] == top1["v"][BASE] == 40.0  # a cell the suite leaves alone: its default runs
     assert any("left out: variant (2 seeds, suite v)" in n for n in rep.load_runs(uri, [KD, BASE])[1])
-    assert rep.suite_rank(pd.DataFrame({"tags.suite": ["other"]}), "v") == 2
+    assert suite_rank(pd.DataFrame({"tags.suite": ["other"]}), "v") == 2
     assert SPEC.suites["lpl_table3_sigma10"].overrides == {"lpl": {"sigma": 10.0}}
 
 

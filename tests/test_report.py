@@ -16,6 +16,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from harness import audit as aud
+from harness import audit_render
 from harness import render
 from harness import report as rep
 from harness.cli import main
@@ -264,7 +265,7 @@ def test_runs_of_uncommitted_code_are_marked_in_reports_and_the_audit(store):
     assert "abcdef0123456789+dirty" in runs_md and f"| {dirty} | abcdef0123+dirty |" in runs_md
     assert runs_md.count("| abcdef0123 |") == 5
     audited = aud.audit(spec, uri, ["known"])
-    text = aud.render_markdown(audited, "Claims audit", aud.caption(audited, "last", "harness audit"))
+    text = audit_render.render_markdown(audited, "Claims audit", audit_render.caption(audited, "last", "harness audit"))
     assert "commit(s) abcdef0123, abcdef0123+dirty;" in text and note in text
     assert f"| {dirty} | abcdef0123+dirty |" in text and text.count("| abcdef0123 |") == 5
 

@@ -100,6 +100,16 @@ def _mutations():
                                              "metric": "top1", "source": "x"}]), "not one of the suite's cells"),
         ("reference bad metric", setter(["suites", "nmt_table1", "references", 0, "metric"], "acc"), "metric"),
         ("method without class", deleter(["methods", "kd", "class"]), "class"),
+        ("convention bad selection", setter(["suites", "nmt_table1", "convention"], {"selection": "best"}),
+         "suites.nmt_table1.convention.selection: Input should be 'last', 'best-test', 'best-val' or 'unknown'"),
+        ("convention bad aggregate", setter(["suites", "nmt_table1", "references", 0, "convention"],
+                                            {"aggregate": "mean"}), "references.0.convention.aggregate"),
+        ("median without k", setter(["suites", "nmt_table1", "references", 0, "convention"],
+                                    {"aggregate": "median-of-k"}), "aggregate median-of-k needs k, the number of runs"),
+        ("k without of-k", setter(["suites", "nmt_table1", "convention"], {"aggregate": "single", "k": 3}),
+         "k goes with mean-of-k or median-of-k, not aggregate single"),
+        ("margin not positive", setter(["suites", "nmt_table1", "equivalence_margin"], 0),
+         "suites.nmt_table1.equivalence_margin"),
         ("bad name", setter(["datasets", "Digits!"], {}), "Digits!"),
     ]
 
@@ -143,3 +153,22 @@ def test_the_smoke_suite_covers_every_method():
     spec = load_spec()
     covered = {part for cell in spec.cells(suite="smoke") for part in method_parts(cell.method)}
     assert covered == set(spec.methods)
+
+
+def test_conventions_are_optional_and_a_reference_may_declare_its_own(tmp_path, raw):
+    from harness.conventions import convention_of
+
+    spec = load_spec()
+    assert spec.suites["positive_control"].convention.selection == "unknown"  # not declared: unknown
+    edited = copy.deepcopy(raw)
+    suite = edited["suites"]["nmt_table1"]
+    suite["convention"] = {"selection": "last", "aggregate": "single"}
+    suite["references"][0]["convention"] = {"selection": "best-test", "aggregate": "median-of-k", "k": 5}
+    path = tmp_path / "benchmarks.yaml"
+    path.write_text(yaml.safe_dump(edited))
+    nmt = load_spec(path).suites["nmt_table1"]
+    first = nmt.references[0]
+    mine = convention_of(nmt, first.cell, first.metric.removesuffix("_error"))
+    assert (mine.selection, mine.aggregate, mine.k) == ("best-test", "median-of-k", 5)
+    other = convention_of(nmt, nmt.references[2].cell, "top1")  # declares none: the suite's
+    assert (other.selection, other.aggregate, other.k) == ("last", "single", None)

@@ -1,0 +1,79 @@
+"""The commands that only read the store, once their arguments are parsed (harness/cli.py):
+`harness report` (tables, plots and the suite's claims as a forest plot) and `harness audit`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from harness.cells import require_known
+from harness.errors import UserError
+
+
+def command_report(args, spec, tracking_uri: str) -> int:
+    from harness import render
+    from harness import report as rep
+
+    cells = None
+    if args.cells:
+        cells = [spec.cell(c).id for c in args.cells]
+    elif args.suite:
+        require_known(args.suite, spec.suites, "suite")
+    if args.out and not args.out.endswith("/") and not Path(args.out).is_dir() \
+            and not Path(args.out).parent.is_dir():
+        raise UserError(f"cannot write {args.out}: {Path(args.out).parent} is not a directory")
+    result = rep.build(spec, tracking_uri, args.suite, cells, args.select, args.include_smoke, args.departures)
+    forest = claims_plot(args, spec, tracking_uri)
+    if args.out and (args.out.endswith("/") or Path(args.out).is_dir()):
+        command = "harness report " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["report"] else sys.argv[1:])
+        images = render.write_directory(result, Path(args.out), command, forest)
+        print(f"wrote {Path(args.out)}/report.{{md,html,tex,csv}}, runs.md and {', '.join(images)}")
+        return 0
+    text = render.render(result, args.format, render.plots(result) | forest if args.format == "html" else None)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def claims_plot(args, spec, tracking_uri: str) -> dict[str, bytes]:
+    """{'claims-forest.png': the forest plot of the reported suite's claims}, or {} without claims."""
+    if not args.suite or not spec.suites[args.suite].claims:
+        return {}
+    from harness import audit, audit_render
+
+    result = audit.audit(spec, tracking_uri, [args.suite], args.select, args.include_smoke, args.departures)
+    return {"claims-forest.png": audit_render.forests(result)[args.suite]}
+
+
+def command_audit(args, spec, tracking_uri: str) -> int:
+    from harness import audit, audit_render, seeds_plan
+
+    suites = args.suite or [name for name, suite in spec.suites.items() if suite.claims]
+    for flag, given in (("--departures", args.departures is not None), ("--seeds-plan", args.seeds_plan)):
+        if given and not args.suite:
+            raise UserError(f"{flag} needs --suite: a recipe setting and its runs belong to the suites that ran them")
+    for name in suites:
+        require_known(name, spec.suites, "suite")
+        if not spec.suites[name].claims:
+            raise UserError(f"suite {name!r} lists no claims to audit")
+    out = Path(args.out) if args.out else None
+    if out is not None and not out.parent.is_dir():
+        raise UserError(f"cannot write {out}: {out.parent} is not a directory")
+    result = audit.audit(spec, tracking_uri, suites, args.select, args.include_smoke, args.departures)
+    caption = audit_render.caption(result, args.select, "harness " + " ".join(sys.argv[1:]))
+    if args.seeds_plan:
+        text = seeds_plan.plan(result, spec)
+    elif out is not None:  # the Markdown and each suite's forest plot beside it
+        print(f"wrote {', '.join(str(f) for f in audit_render.write(result, out, 'Claims audit', caption))}")
+        return 0
+    else:
+        text = audit_render.render_markdown(result, "Claims audit", caption)
+    if out is None:
+        print(text)
+    else:
+        out.write_text(text)
+        print(f"wrote {out}")
+    return 0
