@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from harness.bench import folder_throughput, sync
 from harness.checkpoint import CheckpointStore
 from harness.engine import configure_determinism, seed_everything
 from harness.models import build_model
@@ -55,11 +56,6 @@ def untrained_teachers(runner: Runner, plan) -> list | None:
         model = build_model(runner.spec.models[name], runner.spec.datasets[plan.cell.dataset]).to(plan.device)
         teachers.append(model.requires_grad_(False).eval())
     return teachers
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def versions(device: torch.device) -> dict:
@@ -92,10 +88,10 @@ def method_matrix(runner: Runner, device: str, option_sets: dict, steps: int, co
                 epoch = trainer.batches.epoch_plan(trainer.recipe.batch_size, torch.Generator().manual_seed(0))
                 times, terms = [], {}
                 for step in range(steps):
-                    _sync(plan.device)
+                    sync(plan.device)
                     started = time.perf_counter()
                     losses, _ = trainer.step_on(epoch, step)
-                    _sync(plan.device)
+                    sync(plan.device)
                     times.append(time.perf_counter() - started)
                     terms = {k: v.detach().item() for k, v in losses.items()}
                 bad = [k for k, v in terms.items() if not np.isfinite(v)]
@@ -188,35 +184,6 @@ def bench_section(runner: Runner, args, dataset: str, pair: str, data_root: str,
     return out
 
 
-def folder_section(runner: Runner, device: str, images: int, batch_size: int) -> dict:
-    """images/s of the image-folder training path (decode, random-resized crop, flip, to device)."""
-    from PIL import Image
-
-    from harness.folder_data import default_workers, load_folder_data
-
-    root = Path(tempfile.mkdtemp(prefix="acceptance-folder-"))
-    rng = np.random.default_rng(0)
-    for split, count in (("train", images), ("val", 20)):
-        for i in range(count):
-            folder = root / "synthetic" / split / f"n{i % 10:08d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            pixels = (rng.random((8, 8, 3)) * 255).astype(np.uint8)  # smooth content: ImageNet-like JPEG sizes
-            Image.fromarray(pixels).resize((400, 350), Image.BILINEAR).save(folder / f"{i}.JPEG", quality=90)
-    spec = runner.spec.datasets["imagenet"].model_copy(update={"folder": "synthetic", "num_classes": 10, "val_size": 10})
-    data = load_folder_data("synthetic", spec, root)
-    batches = data.batches(torch.device(device), ("train",))
-    plan = batches.epoch_plan(batch_size, torch.Generator().manual_seed(0))
-    batches.train_batch(plan, 0)  # the workers start
-    _sync(torch.device(device))
-    started, steps = time.perf_counter(), len(data.train) // batch_size
-    for step in range(1, steps):
-        batches.train_batch(plan, step)
-    _sync(torch.device(device))
-    per_s = (steps - 1) * batch_size / (time.perf_counter() - started)
-    return {"images_per_s": per_s, "workers": default_workers(), "cpu_count": os.cpu_count(),
-            "image": "400x350 JPEG -> 224 crop", "bound": f"JPEG decode on {default_workers()} loader workers"}
-
-
 def render(report: dict) -> str:
     lines = [f"# GPU acceptance: {report['versions'].get('gpu', report['versions']['device'])}", "",
              f"Command: `{report['command']}`; wall {report['wall_seconds']:.0f} s.", "", "## Versions and precision flags", ""]
@@ -270,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         "resume": lambda: resume_check(args, RESUME_CELL["mnist" if mnist else "digits"]),
         "bench": lambda: bench_section(runner, args, "cifar100", "resnet32-resnet14", cifar, BENCH_SETS if on_gpu
                                        else {"fp32": ({}, ["kd", "at", "nst_poly"])}),
-        "folder": lambda: folder_section(runner, args.device, 2048 if on_gpu else 64, 256 if on_gpu else 16),
+        "folder": lambda: folder_throughput(runner.spec, args.device, 2048 if on_gpu else 64, 256 if on_gpu else 16),
     }
     for name, section in sections.items():
         try:

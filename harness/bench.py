@@ -11,9 +11,13 @@ Ratios: the harness's kd step over the bare loop's; every method's step over the
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -28,17 +32,21 @@ from harness.runner import Runner
 from harness.workshare import until_free
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a CUDA clock reads nothing true before)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _timed(step, plan, steps: int, warmup: int, device: torch.device) -> float:
     """Median seconds per step(plan, i) (batch fetch and augmentation included)."""
     times = []
     n = Batches.steps(plan)
     for i in range(warmup + steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         start = time.perf_counter()
         step(plan, i % n)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
@@ -141,3 +149,33 @@ def log_bench(runner: Runner, table: pd.DataFrame, dataset: str, pair: str, para
         tracker.log_text(run_id, operators, f"profile-{method}.txt")
     tracker.finish(run_id, "FINISHED")
     return run_id
+
+
+def folder_throughput(spec, device: str, images: int, batch_size: int) -> dict:
+    """images/s of the image-folder training path (decode, random-resized crop, flip, to the device) on
+    `images` synthetic 400x350 JPEGs (ImageNet's typical size): the loader's bound, not a model's."""
+    from PIL import Image
+
+    from harness.folder_data import default_workers, load_folder_data
+
+    root = Path(tempfile.mkdtemp(prefix="acceptance-folder-"))
+    rng = np.random.default_rng(0)
+    for split, count in (("train", images), ("val", 20)):
+        for i in range(count):
+            folder = root / "synthetic" / split / f"n{i % 10:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            pixels = (rng.random((8, 8, 3)) * 255).astype(np.uint8)  # smooth content: ImageNet-like JPEG sizes
+            Image.fromarray(pixels).resize((400, 350), Image.BILINEAR).save(folder / f"{i}.JPEG", quality=90)
+    dataset = spec.datasets["imagenet"].model_copy(update={"folder": "synthetic", "num_classes": 10, "val_size": 10})
+    data = load_folder_data("synthetic", dataset, root)
+    batches = data.batches(torch.device(device), ("train",))
+    plan = batches.epoch_plan(batch_size, torch.Generator().manual_seed(0))
+    batches.train_batch(plan, 0)  # the workers start
+    sync(torch.device(device))
+    started, steps = time.perf_counter(), len(data.train) // batch_size
+    for step in range(1, steps):
+        batches.train_batch(plan, step)
+    sync(torch.device(device))
+    per_s = (steps - 1) * batch_size / (time.perf_counter() - started)
+    return {"images_per_s": per_s, "workers": default_workers(), "cpu_count": os.cpu_count(),
+            "image": "400x350 JPEG -> 224 crop", "bound": f"JPEG decode on {default_workers()} loader workers"}

@@ -108,6 +108,8 @@ def build_parser() -> Parser:
     p.add_argument("--batch-size", type=int, help="override the recipe's batch size")
     p.add_argument("--profile", action="store_true",
                    help="also profile each method's step with torch.profiler (where its time goes)")
+    p.add_argument("--folder-images", type=int, metavar="N",
+                   help="also time the image-folder input path (ImageNet's) on N synthetic JPEGs: images/s")
     add_flags(p)
 
     p = sub.add_parser("perf", parents=common, help="the standing speed record: bench every method under each speed "

@@ -206,6 +206,12 @@ def command_bench(args, spec, runner) -> int:
     print(table.to_markdown(index=False, floatfmt=".3f"))
     for method, operators in table.attrs["profiles"].items():
         print(f"\n## {method}: operators by CPU time (torch.profiler)\n{operators}")
+    if args.folder_images:
+        from harness.bench import folder_throughput
+
+        _positive("--folder-images", args.folder_images)
+        folder = folder_throughput(spec, table.attrs["device"], args.folder_images, min(256, args.folder_images // 2))
+        print(f"image-folder input: {folder['images_per_s']:.0f} images/s ({folder['image']}; bound: {folder['bound']})")
     if args.log:
         from harness.bench import log_bench
         from harness.plan import resolve_device

@@ -128,10 +128,13 @@ def test_each_compiled_trainer_starts_from_a_clean_dynamo_cache(home):
 
 def test_bench_times_profiles_and_logs(home, capsys):
     args = ["bench", "--dataset", "digits", "--pair", "resnet20-resnet8", "--methods", "nst_poly", "--steps", "2",
-            "--warmup", "1", "--teacher-epochs", "1", "--log", "--profile", "--batch-size", "16", "--no-progress"]
+            "--warmup", "1", "--teacher-epochs", "1", "--log", "--profile", "--batch-size", "16", "--no-progress",
+            "--folder-images", "48"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "harness kd step / bare kd loop = " in out
+    assert "CPU: " in out and "native bf16: " in out  # the CPU line (a GPU run prints its GPU instead)
+    assert "image-folder input: " in out and "images/s (400x350 JPEG -> 224 crop; bound: JPEG decode on" in out
     assert "## nst_poly: operators by CPU time (torch.profiler)" in out and "aten::" in out
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.role = 'bench'")
