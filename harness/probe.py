@@ -22,6 +22,7 @@ from methods import build_objective, pair_mismatch
 from methods.base import Probe
 
 ALL_FEATURES = frozenset({"logits", "pre_logits", "stages"})
+PRE_RELU_FEATURES = frozenset({"stages_pre_relu", "stages_pre_relu_bn"})  # models that give them (CIFAR ResNets)
 PROBE_BATCH = 2
 
 
@@ -48,10 +49,11 @@ def make_probe(teachers: list[torch.nn.Module], student: torch.nn.Module, x: tor
             model.eval()
             blocks = hasattr(model, "stage_list") and all(isinstance(s, torch.nn.Sequential)
                                                           for s in model.stage_list())
+            pre_relu = hasattr(model, "forward_intermediates_pre_relu")
+            want = ALL_FEATURES | ({"blocks"} if blocks else set()) | (PRE_RELU_FEATURES if pre_relu else set())
             try:
                 with torch.inference_mode():
-                    features[role] = extract_features(model, x, ALL_FEATURES | ({"blocks"} if blocks else set()),
-                                                      stages)
+                    features[role] = extract_features(model, x, want, stages)
             except (AssertionError, IndexError) as e:
                 raise UserError(f"pair {pair_name}: {role}'s stage taps {stages} do not fit the model ({e})") \
                     from None

@@ -33,6 +33,27 @@ def require_maps(method: str, probe, indices: list[int]) -> None:
                                 f"{i} gives vectors of shape {tuple(getattr(probe, role)['stages'][i].shape)}")
 
 
+def require_pre_relu(method: str, probe, roles=("teacher", "student")) -> None:
+    """Methods on pre-ReLU responses (AB, OFD, ReviewKD's teacher) need models that give them."""
+    for role in roles:
+        if "stages_pre_relu" not in getattr(probe, role):
+            raise UserError(f"{method} compares features before the ReLU, which the {role}'s model does not "
+                            "give (forward_intermediates_pre_relu: the CIFAR ResNets)")
+
+
+def halving_weights(n: int) -> list[float]:
+    """1 for the deepest of n compared stages, 1/2 for the one before, ...: 2^(i - n + 1) (AB, OFD)."""
+    return [2.0 ** (i - n + 1) for i in range(n)]
+
+
+def conv_bn_connector(in_ch: int, out_ch: int) -> nn.Sequential:
+    """1x1 conv (no bias) + BN from the student's channels to the teacher's, initialised as the AB
+    and OFD authors do: conv weights N(0, 2 / (k * k * out)), BN weight 1 and bias 0."""
+    conv, bn = nn.Conv2d(in_ch, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch)
+    nn.init.normal_(conv.weight, 0.0, (2.0 / out_ch) ** 0.5)
+    return nn.Sequential(conv, bn)
+
+
 def stage_indices(layers: str, probe) -> list[int]:
     """Which entries of the pair's stage list a method compares: all of them, the last, or the hint."""
     n = len(probe.teacher["stages"])

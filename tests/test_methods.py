@@ -23,6 +23,10 @@ def probe(teacher_channels=(16, 32, 64), student_channels=(16, 32, 64), batch=64
         else:
             stages = [torch.randn(2, c, 32 // 2**i, 32 // 2**i) for i, c in enumerate(channels)]
         out = {"stages": stages, "logits": torch.randn(2, classes), "pre_logits": torch.randn(2, channels[-1])}
+        if not vectors:  # the CIFAR ResNets' taps before their last ReLU, and the BN (weight, bias) feeding it
+            out["stages_pre_relu"] = [torch.randn_like(s) for s in stages]
+            out["stages_pre_relu_bn"] = [torch.stack([torch.rand(c) + 0.5, torch.randn(c)]).expand(2, -1, -1)
+                                         for c in channels]
         if blocks and not vectors:  # per stage: its input, then 3 residual blocks' outputs (a ResNet-20)
             inputs = [torch.randn(2, channels[0], 32, 32)] + stages[:-1]
             out["blocks"] = [[x] + [torch.randn_like(s) for _ in range(3)] for x, s in zip(inputs, stages)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import timm
 import torch
+from timm.models._features import feature_take_indices
 from torch import nn
 
 from harness.errors import UserError
@@ -35,8 +36,12 @@ def extract_features(model: nn.Module, x: torch.Tensor, want: frozenset[str], st
 
     Names: 'logits', 'pre_logits' (the penultimate vector), 'stages' (the list of
     forward_intermediates outputs at the pair's stage indices), 'blocks' (per stage, its input
-    and every block's output: models with `forward_blocks`). Only logits means a plain
-    forward; anything else goes through timm's forward_intermediates + forward_head.
+    and every block's output: models with `forward_blocks`), 'stages_pre_relu' (the same taps
+    before their last ReLU) and 'stages_pre_relu_bn' (per tap, the weight and bias of the BN feeding
+    that ReLU, N x 2 x C: repeated per sample so that it batches and caches like a feature): models
+    with `forward_intermediates_pre_relu` and `pre_relu_batchnorms`. Only logits means a plain
+    forward; anything else goes through timm's forward_intermediates (or the pre-ReLU variant) +
+    forward_head.
     """
     if want <= {"logits"}:
         return {"logits": model(x)}
@@ -44,9 +49,16 @@ def extract_features(model: nn.Module, x: torch.Tensor, want: frozenset[str], st
         final, blocks = model.forward_blocks(x)
         features = {"blocks": blocks, "stages": [([b[0] for b in blocks[:1]] + [b[-1] for b in blocks])[i]
                                                  for i in stages]}
+    elif "stages_pre_relu" in want:
+        final, intermediates, pre_relu = model.forward_intermediates_pre_relu(x, indices=stages)
+        features = {"stages": intermediates, "stages_pre_relu": pre_relu}
     else:
         final, intermediates = model.forward_intermediates(x, indices=stages)
         features = {"stages": intermediates}
+    if "stages_pre_relu" in want and "stages_pre_relu" not in features:  # with blocks: a second pass
+        features["stages_pre_relu"] = model.forward_intermediates_pre_relu(x, indices=stages)[2]
+    if "stages_pre_relu_bn" in want:
+        features["stages_pre_relu_bn"] = pre_relu_bn(model, stages, len(x))
     pre_logits = model.forward_head(final, pre_logits=True).flatten(1)
     if "pre_logits" in want:
         features["pre_logits"] = pre_logits
@@ -56,3 +68,10 @@ def extract_features(model: nn.Module, x: torch.Tensor, want: frozenset[str], st
     else:
         features["logits"] = classifier(pre_logits)
     return features
+
+
+def pre_relu_bn(model: nn.Module, stages: list[int], n: int) -> list[torch.Tensor]:
+    """Per tapped intermediate (in forward order), its pre-ReLU BN's (weight, bias) as N x 2 x C."""
+    batchnorms = model.pre_relu_batchnorms()
+    taps = sorted(set(feature_take_indices(len(batchnorms), stages)[0]))
+    return [torch.stack([batchnorms[i].weight, batchnorms[i].bias]).detach().expand(n, -1, -1) for i in taps]

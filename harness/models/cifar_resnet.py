@@ -3,7 +3,8 @@ blocks, depth = 6n + 2. Registered with timm under `cifar_` names so that timm's
 ImageNet `resnet26` etc. are left alone.
 
 Shortcuts that change shape use a 1x1 conv + BN (option B), as RepDistiller's CIFAR
-ResNets do. Stage outputs are post-ReLU block outputs.
+ResNets do. Stage outputs are post-ReLU block outputs; `forward_intermediates_pre_relu` also gives
+them before that last ReLU (the residual sum), and `pre_relu_batchnorms` the BN feeding it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from timm.models import register_model
+from timm.models._features import feature_take_indices
 
 from harness.models.staged import StagedNet
 
@@ -26,10 +28,13 @@ class BasicBlock(nn.Module):
         if stride != 1 or in_ch != out_ch:
             self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
 
-    def forward(self, x):
+    def forward_pre_relu(self, x):
+        """The block's output before its final ReLU: bn2(conv2(.)) plus the shortcut."""
         out = torch.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return torch.relu(out + self.shortcut(x))
+        return self.bn2(self.conv2(out)) + self.shortcut(x)
+
+    def forward(self, x):
+        return torch.relu(self.forward_pre_relu(x))
 
 
 class CifarResNet(StagedNet):
@@ -59,6 +64,26 @@ class CifarResNet(StagedNet):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    def pre_relu_batchnorms(self) -> list[nn.BatchNorm2d]:
+        """Per intermediate (forward_intermediates' indices), the BN before its last ReLU: the stem's,
+        then each stage's last bn2, which the residual sum follows (RepDistiller's and mdistiller's
+        `get_bn_before_relu`)."""
+        return [self.stem[1]] + [stage[-1].bn2 for stage in self.stages]
+
+    def forward_intermediates_pre_relu(self, x, indices=None):
+        """(final features, intermediates, the same intermediates before their last ReLU): the values
+        and indices of forward_intermediates, and the pre-activations OFD and AB compare."""
+        take, _ = feature_take_indices(len(self.feature_info), indices)
+        pre = self.stem[:-1](x)
+        x = torch.relu(pre)
+        post_relu, pre_relu = ([x], [pre]) if 0 in take else ([], [])
+        for i, stage in enumerate(self.stages, start=1):
+            pre = stage[-1].forward_pre_relu(stage[:-1](x))
+            x = torch.relu(pre)
+            if i in take:
+                post_relu.append(x)
+                pre_relu.append(pre)
+        return x, post_relu, pre_relu
 
 
 def _cifar_resnet(depth: int, widths=(16, 16, 32, 64), **kwargs) -> CifarResNet:
