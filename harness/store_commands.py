@@ -13,6 +13,7 @@ from harness.errors import UserError
 def command_report(args, spec, tracking_uri: str) -> int:
     from harness import render
     from harness import report as rep
+    from harness.plots import plots
 
     cells = None
     if args.cells:
@@ -29,7 +30,7 @@ def command_report(args, spec, tracking_uri: str) -> int:
         images = render.write_directory(result, Path(args.out), command, forest)
         print(f"wrote {Path(args.out)}/report.{{md,html,tex,csv}}, runs.md and {', '.join(images)}")
         return 0
-    text = render.render(result, args.format, render.plots(result) | forest if args.format == "html" else None)
+    text = render.render(result, args.format, plots(result) | forest if args.format == "html" else None)
     if args.out:
         Path(args.out).write_text(text)
         print(f"wrote {args.out}")
