@@ -12,10 +12,10 @@ import pandas as pd
 from harness.commits import commits, dirty_note
 from harness.errors import UserError
 from harness.plots import plots
-from harness.report import FORMATS, Report, fmt
+from harness.report import FORMATS, Report, collapse_note, fmt
 
 DETAIL_COLUMNS = {"cell": "cell", "n": "n", "top1": "top-1", "top5": "top-5", "top1_paper": "paper top-1",
-                  "top1_delta": "Δ top-1", "top1_z": "z", "sec_per_epoch": "s/epoch (median)", "extra_parameters": "extra params",
+                  "top1_delta": "Δ top-1", "top1_vs_student": "Δ vs student", "top1_z": "z", "sec_per_epoch": "s/epoch (median)", "extra_parameters": "extra params",
                   "student_parameters": "student params", "peak_memory_mb": "peak MB", "epochs": "epochs",
                   "top1_at_paper": "top-1 at the paper's convention", "top1_convention": "the paper's convention"}
 
@@ -24,8 +24,11 @@ def detail_table(report: Report) -> pd.DataFrame:
     d = report.detail
     frame = pd.DataFrame({
         "cell": d["cell"], "n": d["n"],
-        "top1": [fmt(m, s, n, k) for m, s, n, k in zip(d.top1_mean, d.top1_std, d.n, d.diverged)],
+        "top1": [fmt(m, s, n, k) + collapse_note(c, s)
+                 for m, s, n, k, c in zip(d.top1_mean, d.top1_std, d.n, d.diverged, d.near_chance)],
         "top5": [fmt(m, s, n, k) for m, s, n, k in zip(d.top5_mean, d.top5_std, d.n, d.diverged)],
+        "top1_vs_student": [f"{v:+.2f}" if not math.isnan(v) and m != "baseline" else ""
+                            for v, m in zip(d.top1_vs_student, d.method)],
         "top1_paper": [f"{v:.2f}" if not math.isnan(v) else "" for v in d.top1_paper],
         "top1_delta": [(f"{v:+.2f}" + ("*" if f else "")) if not math.isnan(v) else ""
                        for v, f in zip(d.top1_delta, d.top1_flag)],
