@@ -9,7 +9,6 @@ import warnings
 
 from harness import commands, launch, store_commands
 from harness.errors import UserError
-from harness.narrate import load_warning
 from harness.options import SPEED_OPTION_SETS, add_flags
 from harness.paths import runs_home
 
@@ -200,8 +199,6 @@ def main(argv: list[str] | None = None) -> int:
         context = distributed.from_environment(getattr(args, "device", "auto"))
         if not context.is_main:  # rank 0 speaks for all
             sys.stdout = open(os.devnull, "w")
-        elif (warning := load_warning()) is not None:
-            print(warning, file=sys.stderr)
         runner = Runner(spec, home, tracking_uri, context)
         training = {"run": commands.command_run, "teacher": commands.command_teacher,
                     "sweep": commands.command_sweep, "bench": commands.command_bench, "perf": commands.command_perf}

@@ -22,7 +22,7 @@ from harness.checkpoint import CheckpointStore
 from harness.engine import Interrupted, Trainer
 from harness.errors import UserError
 from harness.monitor import MethodFailed, NonFiniteLoss
-from harness.narrate import epoch_line, narrating, say, start_line
+from harness.narrate import epoch_line, narrating, say, start_line, warn_if_loaded
 from harness.process import exclusive, stop_on_signals
 from harness.workshare import WORKER, Claimed, claim_tags, first_claim, heartbeat, is_live
 
@@ -88,6 +88,7 @@ def execute(runner: Runner, job: Job, force: bool, reuse_finished: bool = True) 
         lines = narrating(trainer.config.options.progress, runner.context.is_main)
         try:
             with stop_on_signals(stop), heartbeat(tracker, run_id):
+                warn_if_loaded()
                 if lines:
                     say(start_line(job.run_name, trainer.phases))
                 summary = trainer.run()

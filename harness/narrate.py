@@ -1,6 +1,6 @@
 """Saying what is happening where no progress bar shows: a line when a training starts and one per
-epoch when stderr is not a terminal (a log file, CI, a notebook), and a warning at start when other
-work already loads the machine beyond its cores."""
+epoch when stderr is not a terminal (a log file, CI, a notebook), and a warning when the first
+training starts on a machine that other work already loads beyond its cores."""
 
 from __future__ import annotations
 
@@ -31,6 +31,15 @@ def epoch_line(name: str, phase: str, step: int, total: int, metrics: dict) -> s
 
 def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+WARNED = []  # the load warning is given once per process, when its first training starts
+
+
+def warn_if_loaded() -> None:
+    if not WARNED and (warning := load_warning()) is not None:
+        say(warning)
+        WARNED.append(warning)
 
 
 def load_warning() -> str | None:

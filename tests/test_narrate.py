@@ -25,9 +25,14 @@ def test_phases_are_named_when_a_method_has_more_than_one():
         "fitnet · x: epoch 3/20 (hints), test top-1 11.00%, 0.5 s"
 
 
-def test_a_loaded_machine_is_warned_about(monkeypatch):
+def test_a_loaded_machine_is_warned_about_once(monkeypatch, capsys):
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(os, "getloadavg", lambda: (3.4, 3.0, 2.0))
     assert narrate.load_warning().startswith("harness: warning: the machine's 1-minute load is 3.4 on 2 cores")
     monkeypatch.setattr(os, "getloadavg", lambda: (1.9, 3.0, 2.0))
     assert narrate.load_warning() is None
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.4, 3.0, 2.0))
+    monkeypatch.setattr(narrate, "WARNED", [])
+    narrate.warn_if_loaded()
+    narrate.warn_if_loaded()
+    assert capsys.readouterr().err.count("harness: warning: the machine's 1-minute load") == 1
