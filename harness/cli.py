@@ -157,6 +157,12 @@ def build_parser() -> Parser:
     p.add_argument("--departures", metavar="'none'|'epochs=N teacher_epochs=M'",
                    help="with --suite: audit the runs at this recipe setting (default: per suite, the report's rule)")
 
+    p = sub.add_parser("clean", parents=common, help="remove the checkpoints of finished runs (disk only)",
+                       description="A finished run keeps its last checkpoints until this removes them: it is "
+                       "never resumed (skipped, or retrained from scratch with --force). Unfinished runs keep "
+                       "theirs; cached teachers and the MLflow store are not touched.")
+    p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+
     p = sub.add_parser("ui", parents=common, help="start the MLflow UI on the runs store (127.0.0.1)")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
@@ -188,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.command == "report":
             return store_commands.command_report(args, spec, tracking_uri)
+        if args.command == "clean":
+            from harness.clean import command_clean
+
+            return command_clean(args, home, tracking_uri)
         if args.command == "ui":
             return commands.command_ui(args, tracking_uri)
         if args.command == "audit":

@@ -115,6 +115,9 @@ def command_run(args, spec, runner) -> int:
         return launch.launch(args, args.argv, runner.home, runner.tracking_uri, workers)
     from harness.api import run_plans
 
+    if args.force:
+        print(f"--force: training the requested runs again from scratch; cached teachers are kept (delete a "
+              f"file under {runner.home / 'teachers'} to retrain that teacher)", file=sys.stderr)
     spec_and_code = noop.fingerprint(spec)
 
     def planned(resolved):  # so that asking again is answered without resolving (harness/noop.py)

@@ -74,6 +74,20 @@ def finished_teacher_runs(uri: str, keys: list[str]) -> dict:
     return {r.data.tags["run_key"]: r for r in runs if r.data.tags.get("run_key") in keys}
 
 
+def finished_run_keys(uri: str) -> set[str]:
+    """The run keys whose newest run in the store is FINISHED (teachers, students, retrainings)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(EXPERIMENT)
+    if found is None:
+        return set()
+    newest = {}
+    for run in client.search_runs([found.experiment_id], max_results=50000, order_by=["attributes.start_time DESC"]):
+        newest.setdefault(run.data.tags.get("run_key"), run.info.status)
+    return {key for key, status in newest.items() if key and status == "FINISHED"}
+
+
 def sweep_trials(uri: str, studies: list[str]) -> dict[str, int]:
     """study -> the trials its sweep parent run counted (complete + pruned + failed), for each of
     `studies` whose parent run in this store logged them (harness/sweep.py, when a sweep ends)."""
