@@ -39,12 +39,18 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     common = [global_options(argparse.SUPPRESS)]  # every subcommand's parents
 
-    p = sub.add_parser("list", parents=common, help="list cells from benchmarks.yaml",
-                       description="Print cells, one per line.")
+    p = sub.add_parser("list", parents=common, help="list cells (or suites) from benchmarks.yaml",
+                       description="Print cells, one per line (with --status: their finished seeds and data), "
+                       "or the suites (--suites).")
     p.add_argument("--suite")
     p.add_argument("--dataset")
     p.add_argument("--method")
     p.add_argument("--all", action="store_true", help="also the cells that cannot run, with the reason")
+    p.add_argument("--suites", action="store_true", help="the suites instead: name, cells, claims and title")
+    p.add_argument("--status", action="store_true", help="per cell, its finished seeds in the store and "
+                   "whether its dataset is on disk")
+    p.add_argument("--data-root", help="where --status looks for datasets (default: $KD_HARNESS_DATA or a user "
+                   "cache dir)")
 
     p = sub.add_parser("run", parents=common, help="train and track one cell (or a suite)",
                        description="Train the cell's teacher (or reuse the cached one), distil the student, "

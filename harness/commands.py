@@ -49,12 +49,23 @@ def _positive(name: str, value: int | None) -> None:
 
 
 def command_list(args, spec, home: Path) -> int:
+    from harness import listing
     from harness.compat import mismatches
+    from harness.paths import data_root
 
+    if args.suites:
+        print("\n".join(listing.suite_lines(spec)))
+        return 0
     cells = spec.cells(suite=args.suite, dataset=args.dataset, method=args.method)
+    seeds = {}
+    if args.status:  # the store only when asked: a plain list imports neither pandas nor MLflow
+        from harness.tracking import default_tracking_uri
+
+        seeds = listing.finished_seeds(args.tracking_uri or default_tracking_uri(home))
+    width, root = max((len(c.id) for c in cells), default=0), data_root(args.data_root)
     for cell_id, reason in mismatches(spec, cells, home).items():  # e.g. kr on a teacher without residual blocks
         if reason is None:
-            print(cell_id)
+            print(listing.status_line(spec, cell_id, seeds.get(cell_id, []), root, width) if args.status else cell_id)
         elif args.all:
             print(f"{cell_id}  # cannot run: {reason}")
     return 0
