@@ -146,6 +146,9 @@ def build_parser() -> Parser:
     p.add_argument("--departures", metavar="'none'|'epochs=N teacher_epochs=M'",
                    help="the recipe setting to show (cells are only compared at one; default: the one that "
                    "covers the most cells, then the recipe as stated)")
+    p.add_argument("--configs", choices=["one", "all"], default="one",
+                   help="per cell, one configuration (default: the suite's, else its defaults) or all of them side "
+                   "by side, each --set variant a row of its own ('kd [kd.tau=3]')")
 
     p = sub.add_parser("audit", parents=common, help="test the papers' claims on our runs (Welch's t-test and TOST per claim)",
                        description="For every claim of the chosen suites (benchmarks.yaml, suites.*.claims), at "
@@ -154,6 +157,10 @@ def build_parser() -> Parser:
                        "seeds needed, diverged, not run), beside the paper's numbers; a forest plot per suite "
                        "beside --out.")
     p.add_argument("--suite", nargs="+", help="suites to audit (default: every suite with claims)")
+    p.add_argument("--claim", action="append", metavar="'BETTER > THAN'",
+                   help="an ad-hoc claim instead of a suite's, e.g. 'sp > kd' (methods of --cells' one dataset and "
+                   "pair, or cell ids; repeatable)")
+    p.add_argument("--cells", nargs="+", metavar="CELL", help="with --claim: the cells its methods name")
     p.add_argument("--select", choices=["last", "best-val"], default="last",
                    help="test accuracy at the last epoch (default) or at the best validation epoch")
     p.add_argument("--out", help="write the Markdown audit to this file (each suite's forest plot beside it)")

@@ -207,17 +207,20 @@ def curves(tracking_uri: str, runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | None, select: str,
-          include_smoke: bool = False, departures: str | None = None) -> Report:
+          include_smoke: bool = False, departures: str | None = None, all_configurations: bool = False) -> Report:
     if suite is not None:
         suite_spec = spec.suites[suite]
         cells = suite_spec.cells
     else:
         suite_spec = SuiteSpec(title="Selected cells", source="kd-harness", cells=cells)
-    runs, notes = load_runs(tracking_uri, cells, include_smoke, departures, suite)
+    runs, notes = load_runs(tracking_uri, cells, include_smoke, departures, suite, all_configurations)
     if runs.empty:
         hint = f" ({notes[0]})" if notes else ""
         raise UserError(f"no finished runs for {'suite ' + suite if suite else 'these cells'} in {tracking_uri}"
                         f"{hint}; run them with `harness run` first")
+    shown = set(runs["tags.cell"])  # each cell, then its other configurations (CELL [overrides]) side by side
+    rows = [c for cell in cells for c in [cell] + sorted(v for v in shown if v.startswith(f"{cell} ["))]
+    suite_spec = suite_spec.model_copy(update={"cells": rows})
     if any(convention_of(suite_spec, c, m).selection == "best-test" for c in cells for m in ("top1", "top5")):
         runs = with_max_test(tracking_uri, runs)
     detail = summarize(runs, suite_spec, select, {name: d.num_classes for name, d in spec.datasets.items()})

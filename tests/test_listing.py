@@ -16,7 +16,7 @@ def test_suites_are_listed_with_titles_cells_and_claims(home, capsys):
     assert main(["list", "--suites"]) == 0
     out = lines(capsys)
     digits = next(line for line in out if line.startswith("digits "))
-    assert "  7 cells,  0 claims  Embedded digits: quick comparison" in digits
+    assert "  7 cells,  1 claims  Embedded digits: quick comparison" in digits
     control = next(line for line in out if line.startswith("positive_control "))
     assert "2 cells,  1 claims  Positive control" in control
 

@@ -8,6 +8,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from harness import render
+from harness.cli import main
 from harness import report as rep
 from harness.spec import load_spec
 
@@ -28,19 +29,22 @@ def store(home):
     client.set_terminated(teacher.info.run_id, "FINISHED")
     for cell, values in VALUES.items():
         for seed, value in enumerate(values):
-            run = client.create_run(experiment, tags={"role": "student", "cell": cell, "seed": str(seed),
-                                                      "smoke": "False"})
-            params = {"recipe_name": "digits", "recipe.epochs": "15", "env.device_name": "test-cpu",
-                      "env.git_commit": "abcdef0123456789", "env.device": "cpu", "env.torch": "2.14.1",
-                      "data.test_size": "360"} | ({} if cell == BASE else {"teacher.key": "T1"})
-            summary = {"test_top1_last": value, "test_top5_last": 100.0, "test_top1_best_val": value,
-                       "test_top5_best_val": 100.0, "wall_seconds": 10.0, "mean_epoch_seconds": 1.0,
-                       "peak_memory_mb": 100, "extra_parameters": 0, "student_parameters": 1000}
-            client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()],
-                             metrics=[Metric(k, v, 0, 15) for k, v in summary.items()]
-                             + [Metric("test/top1", value, 0, 0)])
-            client.set_terminated(run.info.run_id, "FINISHED")
+            log_student(client, experiment, cell, seed, value)
     return uri
+
+
+def log_student(client, experiment, cell, seed, value, tags=None):
+    run = client.create_run(experiment, tags={"role": "student", "cell": cell, "seed": str(seed),
+                                              "smoke": "False"} | (tags or {}))
+    params = {"recipe_name": "digits", "recipe.epochs": "15", "env.device_name": "test-cpu",
+              "env.git_commit": "abcdef0123456789", "env.device": "cpu", "env.torch": "2.14.1",
+              "data.test_size": "360"} | ({} if cell == BASE else {"teacher.key": "T1"})
+    summary = {"test_top1_last": value, "test_top5_last": 100.0, "test_top1_best_val": value,
+               "test_top5_best_val": 100.0, "wall_seconds": 10.0, "mean_epoch_seconds": 1.0,
+               "peak_memory_mb": 100, "extra_parameters": 0, "student_parameters": 1000}
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()],
+                     metrics=[Metric(k, v, 0, 15) for k, v in summary.items()] + [Metric("test/top1", value, 0, 0)])
+    client.set_terminated(run.info.run_id, "FINISHED")
 
 
 def build(uri):
@@ -73,3 +77,43 @@ def test_without_a_student_run_there_is_no_delta_column(store):
     result = rep.build(load_spec(None), store, None, [KD, LPL], "last")
     assert list(result.table.columns) == ["digits"] and "teacher" in result.table.index
     assert math.isnan(result.detail["top1_vs_student"].iloc[0])
+
+
+def test_report_shows_set_variants_side_by_side(store, capsys):
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("kd-harness").experiment_id
+    for seed, value in enumerate([95.0, 95.5]):
+        log_student(client, experiment, KD, seed, value, {"config_key": "tau3", "overrides": "kd.tau=3"})
+    one = rep.build(load_spec(None), store, None, [BASE, KD], "last")
+    assert list(one.table.index) == ["teacher", "baseline", "kd"]
+    assert any("kd.tau=3" in note and "left out" in note for note in one.notes)
+    both = rep.build(load_spec(None), store, None, [BASE, KD], "last", all_configurations=True)
+    assert list(both.table.index) == ["teacher", "baseline", "kd", "kd [kd.tau=3]"]
+    assert both.table.loc["kd [kd.tau=3]", "digits"] == "95.25 ± 0.35 (2)"
+    assert both.table.loc["kd [kd.tau=3]", "Δ vs student"] == "-1.25"
+    assert main(["--tracking-uri", store, "report", "--cells", BASE, KD, "--configs", "all"]) == 0
+    assert "| kd [kd.tau=3] " in capsys.readouterr().out
+
+
+def test_an_ad_hoc_claim_is_audited_on_the_given_cells(store, capsys):
+    assert main(["--tracking-uri", store, "audit", "--claim", "kd > baseline", "--claim", "kd > lpl",
+                 "--cells", BASE, KD, LPL]) == 0
+    out = capsys.readouterr().out
+    assert "## ad-hoc" in out and "| kd > baseline (top1) | digits/resnet20-resnet8 | --claim |" in out
+    assert "| kd > lpl (top1) |" in out
+    assert main(["--tracking-uri", store, "audit", "--suite", "digits"]) == 0  # the digits suite has a claim now
+    assert "| kd > baseline (top1) |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--claim", "kd >", "--cells", KD], "expected 'BETTER > THAN'"),
+    (["--claim", "sp > kd", "--cells", KD, BASE], "digits/resnet20-resnet8/sp is not among --cells"),
+    (["--claim", "kd > baseline"], "'kd' is a method; give --cells"),
+    (["--cells", KD], "--cells goes with --claim"),
+    (["--claim", "kd > baseline", "--suite", "digits"], "a --suite brings its own claims"),
+    (["--claim", "kd > bogus", "--cells", KD], "unknown method"),
+])
+def test_ad_hoc_claim_mistakes(store, capsys, argv, expected):
+    assert main(["--tracking-uri", store, "audit"] + argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1, err
