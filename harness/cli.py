@@ -212,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return command_clean(args, home, tracking_uri)
         if args.command == "ui":
-            return commands.command_ui(args, tracking_uri)
+            from harness.ui import command_ui
+
+            return command_ui(args, tracking_uri, home)
         if args.command == "audit":
             return store_commands.command_audit(args, spec, tracking_uri)
         from harness import distributed

@@ -231,20 +231,6 @@ def command_bench(args, spec, runner) -> int:
     return 0
 
 
-def command_ui(args, tracking_uri: str) -> int:
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
-        raise UserError(f"no MLflow store at {tracking_uri}; run some cells first")
-    from harness.tracking import experiment_id
-
-    experiment = experiment_id(tracking_uri)
-    # MLflow 3's UI opens an experiment on its GenAI overview; the runs table has its own address
-    runs = f"#/experiments/{experiment}/runs" if experiment else ""
-    print(f"MLflow UI on http://{args.host}:{args.port}/{runs} (the runs table; store: {tracking_uri}); "
-          "Ctrl-C stops it", flush=True)
-    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri,
-                               "--host", args.host, "--port", str(args.port)])
-
-
 def command_perf(args, spec, runner) -> int:
     from harness import perf
 

@@ -112,12 +112,17 @@ def metric_histories(uri: str, run_ids: list[str], key: str) -> dict[str, list]:
     return {run_id: client.get_metric_history(run_id, key) for run_id in run_ids}
 
 
-def experiment_id(uri: str) -> str | None:
-    """The kd-harness experiment's id in the store, if it has one (read only)."""
+def share_view(uri: str, name: str, state: dict) -> str | None:
+    """The kd-harness experiment's id in the store, if it has one, with `state` recorded as the MLflow
+    UI's shared view `name` (the experiment tag the UI reads for `?viewStateShareKey=NAME`)."""
     from mlflow.tracking import MlflowClient
 
-    found = MlflowClient(uri).get_experiment_by_name(EXPERIMENT)
-    return found.experiment_id if found else None
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(EXPERIMENT)
+    if found is None:
+        return None
+    client.set_experiment_tag(found.experiment_id, f"mlflow.sharedViewState.{name}", json.dumps(state))
+    return found.experiment_id
 
 
 @contextmanager
