@@ -163,11 +163,11 @@ def paper_table(detail: pd.DataFrame, teachers: dict[tuple[str, str], list[float
     for (_, r), name, cell in zip(detail.iterrows(), column, text):
         gap = "" if r.method == "baseline" or math.isnan(r.top1_vs_student) else f"{r.top1_vs_student:+.2f}"
         rows.append({"method": r.method, "column": name, "text": cell, "gap": gap})
+    student = student_means(detail)
     for name, (dataset, pair) in dict(zip(column, zip(detail["dataset"], detail["pair"]))).items():
         values = pd.Series(teachers.get((dataset, pair), []), dtype=float).dropna()
         if len(values):
-            student = detail[(detail["dataset"] == dataset) & (detail["pair"] == pair) & (detail["method"] == "baseline")]
-            gap = values.mean() - student["top1_mean"].iloc[0] if len(student) else math.nan
+            gap = values.mean() - student.get((dataset, pair), math.nan)
             rows.append({"method": "teacher", "column": name, "text": fmt(values.mean(), values.std(ddof=1), len(values)),
                          "gap": "" if math.isnan(gap) else f"{gap:+.2f}"})
     frame = pd.DataFrame(rows)
@@ -183,10 +183,14 @@ def paper_table(detail: pd.DataFrame, teachers: dict[tuple[str, str], list[float
     return table
 
 
+def student_means(detail: pd.DataFrame) -> dict[tuple[str, str], float]:
+    """(dataset, pair) -> the mean test top-1 of the student alone (its baseline cell)."""
+    return {(r.dataset, r.pair): r.top1_mean for r in detail.itertuples() if r.method == "baseline"}
+
+
 def with_student_delta(detail: pd.DataFrame) -> pd.DataFrame:
-    """top1_vs_student: each cell's mean test top-1 minus that of the student alone (the baseline
-    cell of its dataset and pair; NaN without one)."""
-    student = {(r.dataset, r.pair): r.top1_mean for r in detail.itertuples() if r.method == "baseline"}
+    """top1_vs_student: each cell's mean test top-1 minus that of the student alone (NaN without one)."""
+    student = student_means(detail)
     return detail.assign(top1_vs_student=[m - student.get((d, p), math.nan)
                                           for m, d, p in zip(detail["top1_mean"], detail["dataset"], detail["pair"])])
 
