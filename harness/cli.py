@@ -39,12 +39,18 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     common = [global_options(argparse.SUPPRESS)]  # every subcommand's parents
 
-    p = sub.add_parser("list", parents=common, help="list cells from benchmarks.yaml",
-                       description="Print cells, one per line.")
+    p = sub.add_parser("list", parents=common, help="list cells (or suites) from benchmarks.yaml",
+                       description="Print cells, one per line (with --status: their finished seeds and data), "
+                       "or the suites (--suites).")
     p.add_argument("--suite")
     p.add_argument("--dataset")
     p.add_argument("--method")
     p.add_argument("--all", action="store_true", help="also the cells that cannot run, with the reason")
+    p.add_argument("--suites", action="store_true", help="the suites instead: name, cells, claims and title")
+    p.add_argument("--status", action="store_true", help="per cell, its finished seeds in the store and "
+                   "whether its dataset is on disk")
+    p.add_argument("--data-root", help="where --status looks for datasets (default: $KD_HARNESS_DATA or a user "
+                   "cache dir)")
 
     p = sub.add_parser("run", parents=common, help="train and track one cell (or a suite)",
                        description="Train the cell's teacher (or reuse the cached one), distil the student, "
@@ -142,6 +148,9 @@ def build_parser() -> Parser:
     p.add_argument("--departures", metavar="'none'|'epochs=N teacher_epochs=M'",
                    help="the recipe setting to show (cells are only compared at one; default: the one that "
                    "covers the most cells, then the recipe as stated)")
+    p.add_argument("--configs", choices=["one", "all"], default="one",
+                   help="per cell, one configuration (default: the suite's, else its defaults) or all of them side "
+                   "by side, each --set variant a row of its own ('kd [kd.tau=3]')")
 
     p = sub.add_parser("audit", parents=common, help="test the papers' claims on our runs (Welch's t-test and TOST per claim)",
                        description="For every claim of the chosen suites (benchmarks.yaml, suites.*.claims), at "
@@ -150,6 +159,10 @@ def build_parser() -> Parser:
                        "seeds needed, diverged, not run), beside the paper's numbers; a forest plot per suite "
                        "beside --out.")
     p.add_argument("--suite", nargs="+", help="suites to audit (default: every suite with claims)")
+    p.add_argument("--claim", action="append", metavar="'BETTER > THAN'",
+                   help="an ad-hoc claim instead of a suite's, e.g. 'sp > kd' (methods of --cells' one dataset and "
+                   "pair, or cell ids; repeatable)")
+    p.add_argument("--cells", nargs="+", metavar="CELL", help="with --claim: the cells its methods name")
     p.add_argument("--select", choices=["last", "best-val"], default="last",
                    help="test accuracy at the last epoch (default) or at the best validation epoch")
     p.add_argument("--out", help="write the Markdown audit to this file (each suite's forest plot beside it)")
@@ -158,6 +171,12 @@ def build_parser() -> Parser:
     p.add_argument("--include-smoke", action="store_true", help="count --smoke runs too")
     p.add_argument("--departures", metavar="'none'|'epochs=N teacher_epochs=M'",
                    help="with --suite: audit the runs at this recipe setting (default: per suite, the report's rule)")
+
+    p = sub.add_parser("clean", parents=common, help="remove the checkpoints of finished runs (disk only)",
+                       description="A finished run keeps its last checkpoints until this removes them: it is "
+                       "never resumed (skipped, or retrained from scratch with --force). Unfinished runs keep "
+                       "theirs; cached teachers and the MLflow store are not touched.")
+    p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
 
     p = sub.add_parser("ui", parents=common, help="start the MLflow UI on the runs store (127.0.0.1)")
     p.add_argument("--port", type=int, default=5000)
@@ -190,8 +209,14 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.command == "report":
             return store_commands.command_report(args, spec, tracking_uri)
+        if args.command == "clean":
+            from harness.clean import command_clean
+
+            return command_clean(args, home, tracking_uri)
         if args.command == "ui":
-            return commands.command_ui(args, tracking_uri)
+            from harness.ui import command_ui
+
+            return command_ui(args, tracking_uri, home)
         if args.command == "audit":
             return store_commands.command_audit(args, spec, tracking_uri)
         from harness import distributed

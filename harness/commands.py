@@ -49,12 +49,23 @@ def _positive(name: str, value: int | None) -> None:
 
 
 def command_list(args, spec, home: Path) -> int:
+    from harness import listing
     from harness.compat import mismatches
+    from harness.paths import data_root
 
+    if args.suites:
+        print("\n".join(listing.suite_lines(spec)))
+        return 0
     cells = spec.cells(suite=args.suite, dataset=args.dataset, method=args.method)
+    seeds = {}
+    if args.status:  # the store only when asked: a plain list imports neither pandas nor MLflow
+        from harness.tracking import default_tracking_uri
+
+        seeds = listing.finished_seeds(args.tracking_uri or default_tracking_uri(home))
+    width, root = max((len(c.id) for c in cells), default=0), data_root(args.data_root)
     for cell_id, reason in mismatches(spec, cells, home).items():  # e.g. kr on a teacher without residual blocks
         if reason is None:
-            print(cell_id)
+            print(listing.status_line(spec, cell_id, seeds.get(cell_id, []), root, width) if args.status else cell_id)
         elif args.all:
             print(f"{cell_id}  # cannot run: {reason}")
     return 0
@@ -115,6 +126,9 @@ def command_run(args, spec, runner) -> int:
         return launch.launch(args, args.argv, runner.home, runner.tracking_uri, workers)
     from harness.api import run_plans
 
+    if args.force:
+        print(f"--force: training the requested runs again from scratch; cached teachers are kept (delete a "
+              f"file under {runner.home / 'teachers'} to retrain that teacher)", file=sys.stderr)
     spec_and_code = noop.fingerprint(spec)
 
     def planned(resolved):  # so that asking again is answered without resolving (harness/noop.py)
@@ -221,20 +235,6 @@ def command_bench(args, spec, runner) -> int:
         run_id = log_bench(runner, table, args.dataset, args.pair, params, resolve_device(args.device))
         print(f"logged to MLflow run {run_id}")
     return 0
-
-
-def command_ui(args, tracking_uri: str) -> int:
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
-        raise UserError(f"no MLflow store at {tracking_uri}; run some cells first")
-    from harness.tracking import experiment_id
-
-    experiment = experiment_id(tracking_uri)
-    # MLflow 3's UI opens an experiment on its GenAI overview; the runs table has its own address
-    runs = f"#/experiments/{experiment}/runs" if experiment else ""
-    print(f"MLflow UI on http://{args.host}:{args.port}/{runs} (the runs table; store: {tracking_uri}); "
-          "Ctrl-C stops it", flush=True)
-    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri,
-                               "--host", args.host, "--port", str(args.port)])
 
 
 def command_perf(args, spec, runner) -> int:

@@ -35,7 +35,8 @@ def parse_setting(text: str) -> str:
 
 
 def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False,
-              departures: str | None = None, suite: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+              departures: str | None = None, suite: str | None = None,
+              all_configurations: bool = False) -> tuple[pd.DataFrame, list[str]]:
     """FINISHED student runs of `cells` at one recipe setting, one configuration per cell, the latest
     run per seed; and a note for each group of runs left out.
 
@@ -45,7 +46,8 @@ def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False,
     stated) or else the setting that covers the most cells, then the recipe as stated, then the most
     runs. Per cell the report takes the configuration run under `suite` (whose overrides may set the
     cell apart from its defaults), then one run under no suite, then one without user overrides, then
-    the one with the most seeds, then the most recent."""
+    the one with the most seeds, then the most recent. With `all_configurations` the others are kept
+    too, side by side: their runs' cell reads 'CELL [their overrides]' (variant_label)."""
     runs = student_results(tracking_uri)
     if runs.empty:
         return runs, []
@@ -85,7 +87,13 @@ def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False,
             -item[1]["start_time"].max().value))
         keep = ranked[0][1]
         chosen.append(keep.sort_values("start_time").groupby("tags.seed").tail(1))
-        if len(ranked) > 1:
+        if len(ranked) > 1 and all_configurations:
+            for key, group in ranked[1:]:
+                variant = group.assign(**{"tags.cell": f"{cell} [{variant_label(key, group)}]"})
+                chosen.append(variant.sort_values("start_time").groupby("tags.seed").tail(1))
+            notes.append(f"{cell}: {len(ranked)} configurations shown side by side; without a bracket: "
+                         f"{describe_configuration(ranked[0][0], keep)}")
+        elif len(ranked) > 1:
             others = "; ".join(describe_configuration(key, g) for key, g in ranked[1:])
             notes.append(f"{cell}: {len(ranked)} configurations in the store; shown "
                          f"{describe_configuration(ranked[0][0], keep)}; left out: {others}")
@@ -99,6 +107,12 @@ def describe_configuration(key: str, runs: pd.DataFrame) -> str:
     extra = ([overrides] if overrides else []) + [f"suite {s}" for s in suites]
     seeds = f"{runs['tags.seed'].nunique()} seeds"
     return f"{key[:8]} ({', '.join([seeds] + extra)})"
+
+
+def variant_label(key: str, runs: pd.DataFrame) -> str:
+    """'kd.tau=3': a configuration's own overrides (the recipe setting is the report's, shared), or its key."""
+    own = [item for item in runs["overrides"].iloc[0].split() if item.split("=", 1)[0] not in RECIPE_DEPARTURES]
+    return " ".join(own) or f"configuration {key[:8]}"
 
 
 def suite_rank(runs: pd.DataFrame, suite: str | None) -> int:

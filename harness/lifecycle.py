@@ -22,6 +22,7 @@ from harness.checkpoint import CheckpointStore
 from harness.engine import Interrupted, Trainer
 from harness.errors import UserError
 from harness.monitor import MethodFailed, NonFiniteLoss
+from harness.narrate import epoch_line, narrating, say, start_line, warn_if_loaded
 from harness.process import exclusive, stop_on_signals
 from harness.workshare import WORKER, Claimed, claim_tags, first_claim, heartbeat, is_live
 
@@ -76,10 +77,20 @@ def execute(runner: Runner, job: Job, force: bool, reuse_finished: bool = True) 
         distributed.broadcast(runner.context, ("train", run_id))  # checkpoints are settled: ranks may read them
         stop = threading.Event()
         log = tracker.epoch_logger(run_id)
-        trainer = job.make_trainer(checkpoints, log, stop)
+
+        def log_and_tell(metrics: dict, step: int) -> None:
+            log(metrics, step)
+            if lines:
+                say(epoch_line(job.run_name, trainer.phase_at(step)[1], step, trainer.total_epochs, metrics))
+
+        trainer = job.make_trainer(checkpoints, log_and_tell, stop)
         trainer.meta = {"mlflow_run_id": run_id, "run_key": job.run_key}
+        lines = narrating(trainer.config.options.progress, runner.context.is_main)
         try:
             with stop_on_signals(stop), heartbeat(tracker, run_id):
+                warn_if_loaded()
+                if lines:
+                    say(start_line(job.run_name, trainer.phases))
                 summary = trainer.run()
             for step, metrics in enumerate(trainer.history):  # epochs a crash kept from the store
                 log(metrics, step)

@@ -49,7 +49,8 @@ class RunOptions:
     sync_bn: bool = option(False, "under torchrun on CUDA: batch-norm statistics over the global batch "
                            "(SyncBatchNorm) instead of per rank", identity="when_set")
     deterministic: bool | None = option(None, "deterministic algorithms (default: on for CPU, off for CUDA)")
-    force: bool = option(False, "train again even if a finished run exists")
+    force: bool = option(False, "train again even if a finished run exists; a cached teacher is kept (delete "
+                         "its file under HOME/teachers to retrain it)")
     teacher_epochs: int | None = option(None, "shorten the teacher's recipe")
     progress: bool = option(True, "no progress bar", flag="--no-progress")
     overrides: dict[str, dict] = field(default_factory=dict)  # method -> {hyperparameter: value}

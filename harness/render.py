@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 from pathlib import Path
 
@@ -12,10 +11,11 @@ import pandas as pd
 
 from harness.commits import commits, dirty_note
 from harness.errors import UserError
-from harness.report import FORMATS, Report, fmt
+from harness.plots import plots
+from harness.report import FORMATS, Report, collapse_note, fmt
 
 DETAIL_COLUMNS = {"cell": "cell", "n": "n", "top1": "top-1", "top5": "top-5", "top1_paper": "paper top-1",
-                  "top1_delta": "Δ top-1", "top1_z": "z", "sec_per_epoch": "s/epoch (median)", "extra_parameters": "extra params",
+                  "top1_delta": "Δ top-1", "top1_vs_student": "Δ vs student", "top1_z": "z", "sec_per_epoch": "s/epoch (median)", "extra_parameters": "extra params",
                   "student_parameters": "student params", "peak_memory_mb": "peak MB", "epochs": "epochs",
                   "top1_at_paper": "top-1 at the paper's convention", "top1_convention": "the paper's convention"}
 
@@ -24,8 +24,11 @@ def detail_table(report: Report) -> pd.DataFrame:
     d = report.detail
     frame = pd.DataFrame({
         "cell": d["cell"], "n": d["n"],
-        "top1": [fmt(m, s, n, k) for m, s, n, k in zip(d.top1_mean, d.top1_std, d.n, d.diverged)],
+        "top1": [fmt(m, s, n, k) + collapse_note(c, s)
+                 for m, s, n, k, c in zip(d.top1_mean, d.top1_std, d.n, d.diverged, d.near_chance)],
         "top5": [fmt(m, s, n, k) for m, s, n, k in zip(d.top5_mean, d.top5_std, d.n, d.diverged)],
+        "top1_vs_student": [f"{v:+.2f}" if not math.isnan(v) and m != "baseline" else ""
+                            for v, m in zip(d.top1_vs_student, d.method)],
         "top1_paper": [f"{v:.2f}" if not math.isnan(v) else "" for v in d.top1_paper],
         "top1_delta": [(f"{v:+.2f}" + ("*" if f else "")) if not math.isnan(v) else ""
                        for v, f in zip(d.top1_delta, d.top1_flag)],
@@ -42,55 +45,6 @@ def detail_table(report: Report) -> pd.DataFrame:
                                           for v, n in zip(d.top1_at_paper, d.n)])
         frame.insert(5, "top1_convention", d["top1_convention"].replace("", "as ours"))
     return frame.rename(columns=DETAIL_COLUMNS)
-
-
-def plots(report: Report) -> dict[str, bytes]:
-    """PNG bytes: accuracy per epoch (mean and spread over seeds), final accuracy bars, accuracy vs cost."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = {}
-    d = report.detail[report.detail["n"] > 0]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for cell, frame in report.curves.items():
-        mean, std = frame.mean(axis=1), frame.std(axis=1, ddof=1).fillna(0)
-        ax.plot(mean.index, mean.values, label=cell.split("/", 1)[1])
-        ax.fill_between(mean.index, (mean - std).values, (mean + std).values, alpha=0.2)
-    ax.set(xlabel="epoch of the main phase (pre-training phases < 0)", ylabel="test top-1 (%)",
-           title="Test accuracy per epoch (mean ± std over seeds)")
-    finals = [frame.iloc[-1].min() for frame in report.curves.values() if len(frame)]
-    if finals:
-        ax.set_ylim(max(0, min(finals) - 5), 100)
-    ax.legend(fontsize=7)
-    out["curves.png"] = _png(fig)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    labels = [c.split("/", 1)[1] for c in d["cell"]]
-    ax.bar(range(len(d)), d["top1_mean"], yerr=d["top1_std"].fillna(0), capsize=4, color="tab:blue")
-    if d["top1_paper"].notna().any():
-        ax.scatter(range(len(d)), d["top1_paper"], color="tab:red", marker="_", s=400, label="paper (reference)",
-                   zorder=3)
-        ax.legend(fontsize=7)
-    ax.set_xticks(range(len(d)), labels, rotation=30, ha="right", fontsize=7)
-    low = min(v for v in list(d["top1_mean"] - d["top1_std"].fillna(0)) + list(d["top1_paper"].dropna()))
-    ax.set(ylabel="test top-1 (%)", title="Final accuracy (error bars: std over seeds)", ylim=(max(0, low - 2), 100))
-    out["accuracy.png"] = _png(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.errorbar(d["sec_per_epoch"], d["top1_mean"], yerr=d["top1_std"].fillna(0), fmt="o")
-    for x, y, label in zip(d["sec_per_epoch"], d["top1_mean"], labels):
-        ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set(xlabel="seconds per epoch (median)", ylabel="test top-1 (%)", title="Accuracy against training cost")
-    out["cost.png"] = _png(fig)
-    plt.close("all")
-    return out
-
-
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=110)
-    return buffer.getvalue()
 
 
 def provenance(report: Report, command: str) -> str:
@@ -137,7 +91,7 @@ def render(report: Report, fmt: str, images: dict[str, bytes] | None = None) -> 
     if fmt == "csv":
         return report.detail.to_csv(index=False)
     if fmt == "latex":
-        body = report.table.to_latex(escape=True)
+        body = report.table.reset_index().to_latex(index=False, escape=True)
         comments = "".join(f"% {n}\n" for n in report.notes)
         return latex_symbols(f"% {report.title}\n% {report.caption}\n{comments}{body}\n"
                              f"{details.to_latex(index=False, escape=True)}")
@@ -149,7 +103,7 @@ def render(report: Report, fmt: str, images: dict[str, bytes] | None = None) -> 
                 "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
                 "td,th{border:1px solid #ccc;padding:4px 8px}figure{display:inline-block;margin:1em}</style>"
                 f"</head><body><h1>{html.escape(report.title)}</h1><p>{html.escape(report.caption)}</p>"
-                f"{report.table.to_html()}<h2>Per cell</h2>{details.to_html(index=False)}"
+                f"{report.table.reset_index().to_html(index=False)}<h2>Per cell</h2>{details.to_html(index=False)}"
                 + ("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>"
                    if report.notes else "") + f"{figures}</body></html>")
     raise UserError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")

@@ -23,7 +23,8 @@ from harness.conventions import (SELECTIONS, aggregate, convention_of, describe,
 from harness.errors import UserError
 from harness.schema import SuiteSpec
 from harness.spec import Spec
-from harness.tracking import finished_teacher_runs, metric_histories
+from harness.report_teachers import teacher_accuracies, teacher_notes, teacher_runs
+from harness.tracking import metric_histories
 
 FORMATS = ("md", "html", "latex", "csv")
 
@@ -58,7 +59,19 @@ def fmt(mean: float, std: float, n: int, diverged: int = 0) -> str:
     return text + (f"; {diverged} diverged" if diverged else "")
 
 
-def summarize(runs: pd.DataFrame, suite: SuiteSpec, select: str) -> pd.DataFrame:
+NEAR_CHANCE = 2.0  # a seed below this many times chance accuracy collapsed: it learned next to nothing
+WIDE_SPREAD = 10.0  # a std over seeds of this many points or more: the seeds disagree, the mean says little
+
+
+def collapse_note(near_chance: int, std: float) -> str:
+    """What sets a cell's finished seeds apart as a result of their own, like diverged ones: seeds
+    near chance accuracy, and a spread of tens of points."""
+    text = f"; {near_chance} near chance" if near_chance else ""
+    return text + (f"; spread ≥ {WIDE_SPREAD:g} points" if std >= WIDE_SPREAD else "")
+
+
+def summarize(runs: pd.DataFrame, suite: SuiteSpec, select: str, classes: dict[str, int]) -> pd.DataFrame:
+    """One row per cell; `classes`: dataset -> its number of classes (chance accuracy is 100/classes)."""
     refs, rows = references(suite), []
     for cell in suite.cells:
         group = runs[runs["tags.cell"] == cell] if not runs.empty else runs
@@ -84,6 +97,8 @@ def summarize(runs: pd.DataFrame, suite: SuiteSpec, select: str) -> pd.DataFrame
             # flagged: the paper's number lies outside ours ± max(2 std, tolerance); the tolerance stands for
             # the paper's own seed noise, so a tiny std of ours does not flag every row (needs 2+ seeds)
             row[f"{metric}_flag"] = bool(ref and n > 1 and abs(ours - ref[0]) > max(2 * std, suite.tolerance))
+        top1 = group[f"metrics.{SELECTIONS[select][0]}"].astype(float) if n else pd.Series(dtype=float)
+        row["near_chance"] = int((top1 < NEAR_CHANCE * 100 / classes[dataset]).sum())
         for column, key in (("sec_per_epoch", "mean_epoch_seconds"), ("peak_memory_mb", "peak_memory_mb")):
             row[column] = group[f"metrics.{key}"].astype(float).median() if n else math.nan
         row["cost_under_load"] = bool(n and under_load(group).any())
@@ -91,7 +106,7 @@ def summarize(runs: pd.DataFrame, suite: SuiteSpec, select: str) -> pd.DataFrame
             row[column] = int(group[f"metrics.{key}"].iloc[0]) if n else math.nan
         row["epochs"] = ", ".join(sorted(set(group["params.recipe.epochs"]))) if n else ""
         rows.append(row)
-    return pd.DataFrame(rows)
+    return with_student_delta(pd.DataFrame(rows))
 
 
 def _mean_std(values: pd.Series) -> tuple[float, float]:
@@ -117,25 +132,67 @@ def under_load(runs: pd.DataFrame) -> pd.Series:
     return ((load > own + LOAD_MARGIN) & ~on_gpu).fillna(False)
 
 
-def paper_table(detail: pd.DataFrame) -> pd.DataFrame:
-    """Rows = methods (suite order), columns = dataset/pair; cells 'mean ± std (n) [paper p, Δ d]'."""
+def resolution(runs: pd.DataFrame) -> str:
+    """'Test set: digits 360 images (one image = 0.28 points). ': how fine an accuracy difference
+    each dataset's test set can show, from the runs' logged test-set sizes."""
+    if "params.data.test_size" not in runs:
+        return ""
+    sizes = runs.assign(dataset=runs["tags.cell"].str.split("/").str[0]).dropna(subset=["params.data.test_size"])
+    found = sorted({(d, int(n)) for d, n in zip(sizes["dataset"], sizes["params.data.test_size"])})
+    if not found:
+        return ""
+    return "Test set: " + "; ".join(f"{d} {n:,} images (one image = {100 / n:.2g} points)" for d, n in found) + ". "
+
+
+def paper_table(detail: pd.DataFrame, teachers: dict[tuple[str, str], list[float]]) -> pd.DataFrame:
+    """Rows = the teacher, then methods (suite order); columns = dataset/pair, each followed by its
+    'Δ vs student' where it has a student (baseline) run; cells 'mean ± std (n) [paper p, Δ d]'.
+    `teachers`: (dataset, pair) -> its teachers' test top-1."""
     single_pair = detail["pair"].nunique() == 1
     column = detail["dataset"] if single_pair else detail["dataset"] + " " + detail["pair"]
     text = []
     for _, r in detail.iterrows():
-        cell = fmt(r.top1_mean, r.top1_std, r.n, r.diverged)
+        cell = fmt(r.top1_mean, r.top1_std, r.n, r.diverged) + collapse_note(r.near_chance, r.top1_std)
         if not math.isnan(r.top1_paper):
             delta = f", Δ {r.top1_delta:+.2f}" if r.n else ""
             if r.n and r.top1_convention:
                 delta = f", ours at its convention {r.top1_at_paper:.2f}{delta}"
             cell += f" [paper {r.top1_paper:.2f}{delta}]" + ("*" if r.top1_flag else "")
         text.append(cell)
-    frame = pd.DataFrame({"method": detail["method"], "column": column, "text": text})
-    table = frame.pivot(index="method", columns="column", values="text")
-    table = table.reindex(index=list(dict.fromkeys(detail["method"])), columns=list(dict.fromkeys(column)))
+    rows, names = [], list(dict.fromkeys(column))
+    for (_, r), name, cell in zip(detail.iterrows(), column, text):
+        gap = "" if r.method == "baseline" or math.isnan(r.top1_vs_student) else f"{r.top1_vs_student:+.2f}"
+        rows.append({"method": r.method, "column": name, "text": cell, "gap": gap})
+    student = student_means(detail)
+    for name, (dataset, pair) in dict(zip(column, zip(detail["dataset"], detail["pair"]))).items():
+        values = pd.Series(teachers.get((dataset, pair), []), dtype=float).dropna()
+        if len(values):
+            gap = values.mean() - student.get((dataset, pair), math.nan)
+            rows.append({"method": "teacher", "column": name, "text": fmt(values.mean(), values.std(ddof=1), len(values)),
+                         "gap": "" if math.isnan(gap) else f"{gap:+.2f}"})
+    frame = pd.DataFrame(rows)
+    methods = (["teacher"] if "teacher" in set(frame["method"]) else []) + list(dict.fromkeys(detail["method"]))
+    table = pd.DataFrame(index=methods)
+    for name in names:
+        part = frame[frame["column"] == name].set_index("method")
+        table[name] = part["text"]
+        if (part["gap"] != "").any():
+            table[f"{name}: Δ vs student" if len(names) > 1 else "Δ vs student"] = part["gap"]
     table = table.fillna("")  # a method the suite has in another column only: not a missing run
-    table.index.name, table.columns.name = "method", None
+    table.index.name = "method"
     return table
+
+
+def student_means(detail: pd.DataFrame) -> dict[tuple[str, str], float]:
+    """(dataset, pair) -> the mean test top-1 of the student alone (its baseline cell)."""
+    return {(r.dataset, r.pair): r.top1_mean for r in detail.itertuples() if r.method == "baseline"}
+
+
+def with_student_delta(detail: pd.DataFrame) -> pd.DataFrame:
+    """top1_vs_student: each cell's mean test top-1 minus that of the student alone (NaN without one)."""
+    student = student_means(detail)
+    return detail.assign(top1_vs_student=[m - student.get((d, p), math.nan)
+                                          for m, d, p in zip(detail["top1_mean"], detail["dataset"], detail["pair"])])
 
 
 def curves(tracking_uri: str, runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -153,44 +210,34 @@ def curves(tracking_uri: str, runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
-def teacher_notes(tracking_uri: str, runs: pd.DataFrame) -> list[str]:
-    """One line per teacher the shown students learned from: what it is, its test top-1, its run."""
-    column = runs["params.teacher.key"] if "params.teacher.key" in runs else pd.Series(dtype=str)
-    keys = sorted({key for value in column.dropna() for key in str(value).split("+") if key})
-    found = finished_teacher_runs(tracking_uri, keys) if keys else {}
-    notes = []
-    for key in keys:
-        run = found.get(key)
-        if run is None:
-            notes.append(f"teacher {key}: no finished run in this store (its file was trained elsewhere)")
-            continue
-        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-        notes.append(f"teacher {tags.get('dataset')}/{tags.get('model')} seed {tags.get('seed')}, "
-                     f"{params.get('recipe.epochs')} epochs: {metrics.get('test_top1_last', math.nan):.2f}% test "
-                     f"top-1 (MLflow run {run.info.run_id})")
-    return notes
-
-
 def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | None, select: str,
-          include_smoke: bool = False, departures: str | None = None) -> Report:
+          include_smoke: bool = False, departures: str | None = None, all_configurations: bool = False) -> Report:
     if suite is not None:
         suite_spec = spec.suites[suite]
         cells = suite_spec.cells
     else:
         suite_spec = SuiteSpec(title="Selected cells", source="kd-harness", cells=cells)
-    runs, notes = load_runs(tracking_uri, cells, include_smoke, departures, suite)
+    runs, notes = load_runs(tracking_uri, cells, include_smoke, departures, suite, all_configurations)
     if runs.empty:
         hint = f" ({notes[0]})" if notes else ""
         raise UserError(f"no finished runs for {'suite ' + suite if suite else 'these cells'} in {tracking_uri}"
                         f"{hint}; run them with `harness run` first")
+    shown = set(runs["tags.cell"])  # each cell, then its other configurations (CELL [overrides]) side by side
+    rows = [c for cell in cells for c in [cell] + sorted(v for v in shown if v.startswith(f"{cell} ["))]
+    suite_spec = suite_spec.model_copy(update={"cells": rows})
     if any(convention_of(suite_spec, c, m).selection == "best-test" for c in cells for m in ("top1", "top5")):
         runs = with_max_test(tracking_uri, runs)
-    detail = summarize(runs, suite_spec, select)
+    detail = summarize(runs, suite_spec, select, {name: d.num_classes for name, d in spec.datasets.items()})
     recipes = sorted(set(runs["params.recipe_name"]))
     epochs = sorted(set(runs["params.recipe.epochs"]), key=int)
     devices = sorted(set(runs["params.env.device_name"]))
     caption = (f"Test top-1 accuracy (%) at {SELECTIONS[select][2]}, mean ± sample std over seeds (n); "
-               "'k diverged': seeds whose loss became non-finite (their runs FAILED), not in n. "
+               "'k diverged': seeds whose loss became non-finite (their runs FAILED), not in n; 'k near chance': "
+               f"seeds below {NEAR_CHANCE:g}x chance accuracy (collapsed: in n, but they learned next to nothing); "
+               f"'spread ≥ {WIDE_SPREAD:g} points': seeds that disagree by tens of points. "
+               "Teacher row: the test top-1 (last epoch) of the teachers the shown students learned from; "
+               "Δ vs student: a row's mean minus the student alone (the baseline cell of its dataset and pair). "
+               f"{resolution(runs)}"
                f"Recipe(s): {', '.join(recipes)}, {', '.join(epochs)} epochs. "
                f"Paper numbers are references from {suite_spec.source}, converted to accuracy where the paper "
                "reports error; Δ = ours − paper (z: Δ in units of our std), ours taken at the paper's "
@@ -200,6 +247,8 @@ def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | N
                "s/epoch figure from runs that shared the machine (1-min load average above the run's own threads, "
                f"at most the core count, + {LOAD_MARGIN}): not a cost figure. "
                f"Hardware: {', '.join(devices)}. Commit(s): {', '.join(sorted(set(commits(runs))))}.")
+    by_setting, teacher_found = teacher_runs(tracking_uri, runs)
     notes = ([f"departure from the paper: {d}" for d in suite_spec.departures] + dirty_note(runs)
-             + teacher_notes(tracking_uri, runs) + notes)
-    return Report(suite_spec.title, caption, paper_table(detail), detail, runs, curves(tracking_uri, runs), notes)
+             + teacher_notes(by_setting, teacher_found) + notes)
+    table = paper_table(detail, teacher_accuracies(by_setting, teacher_found))
+    return Report(suite_spec.title, caption, table, detail, runs, curves(tracking_uri, runs), notes)

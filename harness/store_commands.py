@@ -13,6 +13,7 @@ from harness.errors import UserError
 def command_report(args, spec, tracking_uri: str) -> int:
     from harness import render
     from harness import report as rep
+    from harness.plots import plots
 
     cells = None
     if args.cells:
@@ -22,14 +23,15 @@ def command_report(args, spec, tracking_uri: str) -> int:
     if args.out and not args.out.endswith("/") and not Path(args.out).is_dir() \
             and not Path(args.out).parent.is_dir():
         raise UserError(f"cannot write {args.out}: {Path(args.out).parent} is not a directory")
-    result = rep.build(spec, tracking_uri, args.suite, cells, args.select, args.include_smoke, args.departures)
+    result = rep.build(spec, tracking_uri, args.suite, cells, args.select, args.include_smoke, args.departures,
+                       args.configs == "all")
     forest = claims_plot(args, spec, tracking_uri)
     if args.out and (args.out.endswith("/") or Path(args.out).is_dir()):
         command = "harness report " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["report"] else sys.argv[1:])
         images = render.write_directory(result, Path(args.out), command, forest)
         print(f"wrote {Path(args.out)}/report.{{md,html,tex,csv}}, runs.md and {', '.join(images)}")
         return 0
-    text = render.render(result, args.format, render.plots(result) | forest if args.format == "html" else None)
+    text = render.render(result, args.format, plots(result) | forest if args.format == "html" else None)
     if args.out:
         Path(args.out).write_text(text)
         print(f"wrote {args.out}")
@@ -48,13 +50,52 @@ def claims_plot(args, spec, tracking_uri: str) -> dict[str, bytes]:
     return {"claims-forest.png": audit_render.forests(result)[args.suite]}
 
 
+ADHOC = "ad-hoc"  # the suite `harness audit --claim` makes of its claims
+
+
+def adhoc_claims(spec, claims: list[str], cells: list[str] | None):
+    """The spec with a suite ADHOC of the --claim 'BETTER > THAN[, THAN...]' comparisons: cell ids, or
+    methods of the one dataset and pair of `cells`; its cells are `cells`, else those the claims name."""
+    from harness.schema import Claim, SuiteSpec
+
+    ids = [spec.cell(c).id for c in cells or []]
+    settings = {"/".join(c.split("/")[:2]) for c in ids}
+    setting = next(iter(settings)) if len(settings) == 1 else None
+    parsed = []
+    for text in claims:
+        better, sep, worse = (part.strip() for part in text.partition(">"))
+        than = [w.strip() for w in worse.split(",")]
+        if not sep or not better or not all(than):
+            raise UserError(f"--claim {text!r}: expected 'BETTER > THAN', e.g. 'sp > kd' or 'sp > kd, baseline'")
+        claim = Claim(better=better, than=than, setting=setting, source="--claim")
+        for cell in dict.fromkeys(c for pair in claim.pairs() for c in pair):  # better first
+            if "/" not in cell:
+                raise UserError(f"--claim {text!r}: {cell!r} is a method; give --cells of one dataset and pair "
+                                "(or write DATASET/TEACHER-STUDENT/METHOD in the claim)")
+            spec.cell(cell)
+            if ids and cell not in ids:
+                raise UserError(f"--claim {text!r}: {cell} is not among --cells")
+        parsed.append(claim)
+    named = ids or sorted({c for claim in parsed for pair in claim.pairs() for c in pair})
+    suite = SuiteSpec(title="Ad-hoc claims", source="harness audit --claim", cells=named, claims=parsed)
+    return spec.model_copy(update={"suites": spec.suites | {ADHOC: suite}})
+
+
 def command_audit(args, spec, tracking_uri: str) -> int:
     from harness import audit, audit_render, seeds_plan
 
-    suites = args.suite or [name for name, suite in spec.suites.items() if suite.claims]
-    for flag, given in (("--departures", args.departures is not None), ("--seeds-plan", args.seeds_plan)):
-        if given and not args.suite:
-            raise UserError(f"{flag} needs --suite: a recipe setting and its runs belong to the suites that ran them")
+    if args.cells and not args.claim:
+        raise UserError("--cells goes with --claim (the claims to test on them)")
+    if args.claim and args.suite:
+        raise UserError("--claim tests its own claims on --cells; a --suite brings its own claims")
+    if args.claim:
+        spec = adhoc_claims(spec, args.claim, args.cells)
+    suites = [ADHOC] if args.claim else args.suite or [name for name, suite in spec.suites.items() if suite.claims]
+    if args.departures is not None and not (args.suite or args.claim):
+        raise UserError("--departures needs --suite (or --claim): a recipe setting and its runs belong to the "
+                        "suites that ran them")
+    if args.seeds_plan and not args.suite:
+        raise UserError("--seeds-plan needs --suite: its commands run a suite's cells")
     for name in suites:
         require_known(name, spec.suites, "suite")
         if not spec.suites[name].claims:

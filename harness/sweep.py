@@ -39,6 +39,9 @@ from harness.workshare import until_free
 from methods import Objective
 
 
+OBJECTIVE = "val/top1 (best epoch)"  # what a trial's value is: its best validation top-1 (%)
+
+
 class Checked(NamedTuple):
     space: dict
     grid_points: list | None
@@ -100,13 +103,16 @@ class Sweep:
             run_id = self.study.user_attrs.get("mlflow_parent_run_id")
             if run_id is None:
                 self.study.set_user_attr("objective", self.description)  # before the parent: joiners check it
+                with warnings.catch_warnings():  # experimental in Optuna 5 (since 3.2)
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    self.study.set_metric_names([OBJECTIVE])  # optuna-dashboard's name for the value
                 run_id = self.tracker.create(f"sweep {self.opts.study}", {
                     "role": "sweep", "cell": self.cell.id, "study": self.opts.study, "storage": self.opts.storage})
                 self.tracker.log_params(run_id, {
                     "sampler": "grid" if self.grid_points else self.opts.sampler, "sampler_seed": self.opts.seed,
                     "pruner": self.opts.pruner, "space": "; ".join(f"{k}={v}" for k, v in self.space.items()),
                     "grid": self.opts.grid or "", "optuna": optuna.__version__,
-                    "objective": "val/top1 (best epoch), maximize",
+                    "objective": f"{OBJECTIVE}, maximize",
                     "objective_fingerprint": config_key(self.description)} | environment_params(torch.device("cpu")))
                 self.study.set_user_attr("mlflow_parent_run_id", run_id)
                 if self.grid_points is not None:
@@ -235,7 +241,9 @@ class Sweep:
 
     def summary_table(self) -> str:
         frame = self.study.trials_dataframe(attrs=("number", "value", "params", "state"))
-        frame = frame.sort_values("value", ascending=False, na_position="last")
+        # a study with metric names (ours) calls the column value_NAME; an older one, value
+        frame = frame.rename(columns={f"value_{OBJECTIVE}": OBJECTIVE, "value": OBJECTIVE})
+        frame = frame.sort_values(OBJECTIVE, ascending=False, na_position="last")
         return frame.head(10).to_markdown(index=False, floatfmt=".2f")
 
     def retrain_best(self) -> list:

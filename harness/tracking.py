@@ -74,6 +74,20 @@ def finished_teacher_runs(uri: str, keys: list[str]) -> dict:
     return {r.data.tags["run_key"]: r for r in runs if r.data.tags.get("run_key") in keys}
 
 
+def finished_run_keys(uri: str) -> set[str]:
+    """The run keys whose newest run in the store is FINISHED (teachers, students, retrainings)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(EXPERIMENT)
+    if found is None:
+        return set()
+    newest = {}
+    for run in client.search_runs([found.experiment_id], max_results=50000, order_by=["attributes.start_time DESC"]):
+        newest.setdefault(run.data.tags.get("run_key"), run.info.status)
+    return {key for key, status in newest.items() if key and status == "FINISHED"}
+
+
 def sweep_trials(uri: str, studies: list[str]) -> dict[str, int]:
     """study -> the trials its sweep parent run counted (complete + pruned + failed), for each of
     `studies` whose parent run in this store logged them (harness/sweep.py, when a sweep ends)."""
@@ -98,12 +112,17 @@ def metric_histories(uri: str, run_ids: list[str], key: str) -> dict[str, list]:
     return {run_id: client.get_metric_history(run_id, key) for run_id in run_ids}
 
 
-def experiment_id(uri: str) -> str | None:
-    """The kd-harness experiment's id in the store, if it has one (read only)."""
+def share_view(uri: str, name: str, state: dict) -> str | None:
+    """The kd-harness experiment's id in the store, if it has one, with `state` recorded as the MLflow
+    UI's shared view `name` (the experiment tag the UI reads for `?viewStateShareKey=NAME`)."""
     from mlflow.tracking import MlflowClient
 
-    found = MlflowClient(uri).get_experiment_by_name(EXPERIMENT)
-    return found.experiment_id if found else None
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(EXPERIMENT)
+    if found is None:
+        return None
+    client.set_experiment_tag(found.experiment_id, f"mlflow.sharedViewState.{name}", json.dumps(state))
+    return found.experiment_id
 
 
 @contextmanager

@@ -6,6 +6,7 @@ cross-entropy plus every part's loss terms. The engine knows no method by name.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 
 import torch
@@ -17,7 +18,7 @@ from harness.cells import method_parts
 from harness.errors import UserError
 from harness.schema import MethodSpec
 from harness.spec import Spec
-from methods.base import MAIN_PHASE, Distiller, Probe
+from methods.base import FEATURE_NAMES, MAIN_PHASE, Distiller, Probe
 
 
 def method_class(name: str, method: MethodSpec) -> type[Distiller]:
@@ -39,11 +40,17 @@ def resolve_params(spec: Spec, name: str, overrides: dict | None = None):
     try:
         return params.model_validate(values)
     except ValidationError as e:
-        first = e.errors()[0]
+        errors = e.errors()  # a misspelt name first: it is also why the right one is missing
+        first = next((error for error in errors if error["type"] == "extra_forbidden"), errors[0])
         key = ".".join(str(p) for p in first["loc"]) or "?"
         if first["type"] == "extra_forbidden":
             known = ", ".join(params.model_fields) or "none"
-            raise UserError(f"method {name} has no hyperparameter {key!r}; its hyperparameters: {known}") from None
+            close = difflib.get_close_matches(key, list(params.model_fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            where = ("an override (--set, a suite's overrides)" if key in (overrides or {})
+                     else f"benchmarks.yaml methods.{name}.defaults")
+            raise UserError(f"method {name} has no hyperparameter {key!r}{hint}, given in {where}; "
+                            f"its hyperparameters: {known}") from None
         raise UserError(f"method {name}, hyperparameter {key}: {first['msg']}") from None
 
 
@@ -66,6 +73,20 @@ def runs_on_pair(spec: Spec, method_id: str, pair: str) -> bool:
 def validate_defaults(spec: Spec) -> None:
     for name in spec.methods:
         resolve_params(spec, name)
+
+
+class Features(dict):
+    """One network's features for a step (methods/base.py lists the names); reading one that no
+    part declared, and so was never extracted, is named as such instead of a bare KeyError."""
+
+    def __init__(self, features: dict, role: str):
+        super().__init__(features)
+        self.role = role
+
+    def __missing__(self, key):
+        raise UserError(f"a method read the {self.role} feature {key!r}, which no part declares: add it to the "
+                        f"Distiller's {self.role}_features (extracted here: {', '.join(sorted(self))}; "
+                        f"names: {', '.join(FEATURE_NAMES)}; docs/first-method.md)")
 
 
 class Objective(nn.Module):
@@ -128,6 +149,9 @@ class Objective(nn.Module):
     def forward(self, student: dict, teachers: list[dict] | None, targets: torch.Tensor,
                 phase: str = MAIN_PHASE) -> dict[str, torch.Tensor]:
         """teachers: one feature dict per teacher (None when no part reads a teacher)."""
+        student = Features(student, "student")
+        if teachers is not None:
+            teachers = [Features(t, "teacher") for t in teachers]
         if phase != MAIN_PHASE:
             owner = self.phase_owner[phase]
             return owner.phase_losses(phase, student, self._for(owner, teachers), targets)

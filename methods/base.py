@@ -25,6 +25,11 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 MAIN_PHASE = "main"  # the phase that follows every pre-phase: the recipe's training
+# what a Distiller may declare in teacher_features / student_features (harness/models extract_features):
+# logits; pre_logits (the penultimate vector); stages (the pair's stage taps, a list); blocks (per stage, its
+# input and every block's output, on models with forward_blocks); indices (student only: the batch's
+# positions in the training split, given by the engine)
+FEATURE_NAMES = ("logits", "pre_logits", "stages", "blocks", "indices")
 
 
 class Params(BaseModel):

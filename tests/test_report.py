@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from harness import audit as aud
 from harness import audit_render
 from harness import render
+from harness.plots import plots
 from harness import report as rep
 from harness.cli import main
 from harness.provenance import _git_state
@@ -117,6 +118,18 @@ def test_every_format_and_the_output_directory(store, tmp_path, capsys):
     assert "top1_mean" in capsys.readouterr().out
 
 
+def test_summary_tables_have_one_header_row(store):
+    """The methods table's header is one row in HTML and LaTeX: no stray row holding only 'method'."""
+    uri, spec_path = store
+    result = rep.build(load_spec(spec_path), uri, "known", None, "last")
+    page = render.render(result, "html")
+    head = page.split("<thead>", 1)[1].split("</thead>", 1)[0]
+    assert head.count("<tr") == 1 and "<th>method</th>" in head
+    latex = render.render(result, "latex")
+    header = latex.split("\\toprule", 1)[1].split("\\midrule", 1)[0].strip().splitlines()
+    assert len(header) == 1 and header[0].startswith("method &")
+
+
 @pytest.mark.parametrize("argv, expected", [
     (["report", "--suite", "digits"], "no MLflow store"),
     (["report", "--suite", "nope"], "unknown suite"),
@@ -147,7 +160,7 @@ def test_html_report_renders_in_headless_chromium(store, tmp_path):
     uri, spec_path = store
     result = rep.build(load_spec(spec_path), uri, "known", None, "last")
     page = tmp_path / "report.html"
-    page.write_text(render.render(result, "html", render.plots(result)))
+    page.write_text(render.render(result, "html", plots(result)))
     shot = tmp_path / "shot.png"
     proc = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                            "--no-first-run", "--disable-background-networking", "--disable-component-update",

@@ -158,6 +158,7 @@ def test_a_study_holds_one_objective(home, capsys):
     # the same objective joins its study under its name
     assert main(base + ["--epochs", "1", "--study", one_epoch]) == 0
     assert len(optuna.load_study(study_name=one_epoch, storage=storage).trials) == 2
+    assert optuna.load_study(study_name=one_epoch, storage=storage).metric_names == ["val/top1 (best epoch)"]
     # a study that records no objective cannot be checked: refused too
     optuna.create_study(study_name="unrecorded", storage=storage).optimize(lambda t: t.suggest_float("k", 1, 2), 1)
     capsys.readouterr()
