@@ -130,22 +130,6 @@ def command_run(args, spec, runner) -> int:
     return 0
 
 
-def command_teacher(args, spec, runner) -> int:
-    dataset, sep, model = args.target.partition("/")
-    if not sep or not dataset or not model or "/" in model:
-        raise UserError(f"teacher {args.target!r} is malformed: expected DATASET/MODEL, e.g. mnist/hinton1200")
-    require_known(dataset, spec.datasets, "dataset")
-    _positive("--epochs", args.epochs)
-    if args.seed < 0:
-        raise UserError("seeds must be non-negative integers")
-    opts = replace(_options(args), teacher_seed=args.seed, teacher_epochs=args.epochs or args.teacher_epochs)
-    from harness.workshare import until_free
-
-    until_free(runner.teacher, dataset, model, opts)
-    print(f"teacher {dataset}/{model} seed {args.seed}: {runner.teacher_identity(dataset, model, opts).path}")
-    return 0
-
-
 def command_sweep(args, spec, runner) -> int:
     from harness.sweep import Sweep, SweepOptions, check
 

@@ -99,3 +99,27 @@ def test_the_default_smokes_cover_every_new_architecture():
 @pytest.mark.parametrize("suite", CIFAR_SUITES)
 def test_every_cifar_cell_of_the_grid_smokes(grid_home, suite):
     assert main(["run", "--suite", suite, "--smoke", "--no-progress", "--data-root", str(grid_home)]) == 0
+
+
+def test_published_weights_name_no_run(tmp_path):
+    """A published file's description never enters a run's identity (runs of these models keep their keys)."""
+    assert "published" not in SPEC.models["resnet56"].model_dump() and SPEC.models["resnet56"].published
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda raw: raw["suites"]["crd_table2"]["model_recipes"].update({"nope": "cifar_repdistiller"}), "model_recipes"),
+    (lambda raw: raw["models"]["wrn40_2"]["published"].update({"nope": []}), "models.wrn40_2.published"),
+    (lambda raw: raw["models"]["resnet34"]["published"]["imagenet"][0].update({"sha256": "xyz"}), "sha256"),
+])
+def test_grid_spec_mistakes_are_named(tmp_path, mutate, expected):
+    import yaml
+
+    from harness.errors import UserError
+    from harness.spec import DEFAULT_SPEC
+
+    raw = yaml.safe_load(DEFAULT_SPEC.read_text())
+    mutate(raw)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match=expected):
+        load_spec(path)
