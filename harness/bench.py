@@ -28,7 +28,7 @@ from harness.runner import Runner
 from harness.workshare import until_free
 
 
-def _timed(step, batches, plan, steps: int, warmup: int, device: torch.device) -> float:
+def median_step_seconds(step, batches, plan, steps: int, warmup: int, device: torch.device) -> float:
     """Median seconds per step (batch fetch and augmentation included)."""
     times = []
     n = Batches.steps(plan)
@@ -75,7 +75,7 @@ def bench(runner: Runner, dataset: str, pair: str, methods: list[str], opts: Run
         trainer = plan.trainer(teacher if objective.needs_teacher else None, eval_splits=(), label=method)
         batches = trainer.batches
         epoch = batches.epoch_plan(recipe.batch_size, torch.Generator().manual_seed(0))
-        seconds = _timed(trainer.train_step, batches, epoch, steps, warmup, device)
+        seconds = median_step_seconds(trainer.train_step, batches, epoch, steps, warmup, device)
         if profile:
             profiles[method] = profile_steps(trainer.train_step, batches, epoch, min(steps, 5))
         rows.append({"method": method, "path": "harness", "ms_per_step": 1000 * seconds,
@@ -121,7 +121,7 @@ def _bare_kd_row(runner, cell: Cell, opts, teacher, batches, plan, steps, warmup
         loss.backward()
         optimizer.step()
 
-    seconds = _timed(step, batches, plan, steps, warmup, device)
+    seconds = median_step_seconds(step, batches, plan, steps, warmup, device)
     return {"method": "kd", "path": "bare loop", "ms_per_step": 1000 * seconds,
             "images_per_s": recipe.batch_size / seconds, "extra_parameters": 0}
 

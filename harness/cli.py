@@ -45,6 +45,9 @@ def build_parser() -> Parser:
     p.add_argument("--dataset")
     p.add_argument("--method")
     p.add_argument("--all", action="store_true", help="also the cells that cannot run, with the reason")
+    p.add_argument("--estimate", action="store_true", help="with --suite: its runs and estimated device-hours, "
+                   "from a few timed training steps of each cell (and teacher to train) on this device")
+    p.add_argument("--device", default="auto", help="--estimate's device: auto (CUDA when present), cpu, cuda, cuda:N")
 
     p = sub.add_parser("run", parents=common, help="train and track one cell (or a suite)",
                        description="Train the cell's teacher (or reuse the cached one), distil the student, "

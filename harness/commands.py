@@ -51,8 +51,15 @@ def _positive(name: str, value: int | None) -> None:
 def command_list(args, spec, home: Path) -> int:
     from harness.compat import mismatches
 
+    if args.estimate and args.suite is None:
+        raise UserError("--estimate needs --suite: it times every cell of one suite")
     cells = spec.cells(suite=args.suite, dataset=args.dataset, method=args.method)
-    for cell_id, reason in mismatches(spec, cells, home).items():  # e.g. kr on a teacher without residual blocks
+    verdicts = mismatches(spec, cells, home)  # e.g. kr on a teacher without residual blocks
+    if args.estimate:
+        from harness.estimate import command_estimate
+
+        return command_estimate(args, spec, home, [cell for cell in cells if verdicts[cell.id] is None])
+    for cell_id, reason in verdicts.items():
         if reason is None:
             print(cell_id)
         elif args.all:
