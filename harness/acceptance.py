@@ -30,10 +30,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harness.bench import folder_throughput, sync
+from harness.bench import folder_throughput, sync, untrained_teachers
 from harness.checkpoint import CheckpointStore
-from harness.engine import configure_determinism, seed_everything
-from harness.models import build_model
+from harness.engine import configure_determinism
 from harness.options import RunOptions
 from harness.plan import deterministic
 from harness.provenance import GIT_COMMIT, GIT_DIRTY, cuda_params
@@ -44,18 +43,6 @@ from methods import pair_mismatch
 OPTION_SETS = {"fp32": {}, "bf16": {"amp": "bf16"}, "fp16": {"amp": "fp16"}, "channels-last": {"channels_last": True},
                "compile": {"compile": True, "deterministic": False}}
 METHOD_PAIRS = ("resnet20-resnet8", "hinton1200x3-hinton800")  # digits: every method has a cell on one
-
-
-def untrained_teachers(runner: Runner, plan) -> list | None:
-    """The pair's teachers, seeded but untrained, frozen on the plan's device (no MLflow, no data)."""
-    if not plan.objective.needs_teacher:
-        return None
-    teachers = []
-    for name, seed in plan.pair.teacher_members(plan.opts.teacher_seed):
-        seed_everything(seed)
-        model = build_model(runner.spec.models[name], runner.spec.datasets[plan.cell.dataset]).to(plan.device)
-        teachers.append(model.requires_grad_(False).eval())
-    return teachers
 
 
 def versions(device: torch.device) -> dict:

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from harness.cells import Cell
 from harness.data import Batches
-from harness.engine import autocast, build_optimizer, configure_determinism
+from harness.engine import autocast, build_optimizer, configure_determinism, seed_everything
+from harness.models import build_model
 from harness.options import RunOptions
 from harness.plan import deterministic
 from harness.provenance import environment_params
@@ -38,7 +39,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(step, plan, steps: int, warmup: int, device: torch.device) -> float:
+def median_step_seconds(step, plan, steps: int, warmup: int, device: torch.device) -> float:
     """Median seconds per step(plan, i) (batch fetch and augmentation included)."""
     times = []
     n = Batches.steps(plan)
@@ -83,7 +84,7 @@ def bench(runner: Runner, dataset: str, pair: str, methods: list[str], opts: Run
         trainer = plan.trainer(teacher if objective.needs_teacher else None, eval_splits=(), label=method)
         batches = trainer.batches
         epoch = batches.epoch_plan(recipe.batch_size, torch.Generator().manual_seed(0))
-        seconds = _timed(trainer.step_on, epoch, steps, warmup, device)
+        seconds = median_step_seconds(trainer.step_on, epoch, steps, warmup, device)
         if profile:
             profiles[method] = profile_steps(trainer.step_on, epoch, min(steps, 5))
         rows.append({"method": method, "path": "harness", "ms_per_step": 1000 * seconds,
@@ -130,7 +131,7 @@ def _bare_kd_row(runner, cell: Cell, opts, teacher, batches, plan, steps, warmup
         loss.backward()
         optimizer.step()
 
-    seconds = _timed(step, plan, steps, warmup, device)
+    seconds = median_step_seconds(step, plan, steps, warmup, device)
     return {"method": "kd", "path": "bare loop", "ms_per_step": 1000 * seconds,
             "images_per_s": recipe.batch_size / seconds, "extra_parameters": 0}
 
@@ -179,3 +180,16 @@ def folder_throughput(spec, device: str, images: int, batch_size: int) -> dict:
     per_s = (steps - 1) * batch_size / (time.perf_counter() - started)
     return {"images_per_s": per_s, "workers": default_workers(), "cpu_count": os.cpu_count(),
             "image": "400x350 JPEG -> 224 crop", "bound": f"JPEG decode on {default_workers()} loader workers"}
+
+
+def untrained_teachers(runner: Runner, plan) -> list | None:
+    """The pair's teachers, seeded but untrained, frozen on the plan's device (no MLflow, no data): a
+    step takes as long with any weights, and every process of a run builds the same ones."""
+    if not plan.objective.needs_teacher:
+        return None
+    teachers = []
+    for name, seed in plan.pair.teacher_members(plan.opts.teacher_seed):
+        seed_everything(seed)
+        model = build_model(runner.spec.models[name], runner.spec.datasets[plan.cell.dataset]).to(plan.device)
+        teachers.append(model.requires_grad_(False).eval())
+    return teachers

@@ -51,6 +51,9 @@ def build_parser() -> Parser:
                    "whether its dataset is on disk")
     p.add_argument("--data-root", help="where --status looks for datasets (default: $KD_HARNESS_DATA or a user "
                    "cache dir)")
+    p.add_argument("--estimate", action="store_true", help="with --suite: its runs and estimated device-hours, "
+                   "from a few timed training steps of each cell (and teacher to train) on this device")
+    p.add_argument("--device", default="auto", help="--estimate's device: auto (CUDA when present), cpu, cuda, cuda:N")
 
     p = sub.add_parser("run", parents=common, help="train and track one cell (or a suite)",
                        description="Train the cell's teacher (or reuse the cached one), distil the student, "
@@ -68,11 +71,16 @@ def build_parser() -> Parser:
     add_flags(p)
     launch.add_arguments(p)
 
-    p = sub.add_parser("teacher", parents=common, help="train and cache a teacher",
-                       description="Train (or find cached) the teacher DATASET/MODEL with the dataset's teacher recipe.")
+    p = sub.add_parser("teacher", parents=common, help="train and cache a teacher, or import a published one",
+                       description="Train (or find cached) the teacher DATASET/MODEL with the dataset's teacher recipe; "
+                       "with --import, take a trained file instead (checked, evaluated on the test split, cached "
+                       "where runs look for this teacher, recorded as an MLflow teacher run tagged imported).")
     p.add_argument("target", metavar="DATASET/MODEL")
     p.add_argument("--seed", type=int, default=0, help="the teacher's seed")
     p.add_argument("--epochs", type=int, help="override the teacher recipe's epochs")
+    p.add_argument("--suite", help="the teacher of this suite's cells (its teacher recipe applies)")
+    p.add_argument("--import", dest="import_file", metavar="FILE", help="a RepDistiller/mdistiller checkpoint, a "
+                   "torchvision/timm state dict or a safetensors file to use as this teacher (nothing is downloaded)")
     add_flags(p)
 
     p = sub.add_parser("sweep", parents=common, help="tune a cell's hyperparameters with Optuna on the validation split",
@@ -227,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         if not context.is_main:  # rank 0 speaks for all
             sys.stdout = open(os.devnull, "w")
         runner = Runner(spec, home, tracking_uri, context)
-        training = {"run": commands.command_run, "teacher": commands.command_teacher,
+        from harness.teachers import command_teacher
+
+        training = {"run": commands.command_run, "teacher": command_teacher,
                     "sweep": commands.command_sweep, "bench": commands.command_bench, "perf": commands.command_perf}
         try:
             return training[args.command](args, spec, runner)

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from harness import launch
-from harness.cells import method_parts, require_known, split_assignment
+from harness.cells import method_parts, split_assignment
 from harness.errors import UserError
 from harness.options import from_flags
 
@@ -56,14 +56,21 @@ def command_list(args, spec, home: Path) -> int:
     if args.suites:
         print("\n".join(listing.suite_lines(spec)))
         return 0
+    if args.estimate and args.suite is None:
+        raise UserError("--estimate needs --suite: it times every cell of one suite")
     cells = spec.cells(suite=args.suite, dataset=args.dataset, method=args.method)
+    verdicts = mismatches(spec, cells, home)  # e.g. kr on a teacher without residual blocks
+    if args.estimate:
+        from harness.estimate import command_estimate
+
+        return command_estimate(args, spec, home, [cell for cell in cells if verdicts[cell.id] is None])
     seeds = {}
     if args.status:  # the store only when asked: a plain list imports neither pandas nor MLflow
         from harness.tracking import default_tracking_uri
 
         seeds = listing.finished_seeds(args.tracking_uri or default_tracking_uri(home))
     width, root = max((len(c.id) for c in cells), default=0), data_root(args.data_root)
-    for cell_id, reason in mismatches(spec, cells, home).items():  # e.g. kr on a teacher without residual blocks
+    for cell_id, reason in verdicts.items():
         if reason is None:
             print(listing.status_line(spec, cell_id, seeds.get(cell_id, []), root, width) if args.status else cell_id)
         elif args.all:
@@ -141,22 +148,6 @@ def command_run(args, spec, runner) -> int:
         if len(plans) > 1:
             print(f"harness: {len(failed)} of {len(plans)} runs failed: {', '.join(failed)}", file=sys.stderr)
         return 1
-    return 0
-
-
-def command_teacher(args, spec, runner) -> int:
-    dataset, sep, model = args.target.partition("/")
-    if not sep or not dataset or not model or "/" in model:
-        raise UserError(f"teacher {args.target!r} is malformed: expected DATASET/MODEL, e.g. mnist/hinton1200")
-    require_known(dataset, spec.datasets, "dataset")
-    _positive("--epochs", args.epochs)
-    if args.seed < 0:
-        raise UserError("seeds must be non-negative integers")
-    opts = replace(_options(args), teacher_seed=args.seed, teacher_epochs=args.epochs or args.teacher_epochs)
-    from harness.workshare import until_free
-
-    until_free(runner.teacher, dataset, model, opts)
-    print(f"teacher {dataset}/{model} seed {args.seed}: {runner.teacher_identity(dataset, model, opts).path}")
     return 0
 
 

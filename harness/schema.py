@@ -93,6 +93,18 @@ class NormalInit(Strict):
 InitSpec = Annotated[UniformInit | NormalInit, Field(discriminator="kind")]
 
 
+class PublishedWeights(Strict):
+    """A published file of trained weights of an architecture, which `harness teacher --import` takes."""
+
+    file: str = Field(description="the file's name as published (how an imported file is recognised)")
+    top1: float = Field(description="the test top-1 (%) its publisher states for it on this dataset")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{8,64}$", description=(
+        "its sha256, or the first 8+ hex digits of it (torchvision's file names carry those)"))
+    tolerance: float = Field(1.0, ge=0, description="accuracy points the measured top-1 may differ by "
+                             "before the import flags the file")
+    source: str
+
+
 class ModelSpec(Strict):
     timm: str = Field(description="name passed to timm.create_model")
     kwargs: dict[str, Any] = {}
@@ -100,6 +112,9 @@ class ModelSpec(Strict):
                                   "parameter; absent: the architecture's own")
     takes_img_size: bool = Field(False, description="pass the dataset's img_size (MLPs, ViTs)")
     recipes: dict[str, str] = Field({}, description="dataset -> the recipe this architecture trains with there")
+    # excluded from dumps: a file's description is not how a run trains, so it never enters a run's key
+    published: dict[str, list[PublishedWeights]] = Field({}, exclude=True, description=(
+        "dataset -> published weights of this architecture on it, checked by `harness teacher --import`"))
 
 
 class StageTaps(Strict):
@@ -235,6 +250,9 @@ class SuiteSpec(Strict):
     source: str
     recipe: str | None = None
     teacher_recipe: str | None = None
+    model_recipes: dict[str, str] = Field({}, description=(
+        "model -> the recipe it trains with in this suite, as teacher or student, before `recipe` and "
+        "`teacher_recipe` (e.g. RepDistiller's lower learning rate for MobileNet and ShuffleNet students)"))
     overrides: dict[str, dict[str, Any]] = Field({}, description="method -> hyperparameters the paper's table used")
     cells: list[str]
     references: list[Reference] = []

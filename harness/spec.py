@@ -55,6 +55,9 @@ class Spec(Strict):
             for d, ref in m.recipes.items():
                 if d not in self.datasets or ref not in self.recipes:
                     raise ValueError(f"models.{name}.recipes: unknown dataset {d!r} or recipe {ref!r}")
+            for d in m.published:
+                if d not in self.datasets:
+                    raise ValueError(f"models.{name}.published: unknown dataset {d!r}")
         for name, p in self.pairs.items():
             if name != p.name:
                 raise ValueError(f"pairs.{name}: a pair is named TEACHER-STUDENT (TEACHERxN-STUDENT with N "
@@ -82,6 +85,9 @@ class Spec(Strict):
                 ref = getattr(s, key)
                 if ref is not None and ref not in self.recipes:
                     raise ValueError(f"suites.{name}.{key}: unknown recipe {ref!r}")
+            for model, ref in s.model_recipes.items():
+                if model not in self.models or ref not in self.recipes:
+                    raise ValueError(f"suites.{name}.model_recipes: unknown model {model!r} or recipe {ref!r}")
             for method in s.overrides:
                 if method not in self.methods:
                     raise ValueError(f"suites.{name}.overrides: unknown method {method!r}")
@@ -133,10 +139,12 @@ class Spec(Strict):
 
     def recipe_for(self, dataset: str, model: str, suite: str | None = None,
                    teacher: bool = False) -> tuple[str, RecipeSpec]:
-        """The suite's recipe, else the model's for this dataset, else the dataset's."""
+        """The suite's recipe for this model, else the suite's, else the model's for this dataset, else
+        the dataset's."""
         d = self.datasets[dataset]
         suite_spec = self.suites[suite] if suite is not None else None
-        suite_recipe = (suite_spec.teacher_recipe if teacher else suite_spec.recipe) if suite_spec else None
+        suite_recipe = (suite_spec.model_recipes.get(model)
+                        or (suite_spec.teacher_recipe if teacher else suite_spec.recipe)) if suite_spec else None
         dataset_recipe = (d.teacher_recipe or d.recipe) if teacher else d.recipe
         name = suite_recipe or self.models[model].recipes.get(dataset) or dataset_recipe
         return name, self.recipes[name]

@@ -1,7 +1,10 @@
-"""Backbones: timm-registered models (importing this package registers ours) and the
+"""Backbones: timm-registered models (importing this package registers ours), loading weights saved
+by another implementation (each model module's `checkpoint_filter_fn` maps its key names), and the
 feature taps distillation methods read."""
 
 from __future__ import annotations
+
+import sys
 
 import timm
 import torch
@@ -10,7 +13,8 @@ from torch import nn
 
 from harness.errors import UserError
 from harness.models.init import initialise
-from harness.models import alexnet, cifar_resnet, inception_bn, maxout, mlp, preact_resnet, vgg  # noqa: F401  (registers the models with timm)
+from harness.models import (alexnet, cifar_resnet, cifar_resnet50, inception_bn, maxout, mlp,  # noqa: F401
+                            mobilenetv2, preact_resnet, shufflenet, vgg, vgg_bn, wrn)  # (registers the models with timm)
 from harness.spec import DatasetSpec, ModelSpec
 
 
@@ -25,6 +29,25 @@ def build_model(model: ModelSpec, dataset: DatasetSpec) -> nn.Module:
     if model.init is not None:
         initialise(net, model.init)
     return net
+
+
+def load_weights(net: nn.Module, state: dict[str, torch.Tensor], label: str) -> None:
+    """`state` into `net`, strictly, after mapping a foreign implementation's key names to ours; a
+    batch norm without num_batches_tracked (saved by PyTorch before 0.4.1) keeps ours."""
+    ours = net.state_dict()
+    if set(state) != set(ours):
+        filter_fn = getattr(sys.modules[type(net).__module__], "checkpoint_filter_fn", None)
+        state = filter_fn(state, net) if filter_fn is not None else state
+    state = {key: ours[key] for key in ours if key.endswith("num_batches_tracked")} | state
+    missing, unexpected = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
+    if missing or unexpected:
+        raise UserError(f"{label}: the file's keys are not this model's: {len(missing)} missing (e.g. "
+                        f"{', '.join(missing[:3]) or '-'}), {len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3]) or '-'})")
+    for key, tensor in ours.items():
+        if state[key].shape != tensor.shape:
+            raise UserError(f"{label}: {key} is {tuple(state[key].shape)} in the file, {tuple(tensor.shape)} in the "
+                            "model (another width or number of classes?)")
+    net.load_state_dict(state)
 
 
 def count_parameters(module: nn.Module) -> int:

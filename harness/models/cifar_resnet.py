@@ -14,6 +14,7 @@ from torch import nn
 from timm.models import register_model
 from timm.models._features import feature_take_indices
 
+from harness.models.keys import rename_keys
 from harness.models.staged import StagedNet
 
 
@@ -84,6 +85,15 @@ class CifarResNet(StagedNet):
                 post_relu.append(x)
                 pre_relu.append(pre)
         return x, post_relu, pre_relu
+
+# RepDistiller's models/resnet.py names -> ours (applied in order to each key)
+REPDISTILLER_KEYS = [(r"^conv1\.", "stem.0."), (r"^bn1\.", "stem.1."), (r"^layer1\.", "stages.0."),
+                     (r"^layer2\.", "stages.1."), (r"^layer3\.", "stages.2."), (r"\.downsample\.", ".shortcut.")]
+
+
+def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
+    """A RepDistiller / mdistiller CIFAR ResNet state dict with our key names."""
+    return rename_keys(state_dict, REPDISTILLER_KEYS)
 
 
 def _cifar_resnet(depth: int, widths=(16, 16, 32, 64), **kwargs) -> CifarResNet:

@@ -1,0 +1,125 @@
+"""The field's benchmark grid (#29): RepDistiller's CIFAR-100 pairs and the ImageNet pairs, their
+recipes and suites: every suite lists its cells, recipes resolve as the papers' scripts set them,
+the claims audit as "not run", and the CIFAR cells train (--smoke, on the CIFAR-100 fixture)."""
+
+import os
+
+import pytest
+
+from harness.cli import main
+from harness.spec import load_spec
+
+SPEC = load_spec()
+GRID_SUITES = ["crd_table1", "crd_table2", "dkd_cifar100_beta8", "dkd_cifar100_beta6", "dkd_cifar100_beta2",
+               "dkd_imagenet_resnet34_resnet18", "dkd_imagenet_resnet50_mobilenetv1", "imagenet_resnet34_resnet18",
+               "reviewkd_imagenet", "reviewkd_cifar100"]
+CIFAR_SUITES = [s for s in GRID_SUITES if SPEC.suites[s].cells[0].startswith("cifar100/")]
+NEW_CIFAR_PAIRS = ["resnet110-resnet20", "resnet110-resnet32", "wrn40_2-wrn16_2", "wrn40_2-wrn40_1", "vgg13-vgg8",
+                   "vgg13-mobilenetv2", "resnet50_cifar-mobilenetv2", "resnet50_cifar-vgg8", "resnet32x4-shufflenetv1",
+                   "resnet32x4-shufflenetv2", "wrn40_2-shufflenetv1"]
+
+
+@pytest.mark.parametrize("suite", GRID_SUITES)
+def test_every_grid_suite_lists_all_its_cells(home, capsys, suite):
+    assert main(["list", "--suite", suite]) == 0
+    assert capsys.readouterr().out.split() == SPEC.suites[suite].cells
+
+
+def test_every_repdistiller_pair_is_in_a_crd_table():
+    crd = {c.split("/")[1] for s in ("crd_table1", "crd_table2") for c in SPEC.suites[s].cells}
+    assert set(NEW_CIFAR_PAIRS) | {"resnet56-resnet20", "resnet32x4-resnet8x4"} == crd
+
+
+@pytest.mark.parametrize("model, suite, teacher, recipe", [
+    ("mobilenetv2", "crd_table2", False, "cifar_repdistiller_small_lr"),   # RepDistiller: lr 0.01 for MobileNet/ShuffleNet
+    ("shufflenetv2", "dkd_cifar100_beta8", False, "cifar_repdistiller_small_lr"),
+    ("resnet8x4", "dkd_cifar100_beta8", False, "cifar_repdistiller"),
+    ("resnet32x4", "crd_table2", True, "cifar_repdistiller"),
+    ("resnet20", "crd_table1", False, "cifar_repdistiller"),
+    ("wrn16_2", None, False, "cifar_repdistiller"),                        # the new models' own recipe, outside suites
+    ("shufflenetv1", None, False, "cifar_repdistiller_small_lr"),
+    ("shufflenetv1", "reviewkd_cifar100", False, "cifar_reviewkd_small_lr"),
+    ("resnet20", None, False, "cifar_nst"),                                # earlier models keep theirs
+])
+def test_recipes_resolve_per_suite_and_model(model, suite, teacher, recipe):
+    assert SPEC.recipe_for("cifar100", model, suite=suite, teacher=teacher)[0] == recipe
+
+
+def test_repdistiller_recipe_decays_at_its_epochs():
+    from harness.engine import lr_factor
+
+    recipe = SPEC.recipes["cifar_repdistiller"]
+    assert [lr_factor(recipe, e) for e in (149, 150, 179, 180, 209, 210)] == pytest.approx(
+        [1, 0.1, 0.1, 0.01, 0.01, 0.001])
+
+
+def test_grid_claims_audit_as_not_run(home, capsys):
+    assert main(["run", "--cell", "digits/resnet20-resnet8/baseline", "--smoke", "--no-progress"]) == 0
+    suites = [s for s in GRID_SUITES if SPEC.suites[s].claims]
+    capsys.readouterr()
+    assert main(["audit", "--suite", *suites]) == 0
+    out = capsys.readouterr().out
+    comparisons = sum(len(claim.than) for s in suites for claim in SPEC.suites[s].claims)
+    assert f"not run {comparisons} (of {comparisons})" in out
+    assert "+1.66" in out  # the paper's own difference beside it (CRD Table 1: KD 74.92 - Student 73.26)
+
+
+@pytest.fixture(scope="module")
+def grid_home(tmp_path_factory):
+    """One runs home (and its cached teachers) and one CIFAR-100 fixture for the module's smoke runs."""
+    import torchvision.datasets.cifar as tv_cifar
+
+    from conftest import write_cifar100
+
+    root = write_cifar100(tmp_path_factory.mktemp("data"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tv_cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+        patch.setenv("KD_HARNESS_HOME", str(tmp_path_factory.mktemp("home")))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield root
+
+
+# every new architecture in the default run (the cheapest pairs that cover them, sharing teachers); the rest slow
+COVERING = ["wrn40_2-wrn16_2", "wrn40_2-wrn40_1", "wrn40_2-shufflenetv1", "vgg13-vgg8", "vgg13-mobilenetv2",
+            "resnet50_cifar-vgg8", "resnet32x4-shufflenetv2"]
+
+
+@pytest.mark.parametrize("pair", [p if p in COVERING else pytest.param(p, marks=pytest.mark.slow) for p in NEW_CIFAR_PAIRS])
+def test_kd_smoke_on_each_new_pair(grid_home, pair):
+    assert main(["run", "--cell", f"cifar100/{pair}/kd", "--smoke", "--no-progress", "--data-root", str(grid_home)]) == 0
+
+
+def test_the_default_smokes_cover_every_new_architecture():
+    models = {m for pair in COVERING for m in (SPEC.pairs[pair].teacher, SPEC.pairs[pair].student)}
+    assert {"wrn40_2", "wrn16_2", "wrn40_1", "vgg13", "vgg8", "mobilenetv2", "resnet50_cifar", "shufflenetv1",
+            "shufflenetv2"} <= models
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suite", CIFAR_SUITES)
+def test_every_cifar_cell_of_the_grid_smokes(grid_home, suite):
+    assert main(["run", "--suite", suite, "--smoke", "--no-progress", "--data-root", str(grid_home)]) == 0
+
+
+def test_published_weights_name_no_run(tmp_path):
+    """A published file's description never enters a run's identity (runs of these models keep their keys)."""
+    assert "published" not in SPEC.models["resnet56"].model_dump() and SPEC.models["resnet56"].published
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda raw: raw["suites"]["crd_table2"]["model_recipes"].update({"nope": "cifar_repdistiller"}), "model_recipes"),
+    (lambda raw: raw["models"]["wrn40_2"]["published"].update({"nope": []}), "models.wrn40_2.published"),
+    (lambda raw: raw["models"]["resnet34"]["published"]["imagenet"][0].update({"sha256": "xyz"}), "sha256"),
+])
+def test_grid_spec_mistakes_are_named(tmp_path, mutate, expected):
+    import yaml
+
+    from harness.errors import UserError
+    from harness.spec import DEFAULT_SPEC
+
+    raw = yaml.safe_load(DEFAULT_SPEC.read_text())
+    mutate(raw)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match=expected):
+        load_spec(path)
