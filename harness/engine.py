@@ -365,6 +365,7 @@ class Trainer:
         for teacher in self.teachers:
             teacher.eval()
         n_steps = Batches.steps(plan)
+        stop = False
         for step in range(self.step, n_steps):
             losses, batch_correct = self.step_on(plan, step, phase)
             for term, value in losses.items():
@@ -372,7 +373,8 @@ class Trainer:
             correct += batch_correct
             self.step = step + 1
             bar.update(1)
-            if self._look_now(step, n_steps) and self._guard_says_stop() and self.step < n_steps:
+            stop = self._look_now(step, n_steps) and self._guard_says_stop()
+            if stop and self.step < n_steps:
                 all_sums, all_correct = self._over_ranks(sums, correct)
                 self.partial = {"sums": {k: v.item() for k, v in all_sums.items()}, "correct": all_correct.item(),
                                 "seconds": time.perf_counter() - epoch_started,
@@ -405,6 +407,8 @@ class Trainer:
         self.partial = {}
         self._save()
         self.log(metrics, self.epoch - 1)
+        if stop and self.epoch < self.total_epochs:  # asked at the epoch's last look: its checkpoint is written
+            raise Interrupted(f"stopped at epoch {self.epoch}, step 0; checkpoint written")
 
     def _look_now(self, step: int, n_steps: int) -> bool:
         """Whether the host reads the guard after `step`: every GUARD_EVERY steps and at the epoch's
