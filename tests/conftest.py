@@ -17,6 +17,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 def pytest_configure(config):
     """The default run hides GPUs, so a GPU machine runs the same suite as CI's CPU one; a run that
     selects the `cuda` tests (-m cuda) sees them. Set before any test initialises CUDA."""
+    os.environ["KD_HARNESS_QUIET_LOAD"] = "1"  # the suite's own processes load the machine: no warning lines
     markexpr = config.getoption("markexpr") or ""
     if "cuda" not in markexpr.replace("not cuda", ""):
         os.environ["CUDA_VISIBLE_DEVICES"] = ""

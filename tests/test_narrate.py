@@ -26,6 +26,7 @@ def test_phases_are_named_when_a_method_has_more_than_one():
 
 
 def test_a_loaded_machine_is_warned_about_once(monkeypatch, capsys):
+    monkeypatch.delenv("KD_HARNESS_QUIET_LOAD")  # the suite's default (tests/conftest.py)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(os, "getloadavg", lambda: (3.4, 3.0, 2.0))
     assert narrate.load_warning().startswith("harness: warning: the machine's 1-minute load is 3.4 on 2 cores")
