@@ -3,6 +3,7 @@ fewer devices, identity, the device-side epoch plan); tests marked `cuda` run th
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -48,17 +49,21 @@ def _step_inputs(runner, cell_id: str):
     torch.manual_seed(0)
     batches = plan.data.batches(plan.device, ("train",))
     x, y = batches.train_batch(batches.epoch_plan(32, torch.Generator().manual_seed(0)), 0)
+    plan.objective.bind_training_set(batches.splits["train"].labels)  # CRD's banks; a no-op for the rest
+    plan.initial_state = copy.deepcopy(plan.objective.state_dict())
     return plan, teachers, x, y
 
 
 def _losses(plan, teachers, x, y, amp: str, extract=extract_features) -> dict[str, float]:
     pair = plan.pair
     step = StudentStep(plan.student, plan.objective, extract, pair.stages.student)
-    torch.manual_seed(1)  # dropout of the Hinton MLPs: the same masks in every precision
+    plan.objective.load_state_dict(plan.initial_state)  # method state (CRD's banks) as before every call
+    indices = torch.arange(len(x)) if plan.objective.reads_indices else None
+    torch.manual_seed(1)  # dropout of the Hinton MLPs, CRD's negatives: the same in every precision
     with autocast(x.device, amp):
         with torch.no_grad():
             teacher_features = [extract(t, x, plan.objective.teacher_features, pair.stages.teacher) for t in teachers]
-        losses, _ = step(x, teacher_features or None, y, "main")
+        losses, _ = step(x, teacher_features or None, y, "main", indices)
     return {k: v.item() for k, v in losses.items()}
 
 
