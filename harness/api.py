@@ -65,13 +65,13 @@ def run_plans(runner, plans: list, on_done: Callable | None = None, on_planned: 
     it ends. Returns (outcomes by plan index, failed plan ids). Every plan is validated before any
     trains."""
     from harness.lifecycle import TrainingFailed
-    from harness.workshare import POLL_SECONDS, Claimed
+    from harness.workshare import POLL_SECONDS, Claimed, starting_order
 
     resolved, finished = validate(runner, plans)
     if on_planned is not None:
         on_planned(resolved)
     outcomes, failed, told = {}, [], set()
-    pending = list(enumerate(plans))
+    pending = [(index, plans[index]) for index in starting_order(len(plans))]
     while pending:
         deferred = []
         for index, (cell, opts) in pending:

@@ -51,10 +51,11 @@ def worker_argv(argv: list[str], home: Path, tracking_uri: str) -> list[str]:
     return out[:command] + ["--home", str(home), "--tracking-uri", tracking_uri] + out[command:]
 
 
-def worker(argv: list[str], threads: int | None, gpu: str | None = None) -> int:
-    """One worker: the harness command line in a fresh process, `threads` torch threads, and on a GPU
-    machine its own GPU (`gpu`: the one CUDA_VISIBLE_DEVICES shows it)."""
-    env = os.environ | ({"OMP_NUM_THREADS": str(threads)} if threads else {}) \
+def worker(argv: list[str], threads: int | None, gpu: str | None = None, place: str = "0/1") -> int:
+    """One worker: the harness command line in a fresh process, `threads` torch threads, on a GPU
+    machine its own GPU (`gpu`: the one CUDA_VISIBLE_DEVICES shows it), and its place "i/K" among
+    the workers (where in a suite it starts: harness/workshare.py)."""
+    env = os.environ | {"KD_HARNESS_WORKER": place} | ({"OMP_NUM_THREADS": str(threads)} if threads else {}) \
         | ({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})
     return subprocess.run([sys.executable, "-m", "harness", *argv], env=env).returncode
 
@@ -118,7 +119,8 @@ def launch(args, argv: list[str], home: Path, tracking_uri: str, workers: int) -
         gpus = gpu_per_worker(workers, local_gpus())
     command = worker_argv(argv, home, tracking_uri)
     try:
-        jobs = executor.map_array(worker, [command] * workers, [threads] * workers, gpus)
+        jobs = executor.map_array(worker, [command] * workers, [threads] * workers, gpus,
+                                  [f"{i}/{workers}" for i in range(workers)])
     except Exception as e:  # sbatch refused the array, the folder is not writable, ...
         raise UserError(f"--launcher {args.launcher}: could not submit the workers: {e}") from None
     ids = ", ".join(job.job_id for job in jobs)

@@ -100,6 +100,18 @@ def heartbeat(tracker, run_id: str):
 POLL_SECONDS = 10.0
 
 
+def starting_order(count: int) -> list[int]:
+    """The order in which this worker tries `count` shared runs. Worker i of K (the launcher sets
+    $KD_HARNESS_WORKER to "i/K") starts at run i*count/K and wraps around, so K workers begin on
+    different runs instead of all racing for the first; a lone worker goes in order."""
+    index, _, workers = os.environ.get("KD_HARNESS_WORKER", "0/1").partition("/")
+    try:
+        start = int(index) * count // max(1, int(workers))
+    except ValueError:
+        start = 0
+    return [(start + i) % count for i in range(count)] if count else []
+
+
 def until_free(work, *args, **kwargs):
     """`work(...)`, waiting while another worker holds what it needs (a command with nothing else
     to do, e.g. a sweep whose teacher another worker is training)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from harness.launch import worker_argv
+from harness.workshare import starting_order
 
 
 def _harness(*args, env, timeout=900):
@@ -35,6 +36,16 @@ def test_the_worker_command_drops_the_launcher_flags_and_names_the_store():
         "run", "--suite", "digits", "--smoke"]
 
 
+def test_workers_start_at_different_places_of_a_suite(monkeypatch):
+    monkeypatch.delenv("KD_HARNESS_WORKER", raising=False)
+    assert starting_order(3) == [0, 1, 2]
+    for place, order in (("0/2", [0, 1, 2, 3, 4, 5, 6]), ("1/2", [3, 4, 5, 6, 0, 1, 2]),
+                         ("2/3", [4, 5, 6, 0, 1, 2, 3])):
+        monkeypatch.setenv("KD_HARNESS_WORKER", place)
+        assert starting_order(7) == order
+    assert starting_order(0) == []
+
+
 def test_impossible_launches_are_refused_before_any_run(home):
     env = os.environ | {"KD_HARNESS_HOME": str(home), "PATH": os.path.dirname(sys.executable)}  # no sbatch
     for flags, message in ((["--launcher", "local", "--workers", "0"], "--workers must be a positive"),
@@ -53,10 +64,12 @@ def test_local_workers_split_a_suite_and_train_each_run_once(home):
     teacher = _harness("teacher", "digits/resnet20", "--smoke", "--no-progress", env=env)
     assert teacher.returncode == 0, teacher.stderr[-2000:]
     seconds, trained = {}, {}
+    # A smoke cell trains in 0.3 s, a worker starts in ~9 s: 6 epochs make each run last longer than
+    # the workers' start-up jitter, so that sharing, not who started first, decides who trains what
     for workers, seed in ((1, 0), (2, 1)):  # one worker, then two, on the same cells (new seeds)
         start = time.perf_counter()
-        result = _harness("run", "--suite", "digits", "--smoke", "--no-progress", "--seed", str(seed),
-                          "--launcher", "local", "--workers", str(workers), env=env)
+        result = _harness("run", "--suite", "digits", "--smoke", "--epochs", "6", "--no-progress", "--seed",
+                          str(seed), "--launcher", "local", "--workers", str(workers), env=env)
         seconds[workers] = time.perf_counter() - start
         assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
         per_worker = [set() for _ in range(workers)]
