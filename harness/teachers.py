@@ -101,7 +101,9 @@ def import_teacher(runner, dataset: str, model_name: str, path: Path, opts) -> d
             raise UserError(f"a teacher is already cached at {identity.path}; --force replaces it")
         run_id = record(runner, identity, net, data, path, digest, entry, check, {"test_top1_last": top1,
                                                                                   "test_top5_last": top5})
-    return {"path": identity.path, "run_id": run_id, "sha256": digest, "top1": top1, "entry": entry, "check": check}
+    stale = len(runner.tracker.students_of(identity.key)) if opts.force else 0
+    return {"path": identity.path, "run_id": run_id, "sha256": digest, "top1": top1, "entry": entry, "check": check,
+            "stale_students": stale}
 
 
 def reference_check(entry: PublishedWeights | None, top1: float) -> str:
@@ -171,6 +173,9 @@ def command_import(args, runner, dataset: str, model: str, opts) -> int:
     stated = f", stated {out['entry'].top1:.2f}%" if out["entry"] is not None else ", no stated accuracy in benchmarks.yaml"
     print(f"teacher {dataset}/{model} seed {opts.teacher_seed}: imported {args.import_file} (sha256 {out['sha256'][:16]}...), "
           f"test top-1 {out['top1']:.2f}%{stated}; cached at {out['path']}; MLflow run {out['run_id']}")
+    if out["stale_students"]:
+        print(f"harness: warning: {out['stale_students']} finished student runs distilled from the teacher this "
+              "replaced; they keep their results (`harness run --force` trains them again)", file=sys.stderr)
     if out["check"].startswith("off"):
         print(f"harness: warning: imported teacher {dataset}/{model} is {out['check']} ({out['entry'].source}): "
               "check the file, the model and the data", file=sys.stderr)

@@ -175,6 +175,12 @@ class Tracker:
         return self.client.search_runs([self.experiment_id], filter_string=f"tags.run_key = '{run_key}'",
                                        order_by=["attributes.start_time DESC"])
 
+    def students_of(self, teacher_key: str) -> list:
+        """FINISHED student runs that distilled from the teacher with this key (alone or among others)."""
+        return self.client.search_runs([self.experiment_id], filter_string=(
+            "tags.role = 'student' and attributes.status = 'FINISHED' and "
+            f"params.`teacher.key` LIKE '%{teacher_key}%'"))
+
     def create(self, run_name: str, tags: dict) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name,
                                      tags={k: str(v) for k, v in tags.items()})

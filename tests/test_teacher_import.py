@@ -72,6 +72,9 @@ def test_imported_repdistiller_teacher_is_the_replica_and_a_student_reuses_it(ho
     # the cached teacher is not replaced without --force
     assert main(["teacher", "cifar100/wrn40_2", "--import", str(path), *common]) == 2
     assert "already cached" in capsys.readouterr().err
+    # --force replaces it, and says which finished students distilled from the one it replaced
+    assert main(["teacher", "cifar100/wrn40_2", "--import", str(path), "--force", *common]) == 0
+    assert "1 finished student runs distilled from the teacher this replaced" in capsys.readouterr().err
 
 
 def test_a_suites_teacher_lands_where_the_suites_cells_look(home, cifar_root, tmp_path, capsys):
