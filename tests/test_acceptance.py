@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import pytest
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.long
 def test_the_acceptance_script_runs_on_the_cpu(tmp_path):
     out = tmp_path / "acceptance"
     env = {k: v for k, v in os.environ.items() if k != "KD_HARNESS_DATA"}

@@ -101,6 +101,7 @@ def test_the_memory_update_renormalises_only_the_batch_rows():
     assert torch.equal(bank[[0, 2, 3, 5]], before[[0, 2, 3, 5]])
 
 
+@pytest.mark.long
 def test_crd_resumes_after_sigkill_with_its_memory_bank_intact(tmp_path):
     """The banks are method state: a run SIGKILLed mid-training resumes to the metrics of an
     uninterrupted run, epoch by epoch, exactly."""

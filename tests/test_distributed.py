@@ -22,6 +22,8 @@ from harness.options import RunOptions
 from harness.runner import Runner
 from harness.spec import load_spec
 
+pytestmark = pytest.mark.long  # torchrun process groups that train: minutes
+
 REPO = Path(__file__).resolve().parent.parent
 MLP_CELL = "digits/hinton1200-hinton800/kd"
 

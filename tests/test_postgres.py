@@ -54,6 +54,7 @@ def postgres():
         shutil.rmtree(tmp_path, ignore_errors=True)
 
 
+@pytest.mark.long
 def test_two_workers_share_a_postgresql_study(home, postgres):
     import optuna
 

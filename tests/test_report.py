@@ -181,6 +181,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.long
 def test_harness_ui_serves_runs_over_the_rest_api(store, home):
     uri, spec_path = store
     port = _free_port()
@@ -226,6 +227,7 @@ def test_latex_output_compiles_with_pdflatex(store, tmp_path):
     assert (tmp_path / "table.pdf").stat().st_size > 0
 
 
+@pytest.mark.long
 @pytest.mark.skipif(not _chromium(), reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_mlflow_ui_opens_on_the_runs_table_with_readable_names(home, tmp_path):
     """A real run, `harness ui`, and Chromium: the address `harness ui` prints opens the runs table,

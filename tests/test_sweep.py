@@ -26,6 +26,7 @@ def runs(home, role=None):
     return [r for r in found if role is None or r.data.tags.get("role") == role]
 
 
+@pytest.mark.long
 def test_a_real_sweep_with_nested_runs_and_no_test_split(home, monkeypatch, capsys):
     moved = []
     original = harness.data.Batches.__init__
@@ -110,6 +111,7 @@ def _teacher(home):
                    check=True, capture_output=True)
 
 
+@pytest.mark.long
 def test_two_workers_share_one_study(home):
     _teacher(home)  # so both workers start on trials at once
     _workers(home, "sweep", "--cell", CELL, "--trials", "6", "--epochs", "1", "--pruner", "none",
@@ -122,6 +124,7 @@ def test_two_workers_share_one_study(home):
     assert len(runs(home, "sweep")) == 1
 
 
+@pytest.mark.long
 def test_grid_points_run_exactly_once_across_workers(home, tmp_path):
     raw = yaml.safe_load(DEFAULT_SPEC.read_text())
     raw["grids"]["tiny"] = {"method": "lpl", "grid": {"k": [1, 2], "gamma": [0.1, 1.0]}, "source": "test"}

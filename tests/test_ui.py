@@ -21,6 +21,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.long
 def test_ui_prints_its_address_once_it_answers_and_shows_the_result_columns(home, tmp_path):
     home.mkdir(parents=True)
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
