@@ -22,7 +22,6 @@ from methods import build_objective, pair_mismatch
 from methods.base import Probe
 
 ALL_FEATURES = frozenset({"logits", "pre_logits", "stages"})
-PRE_RELU_FEATURES = frozenset({"stages_pre_relu", "stages_pre_relu_bn"})  # models that give them (CIFAR ResNets)
 PROBE_BATCH = 2
 
 
@@ -49,8 +48,13 @@ def make_probe(teachers: list[torch.nn.Module], student: torch.nn.Module, x: tor
             model.eval()
             blocks = hasattr(model, "stage_list") and all(isinstance(s, torch.nn.Sequential)
                                                           for s in model.stage_list())
-            pre_relu = hasattr(model, "forward_intermediates_pre_relu")
-            want = ALL_FEATURES | ({"blocks"} if blocks else set()) | (PRE_RELU_FEATURES if pre_relu else set())
+            # pre-ReLU taps from models with forward_intermediates_pre_relu (the CIFAR ResNets, RepDistiller's
+            # WRN, VGG, MobileNetV2, ResNet-50 and ShuffleNets, timm's ResNets and MobileNetV1), and the BNs
+            # feeding those ReLUs from those with pre_relu_batchnorms too (all of them but ShuffleNetV2)
+            pre_relu = {"stages_pre_relu"} if hasattr(model, "forward_intermediates_pre_relu") else set()
+            if pre_relu and hasattr(model, "pre_relu_batchnorms"):
+                pre_relu.add("stages_pre_relu_bn")
+            want = ALL_FEATURES | ({"blocks"} if blocks else set()) | pre_relu
             try:
                 with torch.inference_mode():
                     features[role] = extract_features(model, x, want, stages)

@@ -38,7 +38,8 @@ def require_pre_relu(method: str, probe, roles=("teacher", "student")) -> None:
     for role in roles:
         if "stages_pre_relu" not in getattr(probe, role):
             raise UserError(f"{method} compares features before the ReLU, which the {role}'s model does not "
-                            "give (forward_intermediates_pre_relu: the CIFAR ResNets)")
+                            "give (forward_intermediates_pre_relu: the CIFAR ResNets, RepDistiller's WRN, VGG, "
+                            "MobileNetV2, ResNet-50 and ShuffleNets, timm's ResNets and MobileNetV1)")
 
 
 def halving_weights(n: int) -> list[float]:

@@ -21,6 +21,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from harness.errors import UserError
 from methods.base import Distiller, Params, Probe
 from methods.common import (conv_bn_connector, halving_weights, pool_to_smaller, require_maps, require_pre_relu,
                             stage_indices)
@@ -60,6 +61,9 @@ class OFD(Distiller):
         self.indices = stage_indices(params.layers, probe)
         require_maps("ofd", probe, self.indices)
         require_pre_relu("ofd", probe)
+        if "stages_pre_relu_bn" not in probe.teacher:
+            raise UserError("ofd reads its margins from the BN feeding the teacher's ReLU, which the teacher's model "
+                            "does not name (pre_relu_batchnorms: ShuffleNetV2 has pre-ReLU taps but no such BN)")
         self.connectors = nn.ModuleList(conv_bn_connector(probe.student["stages"][i].shape[1],
                                                           probe.teacher["stages"][i].shape[1]) for i in self.indices)
         self.weights = halving_weights(len(self.indices))

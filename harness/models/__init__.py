@@ -13,6 +13,7 @@ from torch import nn
 
 from harness.errors import UserError
 from harness.models.init import initialise
+from harness.models.timm_pre_relu import with_pre_relu_taps
 from harness.models import (alexnet, cifar_resnet, cifar_resnet50, inception_bn, maxout, mlp,  # noqa: F401
                             mobilenetv2, preact_resnet, shufflenet, vgg, vgg_bn, wrn)  # (registers the models with timm)
 from harness.spec import DatasetSpec, ModelSpec
@@ -26,6 +27,7 @@ def build_model(model: ModelSpec, dataset: DatasetSpec) -> nn.Module:
         net = timm.create_model(model.timm, pretrained=False, **kwargs)
     except RuntimeError as e:  # timm's "Unknown model"
         raise UserError(f"timm cannot build model {model.timm!r}: {e}") from None
+    net = with_pre_relu_taps(net)  # timm's ResNets and MobileNetV1: the subclass with pre-ReLU taps
     if model.init is not None:
         initialise(net, model.init)
     return net
@@ -62,7 +64,7 @@ def extract_features(model: nn.Module, x: torch.Tensor, want: frozenset[str], st
     and every block's output: models with `forward_blocks`), 'stages_pre_relu' (the same taps
     before their last ReLU) and 'stages_pre_relu_bn' (per tap, the weight and bias of the BN feeding
     that ReLU, N x 2 x C: repeated per sample so that it batches and caches like a feature): models
-    with `forward_intermediates_pre_relu` and `pre_relu_batchnorms`. Only logits means a plain
+    with `forward_intermediates_pre_relu` (and, for the second, `pre_relu_batchnorms`). Only logits means a plain
     forward; anything else goes through timm's forward_intermediates (or the pre-ReLU variant) +
     forward_head.
     """

@@ -12,10 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 from timm.models import register_model
-from timm.models._features import feature_take_indices
 
 from harness.models.keys import rename_keys
-from harness.models.staged import StagedNet
+from harness.models.staged import PreReluTaps, StagedNet, conv_bn_relu_pre_relu, last_block_pre_relu
 
 
 class BasicBlock(nn.Module):
@@ -38,7 +37,7 @@ class BasicBlock(nn.Module):
         return torch.relu(self.forward_pre_relu(x))
 
 
-class CifarResNet(StagedNet):
+class CifarResNet(PreReluTaps, StagedNet):
     """Intermediates (timm indices): 0 = stem output, 1..3 = stage outputs."""
 
     def __init__(self, depth: int, widths=(16, 16, 32, 64), num_classes: int = 10, in_chans: int = 3,
@@ -71,20 +70,9 @@ class CifarResNet(StagedNet):
         `get_bn_before_relu`)."""
         return [self.stem[1]] + [stage[-1].bn2 for stage in self.stages]
 
-    def forward_intermediates_pre_relu(self, x, indices=None):
-        """(final features, intermediates, the same intermediates before their last ReLU): the values
-        and indices of forward_intermediates, and the pre-activations OFD and AB compare."""
-        take, _ = feature_take_indices(len(self.feature_info), indices)
-        pre = self.stem[:-1](x)
-        x = torch.relu(pre)
-        post_relu, pre_relu = ([x], [pre]) if 0 in take else ([], [])
-        for i, stage in enumerate(self.stages, start=1):
-            pre = stage[-1].forward_pre_relu(stage[:-1](x))
-            x = torch.relu(pre)
-            if i in take:
-                post_relu.append(x)
-                pre_relu.append(pre)
-        return x, post_relu, pre_relu
+    def pre_relu_step(self, i, unit, x):
+        return conv_bn_relu_pre_relu(unit, x) if i == 0 else last_block_pre_relu(unit, x)
+
 
 # RepDistiller's models/resnet.py names -> ours (applied in order to each key)
 REPDISTILLER_KEYS = [(r"^conv1\.", "stem.0."), (r"^bn1\.", "stem.1."), (r"^layer1\.", "stages.0."),

@@ -6,6 +6,15 @@ conv, the first group's (expansion 1) included, as RepDistiller's.
 
 Intermediates (timm indices): 0 = stem, 1..4 = RepDistiller's f1..f4: the outputs of groups
 2, 3, 5 and 7 (16, 8, 4 and 2 px; each stage here holds the groups up to that tap).
+
+Pre-ReLU taps (`forward_intermediates_pre_relu`, for ab, ofd, reviewkd): at 1..4 the stage output
+itself, as RepDistiller's `forward(x, is_feat=True, preact=True)` returns the same f1..f4 either way:
+an inverted residual ends at its linear 1x1 conv's BN (plus the input where it is residual), and
+no ReLU follows it (the next block starts with a conv). The BN there is the last block's last BN,
+`conv[-1]`, as RepDistiller's `get_bn_before_relu` (`self.blocks[1][-1].conv[-1]`, groups 1, 2, 4, 6
+counted from 0); where that block is residual the tap is that BN's output plus the block's input.
+At 0 the stem BN's output, before the stem's ReLU (RepDistiller's f0 is post-ReLU either way; our
+CIFAR ResNets' rule).
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ from torch import nn
 from timm.models import register_model
 
 from harness.models.keys import rename_keys
-from harness.models.staged import StagedNet
+from harness.models.staged import PreReluTaps, StagedNet, conv_bn_relu_pre_relu
 
 # (expansion, channels at width 1, blocks, first stride) per group: MobileNetV2 Table 2, at 32x32
 GROUPS = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
@@ -40,7 +49,7 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.residual else self.conv(x)
 
 
-class MobileNetV2(StagedNet):
+class MobileNetV2(PreReluTaps, StagedNet):
     def __init__(self, width: float = 0.5, num_classes: int = 100, in_chans: int = 3, **_timm_kwargs):
         super().__init__()
         self.num_classes = num_classes
@@ -66,6 +75,17 @@ class MobileNetV2(StagedNet):
 
     def pre_pool(self, x):
         return self.head_conv(x)
+
+    def pre_relu_batchnorms(self) -> list[nn.BatchNorm2d]:
+        """Per intermediate, the BN before its last ReLU: the stem's; then, for each stage, its last
+        inverted residual's linear BN (no ReLU follows: the tap is the stage output)."""
+        return [self.stem[1]] + [stage[-1][-1].conv[-1] for stage in self.stages]
+
+    def pre_relu_step(self, i, unit, x):
+        if i == 0:
+            return conv_bn_relu_pre_relu(unit, x)
+        x = unit(x)
+        return x, x
 
 
 # RepDistiller's blocks.G (group G) sits at stages.S.K here: K-th group of stage S

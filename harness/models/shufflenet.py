@@ -4,6 +4,22 @@ each halve the resolution (32 -> 16 -> 8 -> 4 px), global average pool, one line
 
 Intermediates (timm indices): 0 = stem, 1..3 = stage outputs (post-ReLU for V1; V2's are the
 channel-shuffled concatenations).
+
+Pre-ReLU taps (`forward_intermediates_pre_relu`, for ab, ofd, reviewkd); at 0, for both, the stem
+BN's output (RepDistiller's f0 stays post-ReLU under preact; our CIFAR ResNets' rule).
+- V1, at 1..3: each stage's last block before its final ReLU, the residual sum bn3(conv3(.)) + input,
+  RepDistiller's `preact = ... out+res` (`f1_pre`..`f3_pre`; a stage's last block has stride 1, so
+  the sum, not the stride-2 concatenation). `pre_relu_batchnorms`: the stem's BN, then each stage's
+  last bn3, the BN that sum follows, as for a ResNet. RepDistiller and mdistiller name none
+  (`get_bn_before_relu` raises: "not supported for 'Overhaul' teacher"); this one is the honest
+  counterpart of the ResNets' bn2/bn3, so a V1 may be OFD's teacher here.
+- V2, at 1..3: the last block's concatenation with its branch before the branch's final ReLU, [kept
+  half, bn3(conv3(.))], as RepDistiller's `preact = torch.cat([x1, preact], 1)`, and then channel-
+  shuffled as the stage output is (RepDistiller's is unshuffled: a fixed channel order, which the 1x1
+  connectors of ab and ofd do not see), so that the stage output is its ReLU. Half its channels (the
+  kept half, a pass-through) follow no BN, so there is no BN to name: V2 has no
+  `pre_relu_batchnorms`, as RepDistiller's `get_bn_before_relu` raises; it can be ab's and ofd's
+  student and ab's and reviewkd's teacher, not ofd's teacher (whose margins come from that BN).
 """
 
 from __future__ import annotations
@@ -12,8 +28,9 @@ import torch
 from torch import nn
 from timm.models import register_model
 
+from harness.errors import UserError
 from harness.models.keys import rename_keys
-from harness.models.staged import StagedNet
+from harness.models.staged import PreReluTaps, StagedNet, conv_bn_relu_pre_relu, last_block_pre_relu
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -41,15 +58,19 @@ class ShuffleV1Block(nn.Module):
         self.conv3, self.bn3 = nn.Conv2d(mid, branch_ch, 1, groups=groups, bias=False), nn.BatchNorm2d(branch_ch)
         self.shortcut = nn.AvgPool2d(3, 2, 1) if stride == 2 else nn.Identity()
 
-    def forward(self, x):
+    def forward_pre_relu(self, x):
+        """The block's output before its final ReLU: bn3(conv3(.)) plus (stride 2: and) the shortcut."""
         out = channel_shuffle(torch.relu(self.bn1(self.conv1(x))), self.first_groups)
         out = torch.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         shortcut = self.shortcut(x)
-        return torch.relu(torch.cat([out, shortcut], 1) if self.stride == 2 else out + shortcut)
+        return torch.cat([out, shortcut], 1) if self.stride == 2 else out + shortcut
+
+    def forward(self, x):
+        return torch.relu(self.forward_pre_relu(x))
 
 
-class ShuffleNetV1(StagedNet):
+class ShuffleNetV1(PreReluTaps, StagedNet):
     def __init__(self, widths=(240, 480, 960), blocks=(4, 8, 4), groups: int = 3, num_classes: int = 100,
                  in_chans: int = 3, **_timm_kwargs):
         super().__init__()
@@ -69,6 +90,16 @@ class ShuffleNetV1(StagedNet):
         self.feature_info = [dict(num_chs=24, module="stem")] + [
             dict(num_chs=w, module=f"stages.{i}") for i, w in enumerate(widths)]
 
+    def pre_relu_batchnorms(self) -> list[nn.BatchNorm2d]:
+        """Per intermediate, the BN before its last ReLU: the stem's, then each stage's last bn3 (the
+        residual sum follows it; a stage ending in a stride-2 block, a concatenation, has none)."""
+        if any(stage[-1].stride == 2 for stage in self.stages):
+            raise UserError("a ShuffleNetV1 stage of one block ends in a concatenation: no BN before its ReLU")
+        return [self.stem[1]] + [stage[-1].bn3 for stage in self.stages]
+
+    def pre_relu_step(self, i, unit, x):
+        return conv_bn_relu_pre_relu(unit, x) if i == 0 else last_block_pre_relu(unit, x)
+
 
 class ShuffleV2Block(nn.Module):
     """Split the channels in half; the second half goes through 1x1 conv, 3x3 depthwise, 1x1
@@ -81,11 +112,21 @@ class ShuffleV2Block(nn.Module):
         self.conv2, self.bn2 = nn.Conv2d(half, half, 3, 1, 1, groups=half, bias=False), nn.BatchNorm2d(half)
         self.conv3, self.bn3 = nn.Conv2d(half, half, 1, bias=False), nn.BatchNorm2d(half)
 
-    def forward(self, x):
+    def kept_and_branch_pre_relu(self, x):
+        """The kept half, and the other half through its branch up to (before) the final ReLU."""
         kept, branch = x.chunk(2, dim=1)
         out = torch.relu(self.bn1(self.conv1(branch)))
-        out = torch.relu(self.bn3(self.conv3(self.bn2(self.conv2(out)))))
-        return channel_shuffle(torch.cat([kept, out], 1), 2)
+        return kept, self.bn3(self.conv3(self.bn2(self.conv2(out))))
+
+    def forward_with_pre_relu(self, x):
+        """(output, the same before the branch's final ReLU): shuffled [kept, relu(b)] and [kept, b]."""
+        kept, pre = self.kept_and_branch_pre_relu(x)
+        return (channel_shuffle(torch.cat([kept, torch.relu(pre)], 1), 2),
+                channel_shuffle(torch.cat([kept, pre], 1), 2))
+
+    def forward(self, x):
+        kept, pre = self.kept_and_branch_pre_relu(x)
+        return channel_shuffle(torch.cat([kept, torch.relu(pre)], 1), 2)
 
 
 class ShuffleV2Down(nn.Module):
@@ -108,7 +149,7 @@ class ShuffleV2Down(nn.Module):
         return channel_shuffle(torch.cat([left, right], 1), 2)
 
 
-class ShuffleNetV2(StagedNet):
+class ShuffleNetV2(PreReluTaps, StagedNet):
     def __init__(self, widths=(116, 232, 464), blocks=(3, 7, 3), head_width: int = 1024, num_classes: int = 100,
                  in_chans: int = 3, **_timm_kwargs):
         super().__init__()
@@ -128,6 +169,11 @@ class ShuffleNetV2(StagedNet):
 
     def pre_pool(self, x):
         return self.head(x)
+
+    def pre_relu_step(self, i, unit, x):
+        if i == 0:
+            return conv_bn_relu_pre_relu(unit, x)
+        return unit[-1].forward_with_pre_relu(unit[:-1](x))
 
 
 STAGE_KEYS = [(r"^conv1\.", "stem.0."), (r"^bn1\.", "stem.1."), (r"^layer1\.", "stages.0."), (r"^layer2\.", "stages.1."),

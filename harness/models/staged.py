@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from timm.models._features import feature_take_indices
 
@@ -59,3 +60,45 @@ class StagedNet(nn.Module):
 
     def forward(self, x):
         return self.forward_head(self.forward_features(x))
+
+
+class PreReluTaps:
+    """`forward_intermediates_pre_relu` for a StagedNet: per intermediate (the stem, then each stage)
+    `pre_relu_step(i, unit, x)` gives (its output as forward_intermediates has it, its pre-ReLU tap),
+    running the unit once. Subclasses also name `pre_relu_batchnorms()`, one BN per intermediate."""
+
+    def pre_relu_step(self, i: int, unit: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward_intermediates_pre_relu(self, x, indices=None):
+        """(final features, intermediates, the same intermediates before their last ReLU): the values
+        and indices of forward_intermediates, and the pre-activations OFD and AB compare."""
+        take, _ = feature_take_indices(len(self.feature_info), indices)
+        post_relu, pre_relu = [], []
+        for i, unit in enumerate([self.stem] + self.stage_list()):
+            x, pre = self.pre_relu_step(i, unit, x)
+            if i in take:
+                post_relu.append(x)
+                pre_relu.append(pre)
+        return x, post_relu, pre_relu
+
+
+def conv_bn_relu_pre_relu(unit: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output, pre-ReLU) of a conv-BN-ReLU Sequential: the BN's output and its ReLU (not the
+    unit's own in-place one, which would overwrite the tap)."""
+    pre = unit[:-1](x)
+    return torch.relu(pre), pre
+
+
+def last_block_pre_relu(stage: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output, pre-ReLU) of a stage whose last block has `forward_pre_relu` and applies a ReLU to it."""
+    pre = stage[-1].forward_pre_relu(stage[:-1](x))
+    return torch.relu(pre), pre
+
+
+def batchnorm_output(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """What `bn(x)` gives (batch statistics in training, running ones in eval), without updating the
+    running statistics: for a tap on a BN that the forward pass runs again itself."""
+    use_batch = bn.training or bn.running_mean is None
+    return F.batch_norm(x, None if use_batch else bn.running_mean, None if use_batch else bn.running_var,
+                        bn.weight, bn.bias, use_batch, 0.0, bn.eps)

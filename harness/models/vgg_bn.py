@@ -5,6 +5,13 @@ for 64x64 inputs); global average pool; one linear layer on the 512 channels.
 
 Intermediates (timm indices): 0 = stem (the first group), 1..4 = the other groups' outputs after
 their ReLU and before the next pool (RepDistiller's f0..f4: 32, 16, 8, 4 and 4 px).
+
+Pre-ReLU taps (`forward_intermediates_pre_relu`, for ab, ofd, reviewkd): each group's last BN output,
+before the ReLU that closes the group (`ConvGroup.forward_pre_relu`): at 1..4 RepDistiller's
+`f1_pre`..`f4_pre` (`x = self.block1(x); f1_pre = x; x = F.relu(x)`, its groups ending at the BN); at 0
+the first group's, which RepDistiller leaves post-ReLU even with preact=True (our CIFAR ResNets' rule:
+the stem BN's output). `pre_relu_batchnorms`: that last BN of every group, as RepDistiller's
+`get_bn_before_relu` (`block1[-1]`..`block4[-1]`) and, for 0, `block0[-1]`.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from torch import nn
 from timm.models import register_model
 
 from harness.models.keys import rename_keys
-from harness.models.staged import StagedNet
+from harness.models.staged import PreReluTaps, StagedNet
 
 VGG13 = [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]]  # RepDistiller cfg 'B'
 VGG8 = [[64], [128], [256], [512], [512]]  # cfg 'S'
@@ -33,11 +40,15 @@ class ConvGroup(nn.Module):
             in_ch = out_ch
         self.convs = nn.Sequential(*units[:-1])
 
+    def forward_pre_relu(self, x):
+        """The group's output before its closing ReLU: its last BN's output."""
+        return self.convs(self.pool(x))
+
     def forward(self, x):
-        return torch.relu(self.convs(self.pool(x)))
+        return torch.relu(self.forward_pre_relu(x))
 
 
-class VGGBN(StagedNet):
+class VGGBN(PreReluTaps, StagedNet):
     def __init__(self, layout: list[list[int]], num_classes: int = 100, in_chans: int = 3, **_timm_kwargs):
         super().__init__()
         self.num_classes = num_classes
@@ -53,6 +64,14 @@ class VGGBN(StagedNet):
                 nn.init.zeros_(m.bias)
         nn.init.normal_(self.fc.weight, 0, 0.01)
         nn.init.zeros_(self.fc.bias)
+
+    def pre_relu_batchnorms(self) -> list[nn.BatchNorm2d]:
+        """Per intermediate, the BN before its last ReLU: each group's last BN."""
+        return [group.convs[-1] for group in [self.stem, *self.stages]]
+
+    def pre_relu_step(self, i, unit, x):
+        pre = unit.forward_pre_relu(x)
+        return torch.relu(pre), pre
 
 
 REPDISTILLER_KEYS = [(r"^block0\.", "stem.convs."), (r"^block1\.", "stages.0.convs."), (r"^block2\.", "stages.1.convs."),

@@ -4,6 +4,19 @@ after a 3x3 stem conv of 16 channels, a final BN-ReLU, global average pool and o
 
 Intermediates (timm indices): 0 = stem conv, 1..3 = stage outputs (pre-activation sums: no
 ReLU, as RepDistiller's features f0..f3; the head applies the final BN-ReLU).
+
+Pre-ReLU taps (`forward_intermediates_pre_relu`, for ab, ofd, reviewkd): in this pre-activation
+design no ReLU closes a stage; the ReLU that reads a stage output is the next block's BN-ReLU (the
+head's after the last stage), so the tap at i is the output of the BN that follows intermediate i
+and feeds that ReLU: at 1 and 2 the next stage's first block's bn1 (RepDistiller's
+`f1 = self.block2.layer[0].bn1(f1)`, `f2 = self.block3.layer[0].bn1(f2)` under `preact`), at 3 the
+head's BN (`f3 = self.bn1(f3)`), at 0 the first block's bn1 (RepDistiller leaves f0, the stem conv,
+as it is: the same rule one step earlier). The intermediates returned beside the taps stay the raw
+sums of forward_intermediates (the tap is not their ReLU: relu(tap) is what the next block reads).
+`pre_relu_batchnorms` are those BNs, RepDistiller's `get_bn_before_relu` (`block2.layer[0].bn1`,
+`block3.layer[0].bn1`, `bn1`) with `block1.layer[0].bn1` before them. The tap is computed beside
+the forward pass without updating the BN's running statistics (the block or head runs that BN
+itself), so training statistics are those of the plain forward.
 """
 
 from __future__ import annotations
@@ -13,7 +26,7 @@ from torch import nn
 from timm.models import register_model
 
 from harness.models.keys import rename_keys
-from harness.models.staged import StagedNet
+from harness.models.staged import PreReluTaps, StagedNet, batchnorm_output
 
 
 class WideBlock(nn.Module):
@@ -34,7 +47,7 @@ class WideBlock(nn.Module):
         return out + (x if self.shortcut is None else self.shortcut(activated))
 
 
-class WideResNet(StagedNet):
+class WideResNet(PreReluTaps, StagedNet):
     def __init__(self, depth: int, widen: int, num_classes: int = 100, in_chans: int = 3, **_timm_kwargs):
         super().__init__()
         if (depth - 4) % 6:
@@ -62,6 +75,15 @@ class WideResNet(StagedNet):
 
     def pre_pool(self, x):
         return torch.relu(self.head_bn(x))
+
+    def pre_relu_batchnorms(self) -> list[nn.BatchNorm2d]:
+        """Per intermediate, the BN that follows it and feeds the next ReLU: each stage's first
+        block's bn1, then the head's BN."""
+        return [stage[0].bn1 for stage in self.stages] + [self.head_bn]
+
+    def pre_relu_step(self, i, unit, x):
+        x = unit(x)
+        return x, batchnorm_output(self.pre_relu_batchnorms()[i], x)
 
 
 # RepDistiller's module names -> ours (applied in order to each key)
