@@ -18,8 +18,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from harness.checkpoint import CheckpointStore
 from harness.cli import main
+from harness.training.checkpoint import CheckpointStore
 
 CELL = "digits/resnet20-resnet8/kd"
 EPOCHS = 8
