@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as e:
         from harness.running.lifecycle import TrainingFailed
-        from harness.training.engine import Interrupted
+        from harness.training.monitor import Interrupted
 
         if isinstance(e, TrainingFailed):
             print(f"harness: training failed: {e}", file=sys.stderr)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("harness", "methods")
-LONGEST = 300  # lines; the engine (the one training loop) is the exception
-EXEMPT = {"harness/training/engine.py"}
+LONGEST = 300  # lines, every module of harness/ (the Trainer is in parts: harness/training/)
+EXEMPT: set[str] = set()
 
 
 def module_files() -> dict[str, Path]:
@@ -97,7 +97,9 @@ def test_modules_stay_small():
 
 def test_mlflow_and_the_engine_internals_have_one_owner():
     pattern = re.compile(r"tracker\.client|_autocast|_train_step|import mlflow|from mlflow")
-    owners = {"harness/tracking/tracking.py", "harness/training/engine.py"}
+    # MLflow: the tracking module; the engine's internals: the parts of the Trainer (harness/training/)
+    owners = {"harness/tracking/tracking.py"} | {str(p.relative_to(ROOT))
+                                                 for p in (ROOT / "harness" / "training").glob("*.py")}
     offenders = [f"{p.relative_to(ROOT)}:{i}" for p in sorted((ROOT / "harness").rglob("*.py"))
                  if str(p.relative_to(ROOT)) not in owners
                  for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]

@@ -46,7 +46,7 @@ def test_recipes_resolve_per_suite_and_model(model, suite, teacher, recipe):
 
 
 def test_repdistiller_recipe_decays_at_its_epochs():
-    from harness.training.engine import lr_factor
+    from harness.training.recipe import lr_factor
 
     recipe = SPEC.recipes["cifar_repdistiller"]
     assert [lr_factor(recipe, e) for e in (149, 150, 179, 180, 209, 210)] == pytest.approx(

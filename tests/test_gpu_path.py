@@ -15,7 +15,8 @@ from harness.models import extract_features
 from harness.running.runner import Runner
 from harness.spec.options import RunOptions
 from harness.spec.spec import load_spec
-from harness.training.engine import StudentStep, autocast
+from harness.training.device import autocast
+from harness.training.step import StudentStep
 from methods import pair_mismatch
 
 SPEC = load_spec()
@@ -120,11 +121,11 @@ def _mlp_trainer(home, epochs: int = 1):
 def test_the_guard_reads_the_device_every_few_steps_and_reports_the_first_bad_step(home, monkeypatch):
     """No host sync per step: the non-finite record is read every GUARD_EVERY steps (and at the
     epoch's end), yet the step reported is the one whose loss went non-finite."""
-    import harness.training.engine
+    import harness.training.monitor
     from harness.training.monitor import FiniteGuard, NonFiniteLoss
 
     every = 5
-    monkeypatch.setattr(harness.training.engine, "GUARD_EVERY", every)
+    monkeypatch.setattr(harness.training.monitor, "GUARD_EVERY", every)
     trainer = _mlp_trainer(home)
     steps = len(trainer.batches.splits["train"]) // trainer.recipe.batch_size
     assert steps > 2 * every and steps % every

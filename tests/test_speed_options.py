@@ -173,14 +173,14 @@ def test_sweep_trials_share_one_teacher_cache(home):
 
 
 def test_amp_auto_and_the_bf16_warning_follow_the_cpu(monkeypatch, capsys):
-    from harness.training import engine
+    from harness.training import device
 
-    engine._warn_emulated_bf16.cache_clear()  # once per process: an earlier test may have said it already
-    monkeypatch.setattr(engine, "cpu_flags", lambda: {"avx2", "fma"})  # an AVX2-only CPU
-    assert engine.resolve_amp("auto", "cpu") == "off"
-    assert engine.resolve_amp("bf16", "cpu") == "bf16"  # allowed, but said loudly
+    device._warn_emulated_bf16.cache_clear()  # once per process: an earlier test may have said it already
+    monkeypatch.setattr(device, "cpu_flags", lambda: {"avx2", "fma"})  # an AVX2-only CPU
+    assert device.resolve_amp("auto", "cpu") == "off"
+    assert device.resolve_amp("bf16", "cpu") == "bf16"  # allowed, but said loudly
     assert "emulated" in capsys.readouterr().err
-    monkeypatch.setattr(engine, "cpu_flags", lambda: {"avx512f", "avx512_bf16", "amx_bf16"})
-    assert engine.resolve_amp("auto", "cpu") == "bf16"
-    assert engine.resolve_amp("bf16", "cpu") == "bf16" and capsys.readouterr().err == ""
-    assert engine.resolve_amp("off", "cpu") == "off"
+    monkeypatch.setattr(device, "cpu_flags", lambda: {"avx512f", "avx512_bf16", "amx_bf16"})
+    assert device.resolve_amp("auto", "cpu") == "bf16"
+    assert device.resolve_amp("bf16", "cpu") == "bf16" and capsys.readouterr().err == ""
+    assert device.resolve_amp("off", "cpu") == "off"

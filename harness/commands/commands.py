@@ -190,7 +190,7 @@ def command_sweep(args, spec, runner) -> int:
 def command_bench(args, spec, runner) -> int:
     from harness.performance.bench import bench
     from harness.tracking.provenance import cpu_name
-    from harness.training.engine import NATIVE_BF16_FLAGS, speed_features
+    from harness.training.device import NATIVE_BF16_FLAGS, speed_features
 
     for name in ("--steps", "--warmup"):
         _positive(name, getattr(args, name.strip("-")))

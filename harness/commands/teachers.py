@@ -29,7 +29,7 @@ from harness.running.process import exclusive
 from harness.spec.cells import require_known
 from harness.spec.options import from_flags
 from harness.spec.schema import PublishedWeights
-from harness.training.engine import evaluate
+from harness.training.evaluation import evaluate
 
 WRAPPERS = ("model", "net", "state_dict")  # the keys checkpoints keep their state dict under
 

@@ -37,7 +37,7 @@ from harness.spec.options import RunOptions
 from harness.spec.spec import load_spec
 from harness.tracking.provenance import GIT_COMMIT, GIT_DIRTY, cuda_params
 from harness.training.checkpoint import CheckpointStore
-from harness.training.engine import configure_determinism
+from harness.training.device import configure_determinism
 from methods import pair_mismatch
 
 OPTION_SETS = {"fp32": {}, "bf16": {"amp": "bf16"}, "fp16": {"amp": "fp16"}, "channels-last": {"channels_last": True},

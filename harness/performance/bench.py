@@ -30,7 +30,8 @@ from harness.running.workshare import until_free
 from harness.spec.cells import Cell
 from harness.spec.options import RunOptions
 from harness.tracking.provenance import environment_params
-from harness.training.engine import autocast, build_optimizer, configure_determinism, seed_everything
+from harness.training.device import autocast, configure_determinism, seed_everything
+from harness.training.recipe import build_optimizer
 
 
 def sync(device: torch.device) -> None:

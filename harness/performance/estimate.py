@@ -23,7 +23,8 @@ from harness.spec.cells import Cell
 from harness.spec.options import RunOptions
 from harness.spec.schema import DatasetSpec
 from harness.tracking.provenance import cpu_name
-from harness.training.engine import TrainConfig, Trainer, seed_everything
+from harness.training.device import seed_everything
+from harness.training.engine import TrainConfig, Trainer
 from methods import Objective
 
 WARMUP, STEPS = 2, 3

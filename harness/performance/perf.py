@@ -22,7 +22,7 @@ from harness.spec.options import SPEED_OPTION_SETS, RunOptions
 
 def option_sets(names: list[str], device: torch.device) -> dict[str, dict]:
     """The chosen sets, less `amp auto` where it picks fp32 (it would only repeat eager fp32)."""
-    from harness.training.engine import resolve_amp
+    from harness.training.device import resolve_amp
 
     return {name: SPEED_OPTION_SETS[name] for name in names
             if name != "amp-auto" or resolve_amp("auto", device.type) != "off"}
@@ -86,7 +86,7 @@ def record(runner, bench_targets: list[str], cell: str, seeds: int, option_names
     """The record as Markdown; every pair, cell, option and data set checked before anything trains."""
     from harness.errors import UserError
     from harness.running.plan import resolve_device
-    from harness.training.engine import machine_load
+    from harness.training.device import machine_load
 
     if seeds < 2:
         raise UserError("--seeds: at least 2, to compare an option's accuracy with fp32's")
@@ -113,7 +113,7 @@ def record(runner, bench_targets: list[str], cell: str, seeds: int, option_names
 def machine() -> dict:
     """What the figures were measured on (the load is taken again at the end)."""
     from harness.tracking.provenance import environment_params
-    from harness.training.engine import machine_load, speed_features
+    from harness.training.device import machine_load, speed_features
 
     env = environment_params(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     return {"device": f"{env['env.device_name']}; {os.cpu_count()} logical CPUs, {env['env.threads']} threads; "

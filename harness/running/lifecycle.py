@@ -24,8 +24,8 @@ from harness.running.process import exclusive, stop_on_signals
 from harness.running.workshare import WORKER, Claimed, claim_tags, first_claim, heartbeat, is_live
 from harness.training import distributed
 from harness.training.checkpoint import CheckpointStore
-from harness.training.engine import Interrupted, Trainer
-from harness.training.monitor import MethodFailed, NonFiniteLoss
+from harness.training.engine import Trainer
+from harness.training.monitor import Interrupted, MethodFailed, NonFiniteLoss
 
 if TYPE_CHECKING:
     from harness.tracking.tracking import Tracker

@@ -28,7 +28,8 @@ from harness.spec.options import RunOptions
 from harness.spec.schema import PairSpec, RecipeSpec
 from harness.spec.spec import Spec
 from harness.training import distributed
-from harness.training.engine import TrainConfig, Trainer, resolve_amp, seed_everything
+from harness.training.device import resolve_amp, seed_everything
+from harness.training.engine import TrainConfig, Trainer
 from methods import Objective, build_objective
 
 

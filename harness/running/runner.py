@@ -27,7 +27,8 @@ from harness.spec.spec import Spec
 from harness.tracking.provenance import environment_params
 from harness.tracking.tracking import Tracker
 from harness.training import distributed
-from harness.training.engine import TrainConfig, Trainer, configure_determinism, seed_everything
+from harness.training.device import configure_determinism, seed_everything
+from harness.training.engine import TrainConfig, Trainer
 from methods import Objective
 
 

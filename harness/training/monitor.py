@@ -1,4 +1,5 @@
-"""What the training loop watches without stopping the device: a non-finite loss and section times.
+"""What the training loop watches without stopping the device: a non-finite loss and section times;
+how a training stops early (a non-finite loss, a method's failure, a stop request: `Interrupted`).
 
 On a GPU every `.item()`, `bool(tensor)` or `isfinite` read on the host waits for the queued kernels,
 so the loop keeps its records on the device and reads them every few steps (`GUARD_EVERY`) and at
@@ -14,9 +15,15 @@ from contextlib import contextmanager
 
 import torch
 
+from harness.training import distributed
+
 # steps between the host's looks at the device-side record (and, under torchrun, the one collective
 # that lets every rank stop at the same step); a stop request waits at most this many steps
 GUARD_EVERY = 25
+
+
+class Interrupted(Exception):
+    """A stop was requested (SIGTERM/SIGINT); a checkpoint of the current step was written."""
 
 
 class NonFiniteLoss(Exception):
@@ -90,3 +97,26 @@ class Stopwatch:
             self._seconds += sum(start.elapsed_time(end) for start, end in self._events) / 1000
             self._events = []
         return self._seconds
+
+
+class Guarding:
+    """The Trainer's non-finite guard and stop requests (a part of harness/training/engine.py's
+    Trainer): when the host looks at the device-side record, and what it finds there."""
+
+    def _look_now(self, step: int, n_steps: int) -> bool:
+        """Whether the host reads the guard after `step`: every GUARD_EVERY steps and at the epoch's
+        end; at once when this single process was asked to stop (under torchrun the ranks must
+        agree on the step, so they look together)."""
+        return (step + 1) % GUARD_EVERY == 0 or step + 1 == n_steps \
+            or (not self.context.enabled and self.stop.is_set())
+
+    def _guard_says_stop(self) -> bool:
+        """Raise NonFiniteLoss if a step of any rank went non-finite; else whether any rank was asked
+        to stop (one small collective under torchrun)."""
+        diverged, stop = distributed.any_rank(self.context, self.guard.went_bad(), self.stop.is_set(),
+                                              device=self.device)
+        if diverged:
+            if self.guard.went_bad():
+                raise self.guard.error(self.epoch)
+            raise NonFiniteLoss(self.epoch, self.step - 1, "total on another rank", math.nan)
+        return stop
