@@ -13,15 +13,13 @@ progress (default False here), ...); any other keyword is a hyperparameter of th
 
 from __future__ import annotations
 
-import sys
-import time
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from harness.cells import split_assignment
 from harness.errors import UserError
-from harness.options import RunOptions
+from harness.spec.cells import split_assignment
+from harness.spec.options import RunOptions
 
 # RunOptions a caller may set by keyword; the seed, the method values and the suite come from the call
 NOT_KEYWORDS = {"seed", "overrides", "tags", "suite"}
@@ -30,10 +28,10 @@ OPTION_NAMES = {f.name for f in fields(RunOptions)} - NOT_KEYWORDS
 
 def open_runner(home: str | Path | None = None, tracking_uri: str | None = None, spec_path: str | None = None):
     """(spec, Runner) on a runs home (default: $KD_HARNESS_HOME or the user data dir)."""
-    from harness.paths import runs_home
-    from harness.runner import Runner
-    from harness.spec import load_spec
-    from harness.tracking import default_tracking_uri
+    from harness.running.paths import runs_home
+    from harness.running.runner import Runner
+    from harness.spec.spec import load_spec
+    from harness.tracking.tracking import default_tracking_uri
     from methods import validate_defaults
 
     spec = load_spec(spec_path)
@@ -42,63 +40,14 @@ def open_runner(home: str | Path | None = None, tracking_uri: str | None = None,
     return spec, Runner(spec, home, tracking_uri or default_tracking_uri(home))
 
 
-def validate(runner, plans: list) -> tuple[list, dict]:
-    """Each (cell, options) as a RunPlan, checked before anything trains: the cell, its options and
-    hyperparameters, and the data of every run that is not finished yet. Returns the plans and the
-    outcomes of those already finished, by index (only rank 0 reads the store)."""
-    resolved = [runner.plan(cell, opts) for cell, opts in plans]
-    done = {}
-    for index, plan in enumerate(resolved):
-        outcome = runner.finished(plan) if runner.context.is_main else None
-        if outcome is None:
-            plan.data  # noqa: B018  (present and readable)
-        else:
-            done[index] = outcome
-    return resolved, done
-
-
-def run_plans(runner, plans: list, on_done: Callable | None = None, on_planned: Callable | None = None,
-              say: Callable[[str], None] = lambda line: print(line, file=sys.stderr)):
-    """Train every (cell, options) plan once, sharing the work with any other worker on the same
-    store: a run another live worker holds is left for later, and its result taken when found.
-    `on_planned(plans)` hears of the resolved RunPlans, `on_done(cell, opts, outcome)` of each run as
-    it ends. Returns (outcomes by plan index, failed plan ids). Every plan is validated before any
-    trains."""
-    from harness.lifecycle import TrainingFailed
-    from harness.workshare import POLL_SECONDS, Claimed, starting_order
-
-    resolved, finished = validate(runner, plans)
-    if on_planned is not None:
-        on_planned(resolved)
-    outcomes, failed, told = {}, [], set()
-    pending = [(index, plans[index]) for index in starting_order(len(plans))]
-    while pending:
-        deferred = []
-        for index, (cell, opts) in pending:
-            try:
-                outcomes[index] = finished.get(index) or runner.run_plan(resolved[index])
-                if on_done is not None:
-                    on_done(cell, opts, outcomes[index])
-            except Claimed as e:
-                deferred.append((index, (cell, opts)))
-                if index not in told:
-                    say(f"{cell.id} seed {opts.seed}: {e}; coming back to it")
-                    told.add(index)
-            except TrainingFailed as e:  # a diverged cell is a result too: record it, go on with the rest
-                say(f"harness: training failed: {e}")
-                failed.append(f"{cell.id} seed {opts.seed}")
-        if deferred and len(deferred) == len(pending):  # every run left is another worker's: wait
-            time.sleep(POLL_SECONDS)
-        pending = deferred
-    return outcomes, failed
-
-
 def run_cell(cell: str, seeds: int | list[int] = 1, *, params: dict[str, Any] | None = None,
              home: str | Path | None = None, tracking_uri: str | None = None, spec_path: str | None = None,
              **overrides) -> list[dict]:
     """Run one cell over `seeds` (a count, 0..N-1, or a list); returns one record per seed: cell,
     seed, status (FINISHED: trained now, SKIPPED: found finished, FAILED), MLflow run id and the
     run's summary metrics (test_top1_last, test_top1_best_val, sec_per_epoch, ...)."""
+    from harness.running.worklist import run_plans
+
     spec, runner = open_runner(home, tracking_uri, spec_path)
     target = spec.cell(cell)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
@@ -130,11 +79,11 @@ def results(suite: str | None = None, cells: list[str] | None = None, select: st
             spec_path: str | None = None):
     """The report's per-cell table (pandas): mean ± std over seeds, n, paper number, Δ, z, cost
     columns; `.attrs["runs"]` holds the runs it was computed from."""
-    from harness import report
-    from harness.cells import require_known
-    from harness.paths import runs_home
-    from harness.spec import load_spec
-    from harness.tracking import default_tracking_uri
+    from harness.results import report
+    from harness.running.paths import runs_home
+    from harness.spec.cells import require_known
+    from harness.spec.spec import load_spec
+    from harness.tracking.tracking import default_tracking_uri
 
     if (suite is None) == (cells is None):
         raise UserError("results: give a suite or a list of cells")

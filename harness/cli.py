@@ -7,10 +7,11 @@ import os
 import sys
 import warnings
 
-from harness import commands, launch, store_commands
+from harness.commands import commands, store_commands
 from harness.errors import UserError
-from harness.options import SPEED_OPTION_SETS, add_flags
-from harness.paths import runs_home
+from harness.running import launch
+from harness.running.paths import runs_home
+from harness.spec.options import SPEED_OPTION_SETS, add_flags
 
 
 class Parser(argparse.ArgumentParser):
@@ -198,13 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # a launcher hands the same command to its workers
     warnings.filterwarnings("ignore", module="mlflow")
     try:
-        from harness.spec import load_spec
+        from harness.spec.spec import load_spec
 
         spec = load_spec(args.spec)
         home = runs_home(args.home)
         if args.command == "list":  # validates the methods' defaults unless its cache knows this spec
             return commands.command_list(args, spec, home)
-        from harness.tracking import default_tracking_uri
+        from harness.tracking.tracking import default_tracking_uri
 
         tracking_uri = args.tracking_uri or default_tracking_uri(home)
         # runs known FINISHED under this very spec and code (validated then): no torch, no MLflow
@@ -213,21 +214,21 @@ def main(argv: list[str] | None = None) -> int:
         from methods import validate_defaults
 
         validate_defaults(spec)
-        from harness.runner import Runner
+        from harness.running.runner import Runner
 
         if args.command == "report":
             return store_commands.command_report(args, spec, tracking_uri)
         if args.command == "clean":
-            from harness.clean import command_clean
+            from harness.commands.clean import command_clean
 
             return command_clean(args, home, tracking_uri)
         if args.command == "ui":
-            from harness.ui import command_ui
+            from harness.commands.ui import command_ui
 
             return command_ui(args, tracking_uri, home)
         if args.command == "audit":
             return store_commands.command_audit(args, spec, tracking_uri)
-        from harness import distributed
+        from harness.training import distributed
 
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command not in ("run", "teacher"):
             raise UserError(f"torchrun runs `harness run` and `harness teacher`, not `harness {args.command}`")
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         if not context.is_main:  # rank 0 speaks for all
             sys.stdout = open(os.devnull, "w")
         runner = Runner(spec, home, tracking_uri, context)
-        from harness.teachers import command_teacher
+        from harness.commands.teachers import command_teacher
 
         training = {"run": commands.command_run, "teacher": command_teacher,
                     "sweep": commands.command_sweep, "bench": commands.command_bench, "perf": commands.command_perf}
@@ -247,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"harness: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        from harness.engine import Interrupted
-        from harness.lifecycle import TrainingFailed
+        from harness.running.lifecycle import TrainingFailed
+        from harness.training.monitor import Interrupted
 
         if isinstance(e, TrainingFailed):
             print(f"harness: training failed: {e}", file=sys.stderr)

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
-from harness.cells import method_parts
 from harness.errors import UserError
-from harness.schema import MethodSpec
-from harness.spec import Spec
+from harness.spec.cells import method_parts
+from harness.spec.schema import MethodSpec
+from harness.spec.spec import Spec
 from methods.base import FEATURE_NAMES, MAIN_PHASE, Distiller, Probe
 
 

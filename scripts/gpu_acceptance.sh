@@ -28,7 +28,7 @@ if [ "$device" = cuda ] && command -v nvidia-smi >/dev/null; then  # utilisation
     --format=csv -lms 500 >"$out/nvidia_smi.csv" 2>/dev/null &
   sampler=$!
 fi
-python3 -m harness.acceptance --device "$device" --out "$out" "${data[@]}"
+python3 -m harness.performance.acceptance --device "$device" --out "$out" "${data[@]}"
 code=$?
 if [ -n "$sampler" ]; then
   kill "$sampler" 2>/dev/null

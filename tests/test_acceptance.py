@@ -21,7 +21,7 @@ def test_the_acceptance_script_runs_on_the_cpu(tmp_path):
     report = json.loads((out / "acceptance.json").read_text())
     assert not report["errors"]
     methods = {row["method"] for row in report["methods"]}
-    assert methods == set(__import__("harness.spec", fromlist=["load_spec"]).load_spec().methods)
+    assert methods == set(__import__("harness.spec.spec", fromlist=["load_spec"]).load_spec().methods)
     assert all(row["status"] == "ok" for row in report["methods"])
     assert {row["options"] for row in report["methods"]} == {"fp32", "bf16", "fp16"}
     assert report["resume"]["identical"] and report["resume"]["epochs_logged"] == [3, 3]

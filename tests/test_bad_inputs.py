@@ -9,7 +9,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
-from harness.spec import DEFAULT_SPEC
+from harness.spec.spec import DEFAULT_SPEC
 
 RUN = ["run", "--cell", "digits/resnet20-resnet8/kd", "--smoke", "--no-progress"]
 
@@ -81,7 +81,7 @@ def _yaml_cases():
         (at(["methods", "kd", "defaults", "lam", "value"], -2), "lam"),
         (at(["methods", "kd", "defaults", "bogus"], {"value": 1, "source": "x"}), "bogus"),
         (at(["methods", "kd", "class"], "methods.kd.Nope"), "cannot import"),
-        (at(["methods", "kd", "class"], "harness.spec.Spec"), "not a Distiller"),
+        (at(["methods", "kd", "class"], "harness.spec.spec.Spec"), "not a Distiller"),
         (at(["recipes", "digits", "lr"], 0), "recipes.digits.lr"),
         (at(["recipes", "digits", "epochs"], 2.5), "recipes.digits.epochs"),
         (at(["recipes", "digits", "batch_size"], "big"), "batch_size"),
@@ -141,7 +141,7 @@ def test_yaml_user_errors(home, capsys, spec_file, mutate, expected):
 def test_a_teacher_cache_too_large_for_memory_is_refused_before_training(home, capsys, monkeypatch):
     """KR caches every teacher block's output: with 1 MiB free, that cannot fit; one line, exit 2,
     before the teacher trains."""
-    monkeypatch.setattr("harness.plan.available_memory", lambda device: 2**20)
+    monkeypatch.setattr("harness.running.plan.available_memory", lambda device: 2**20)
     _check(home, capsys, ["run", "--cell", "digits/resnet20-resnet8/kr", "--teacher-cache", "--smoke"],
            "--teacher-cache would keep")
     assert not (home / "teachers").exists() or not any((home / "teachers").iterdir())
@@ -149,7 +149,7 @@ def test_a_teacher_cache_too_large_for_memory_is_refused_before_training(home, c
 
 def test_the_cache_size_counts_the_features_a_method_reads():
     """Golden: KD caches the logits (10 floats per image); FitNet the hint stages of the probe."""
-    from harness.plan import feature_bytes
+    from harness.running.plan import feature_bytes
 
     logits = {"logits": torch.zeros(2, 10), "stages": [torch.zeros(2, 16, 8, 8), torch.zeros(2, 32, 4, 4)]}
     assert feature_bytes((logits,), frozenset({"logits"})) == 2 * 10 * 4

@@ -10,7 +10,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
-from harness.spec import DEFAULT_SPEC, load_spec
+from harness.spec.spec import DEFAULT_SPEC, load_spec
 from methods import build_objective
 from methods.adv import Adversarial, discriminator_loss, generator_loss
 from methods.common import Discriminator, judge_frozen, ramp
@@ -276,10 +276,10 @@ def test_every_method_has_a_card_with_its_departures():
 def test_every_teacher_runs_once_per_batch_and_gets_no_gradient(home):
     """Through the engine: a 3-teacher mt step calls each teacher's forward once and leaves the
     teachers' parameters without gradients and unchanged."""
-    from harness.engine import TrainConfig, Trainer
-    from harness.options import RunOptions
-    from harness.runner import Runner
-    from harness.tracking import default_tracking_uri
+    from harness.running.runner import Runner
+    from harness.spec.options import RunOptions
+    from harness.tracking.tracking import default_tracking_uri
+    from harness.training.engine import TrainConfig, Trainer
 
     runner = Runner(SPEC, home, default_tracking_uri(home))
     cell = SPEC.cell("digits/hinton1200x3-hinton800/mt")
@@ -311,10 +311,10 @@ def test_every_teacher_runs_once_per_batch_and_gets_no_gradient(home):
 def test_one_engine_step_moves_both_the_student_and_the_critic(home):
     """adv in the engine: one step changes the student's and the discriminator's parameters, each by
     its own optimizer (the card's simultaneous updates)."""
-    from harness.engine import TrainConfig, Trainer
-    from harness.options import RunOptions
-    from harness.runner import Runner
-    from harness.tracking import default_tracking_uri
+    from harness.running.runner import Runner
+    from harness.spec.options import RunOptions
+    from harness.tracking.tracking import default_tracking_uri
+    from harness.training.engine import TrainConfig, Trainer
 
     runner = Runner(SPEC, home, default_tracking_uri(home))
     cell = SPEC.cell("digits/hinton1200-hinton800/adv")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.spec import load_spec
+from harness.spec.spec import load_spec
 
 SPEC = load_spec()
 GRID_SUITES = ["crd_table1", "crd_table2", "dkd_cifar100_beta8", "dkd_cifar100_beta6", "dkd_cifar100_beta2",
@@ -47,7 +47,7 @@ def test_recipes_resolve_per_suite_and_model(model, suite, teacher, recipe):
 
 
 def test_repdistiller_recipe_decays_at_its_epochs():
-    from harness.engine import lr_factor
+    from harness.training.recipe import lr_factor
 
     recipe = SPEC.recipes["cifar_repdistiller"]
     assert [lr_factor(recipe, e) for e in (149, 150, 179, 180, 209, 210)] == pytest.approx(
@@ -160,7 +160,7 @@ def test_grid_spec_mistakes_are_named(tmp_path, mutate, expected):
     import yaml
 
     from harness.errors import UserError
-    from harness.spec import DEFAULT_SPEC
+    from harness.spec.spec import DEFAULT_SPEC
 
     raw = yaml.safe_load(DEFAULT_SPEC.read_text())
     mutate(raw)

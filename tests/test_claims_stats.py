@@ -13,11 +13,11 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from scipy import stats as sp
 
-from harness import audit as aud
-from harness import report as rep
-from harness import stats
 from harness.cli import main
-from harness.spec import DEFAULT_SPEC, load_spec
+from harness.results import audit as aud
+from harness.results import report as rep
+from harness.results import stats
+from harness.spec.spec import DEFAULT_SPEC, load_spec
 
 SETTING = "digits/resnet20-resnet8"
 BASE, KD, AT, FITNET, NST = (f"{SETTING}/{m}" for m in ("baseline", "kd", "at", "fitnet", "nst_poly"))
@@ -202,7 +202,7 @@ def test_forest_plots_beside_the_markdown_and_in_the_html_report(store, tmp_path
 
 def test_seeds_plan_reproduces_a_cells_configuration():
     """A suite's recipe or override binds a cell to `--suite`; a run's departures become flags."""
-    from harness import seeds_plan
+    from harness.results import seeds_plan
 
     spec = load_spec()
     assert seeds_plan.suite_bound(spec, "lpl_table3_sigma10", "mnist/maxout3-maxout6/lpl")  # lpl's sigma override

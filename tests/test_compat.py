@@ -8,9 +8,9 @@ import json
 import pytest
 
 from harness.cli import main
-from harness.compat import fingerprint, mismatches
-from harness.probe import cell_mismatch
-from harness.spec import load_spec
+from harness.running.compat import fingerprint, mismatches
+from harness.running.probe import cell_mismatch
+from harness.spec.spec import load_spec
 
 SPEC = load_spec(None)
 

@@ -54,7 +54,7 @@ def test_the_method_is_repdistillers_contrast_memory_and_loss(monkeypatch):
     """RepDistiller's CRDLoss, written out step by step from its crd/memory.py and crd/criterion.py
     (out_v1 = exp(memory_v2[idx] . v1 / T) / Z_v1, Z from the first batch, ContrastLoss on each side,
     then each memory's positive rows moved by the momentum and renormalised): the same loss and banks."""
-    from harness.probe import PROBE_BATCH  # noqa: F401  (the method's probe comes from make_probe in real runs)
+    from harness.running.probe import PROBE_BATCH  # noqa: F401  (the method's probe comes from make_probe in real runs)
     from methods.base import Probe
     from methods.crd import CRD, CRDParams
 

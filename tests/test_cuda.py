@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.acceptance import main as acceptance, method_matrix
-from harness.runner import Runner
-from harness.spec import load_spec
+from harness.performance.acceptance import main as acceptance, method_matrix
+from harness.running.runner import Runner
+from harness.spec.spec import load_spec
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run with -m cuda on one)")]
@@ -47,7 +47,7 @@ def test_one_process_torchrun_trains_a_cell_on_cuda(tmp_path):
 
 
 def test_peak_memory_is_counted_per_run(runner):
-    from harness.options import RunOptions
+    from harness.spec.options import RunOptions
 
     plan = runner.plan(runner.spec.cell("digits/resnet20-resnet8/baseline"), RunOptions(smoke=True, device="cuda"))
     big = torch.empty(2**30, dtype=torch.uint8, device="cuda")  # 1 GiB before the run

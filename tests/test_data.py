@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from harness.data import crop_flip
+from harness.data.data import crop_flip
+from harness.data.sources import load_data
 from harness.errors import UserError
-from harness.sources import load_data
-from harness.spec import load_spec
+from harness.spec.spec import load_spec
 
 
 @pytest.fixture(scope="module")

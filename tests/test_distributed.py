@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness import distributed
 from harness.errors import UserError
-from harness.options import RunOptions
-from harness.runner import Runner
-from harness.spec import load_spec
+from harness.running.runner import Runner
+from harness.spec.options import RunOptions
+from harness.spec.spec import load_spec
+from harness.training import distributed
 
 pytestmark = pytest.mark.long  # torchrun process groups that train: minutes
 

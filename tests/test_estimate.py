@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 
 import harness.models  # noqa: F401  (registers the models)
 from harness.cli import main
-from harness.spec import load_spec
+from harness.spec.spec import load_spec
 
 
 def test_estimate_counts_runs_steps_and_only_uncached_teachers(home, tmp_path, capsys):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from harness.errors import UserError
 from harness.models import build_model, extract_features
-from harness.spec import load_spec
+from harness.spec.spec import load_spec
 from methods import build_objective
 from methods.ab import ab_loss
 from methods.ft import ft_loss
@@ -227,10 +227,10 @@ def test_ft_paraphraser_phase_moves_only_the_paraphraser_and_the_main_phase_leav
 
 
 def test_ft_paraphraser_phase_through_the_engine_changes_no_student_parameter(home):
-    from harness.engine import TrainConfig, Trainer
-    from harness.options import RunOptions
-    from harness.runner import Runner
-    from harness.tracking import default_tracking_uri
+    from harness.running.runner import Runner
+    from harness.spec.options import RunOptions
+    from harness.tracking.tracking import default_tracking_uri
+    from harness.training.engine import TrainConfig, Trainer
 
     runner = Runner(SPEC, home, default_tracking_uri(home))
     cell = SPEC.cell("digits/resnet20-resnet8/ft")

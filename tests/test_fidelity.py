@@ -12,15 +12,16 @@ import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from harness import audit as aud
-from harness import preprocess, render
-from harness import report as rep
 from harness.cli import main
-from harness.configurations import suite_rank
+from harness.data import preprocess
+from harness.data.sources import load_data
 from harness.errors import UserError
 from harness.models import build_model
-from harness.sources import load_data
-from harness.spec import DEFAULT_SPEC, load_spec
+from harness.results import audit as aud
+from harness.results import render
+from harness.results import report as rep
+from harness.results.configurations import suite_rank
+from harness.spec.spec import DEFAULT_SPEC, load_spec
 from methods.at import AT, ATParams
 from methods.base import Probe
 from methods.fitnet import FitNetHint, HintParams
@@ -58,7 +59,7 @@ def test_normal_init_and_default_init():
     assert max(p.abs().max().item() for p in default.parameters()) > 0.05  # PyTorch's default is wider
     raw = yaml.safe_load(DEFAULT_SPEC.read_text())
     raw["models"]["maxout6"]["init"] = {"kind": "normal", "std": 0.02}
-    from harness.spec import Spec
+    from harness.spec.spec import Spec
 
     net = build_model(Spec.model_validate(raw).models["maxout6"], SPEC.datasets["mnist"])
     weights = torch.cat([p.flatten() for p in net.parameters()])
@@ -158,7 +159,7 @@ def test_at_weighting_conventions():
 
 # ---- reduced training sets ----------------------------------------------------------------------
 def test_train_size_is_stratified_and_the_teacher_sees_the_full_set(mnist_root):
-    from harness.paths import data_root
+    from harness.running.paths import data_root
 
     small = load_data("mnist1k", SPEC.datasets["mnist1k"], data_root(mnist_root))
     full = load_data("mnist", SPEC.datasets["mnist"], data_root(mnist_root))
@@ -487,7 +488,7 @@ def test_runs_record_their_configuration_and_overrides(home):
 
 
 def test_artifacts_stay_in_the_runs_home_and_the_ui_opens_on_runs(home, tmp_path, monkeypatch):
-    from harness.tracking import Tracker
+    from harness.tracking.tracking import Tracker
 
     monkeypatch.chdir(tmp_path)
     tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}")
@@ -514,7 +515,7 @@ def test_small_user_errors_are_one_clear_line(home, capsys, tmp_path):
 
 
 def test_suite_set_applies_where_the_method_is(home):
-    from harness.commands import cell_overrides
+    from harness.commands.commands import cell_overrides
 
     cells = SPEC.cells(suite="digits")
     by_cell = {c.method: cell_overrides(["kd.tau=2"], c, True, cells) for c in cells}
@@ -526,7 +527,7 @@ def test_register_without_a_registry_is_refused_before_training(home, monkeypatc
     """A store whose registry does not answer (simulated: MLflow raises as a registry-less server does)."""
     import mlflow
 
-    from harness.tracking import Tracker
+    from harness.tracking.tracking import Tracker
 
     def no_registry(self, *args, **kwargs):
         raise mlflow.exceptions.MlflowException("model registry functionality is unavailable")
@@ -545,7 +546,7 @@ def test_student_is_a_loadable_mlflow_model_that_reproduces_its_accuracy(home):
 
     import mlflow
 
-    from harness.sources import load_data
+    from harness.data.sources import load_data
 
     assert main(["run", "--cell", KD, "--smoke", "--no-progress", "--register", "digits-kd"]) == 0
     rep.build(SPEC, f"sqlite:///{home / 'mlflow.db'}", None, [KD], "last", include_smoke=True)

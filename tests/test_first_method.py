@@ -12,8 +12,8 @@ import yaml
 
 from harness.cli import main
 from harness.errors import UserError
-from harness.schema import MethodSpec
-from harness.spec import DEFAULT_SPEC, load_spec
+from harness.spec.schema import MethodSpec
+from harness.spec.spec import DEFAULT_SPEC, load_spec
 from methods import Objective, validate_defaults
 from methods.base import FEATURE_NAMES, Distiller, Params, Probe
 

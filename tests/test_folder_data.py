@@ -11,9 +11,9 @@ from conftest import write_image_folder
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
+from harness.data.sources import load_data
 from harness.errors import UserError
-from harness.sources import load_data
-from harness.spec import DEFAULT_SPEC, load_spec
+from harness.spec.spec import DEFAULT_SPEC, load_spec
 
 TINY = {"source": "imagefolder", "folder": "tiny", "num_classes": 4, "in_chans": 3, "img_size": 32,
         "eval_resize": 36, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "val_size": 16,
@@ -140,6 +140,6 @@ def test_one_persistent_loader_serves_every_epoch(tiny, monkeypatch):
     assert [w.pid for w in loader._iterator._workers] == pids
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     monkeypatch.delenv("KD_HARNESS_WORKERS")
-    from harness.folder_data import default_workers
+    from harness.data.folder_data import default_workers
 
     assert default_workers() == min(8, max(1, (__import__("os").cpu_count() or 1) // 4))

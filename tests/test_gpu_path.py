@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.engine import StudentStep, autocast
 from harness.models import extract_features
-from harness.options import RunOptions
-from harness.runner import Runner
-from harness.spec import load_spec
+from harness.running.runner import Runner
+from harness.spec.options import RunOptions
+from harness.spec.spec import load_spec
+from harness.training.device import autocast
+from harness.training.step import StudentStep
 from methods import pair_mismatch
 
 SPEC = load_spec()
@@ -108,7 +109,7 @@ def test_nmt_smoke_cell_finishes_under_bf16(home):
 
 
 def _mlp_trainer(home, epochs: int = 1):
-    from harness.engine import Trainer
+    from harness.training.engine import Trainer
 
     runner = Runner(SPEC, home, f"sqlite:///{home / 'mlflow.db'}")
     plan = runner.plan(SPEC.cell("digits/hinton1200-hinton800/baseline"), RunOptions(epochs=epochs, progress=False))
@@ -120,11 +121,11 @@ def _mlp_trainer(home, epochs: int = 1):
 def test_the_guard_reads_the_device_every_few_steps_and_reports_the_first_bad_step(home, monkeypatch):
     """No host sync per step: the non-finite record is read every GUARD_EVERY steps (and at the
     epoch's end), yet the step reported is the one whose loss went non-finite."""
-    import harness.engine
-    from harness.monitor import FiniteGuard, NonFiniteLoss
+    import harness.training.monitor
+    from harness.training.monitor import FiniteGuard, NonFiniteLoss
 
     every = 5
-    monkeypatch.setattr(harness.engine, "GUARD_EVERY", every)
+    monkeypatch.setattr(harness.training.monitor, "GUARD_EVERY", every)
     trainer = _mlp_trainer(home)
     steps = len(trainer.batches.splits["train"]) // trainer.recipe.batch_size
     assert steps > 2 * every and steps % every
@@ -188,7 +189,7 @@ def test_a_checkpoint_holds_the_training_device_rng_only_and_resumes_on_fewer_gp
 
 
 def test_the_epoch_plan_lives_on_the_training_device():
-    from harness.sources import load_data
+    from harness.data.sources import load_data
 
     data = load_data("digits", SPEC.datasets["digits"], None, False, True)
     batches = data.batches(torch.device("cpu"))
@@ -197,12 +198,12 @@ def test_the_epoch_plan_lives_on_the_training_device():
 
 
 def _cuda_identity(monkeypatch):
-    import harness.plan
-    import harness.runner
+    import harness.running.plan
+    import harness.running.runner
 
     cuda = lambda name, context=None: torch.device("cuda", 0)  # noqa: E731
-    monkeypatch.setattr(harness.plan, "resolve_device", cuda)
-    monkeypatch.setattr(harness.runner, "resolve_device", cuda)
+    monkeypatch.setattr(harness.running.plan, "resolve_device", cuda)
+    monkeypatch.setattr(harness.running.runner, "resolve_device", cuda)
 
 
 def test_the_device_type_names_a_cuda_run_and_leaves_cpu_keys_unchanged(home, monkeypatch):
@@ -231,7 +232,7 @@ def test_cuda_only_options_on_a_cpu_run_are_one_line(home, capsys, flag, message
 def test_gpu_runs_are_never_marked_as_measured_under_load():
     import pandas as pd
 
-    from harness.report import under_load
+    from harness.results.report import under_load
 
     runs = pd.DataFrame({"metrics.max_load_1m": [9.0, 9.0, 1.0], "metrics.cpu_count": [16, 16, 16],
                          "params.env.threads": ["1", "1", "1"], "params.env.device": ["cuda:0", "cpu", "cpu"]})
@@ -239,11 +240,11 @@ def test_gpu_runs_are_never_marked_as_measured_under_load():
 
 
 def test_device_auto_says_so_when_nvidia_smi_sees_a_gpu_torch_cannot_use(monkeypatch, capsys):
-    import harness.provenance
-    from harness.plan import resolve_device, warn_unusable_gpu
+    import harness.tracking.provenance
+    from harness.running.plan import resolve_device, warn_unusable_gpu
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(harness.provenance, "nvidia_smi", lambda *q: ["GPU 0: NVIDIA H200 (UUID: GPU-1)"])
+    monkeypatch.setattr(harness.tracking.provenance, "nvidia_smi", lambda *q: ["GPU 0: NVIDIA H200 (UUID: GPU-1)"])
     warn_unusable_gpu.cache_clear()
     assert resolve_device("auto") == torch.device("cpu")
     assert "nvidia-smi sees 1 GPU(s)" in capsys.readouterr().err
@@ -251,7 +252,7 @@ def test_device_auto_says_so_when_nvidia_smi_sees_a_gpu_torch_cannot_use(monkeyp
 
 
 def test_the_local_launcher_gives_each_worker_its_own_gpu(monkeypatch):
-    from harness.launch import gpu_per_worker, local_gpus
+    from harness.running.launch import gpu_per_worker, local_gpus
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
     assert local_gpus() == ["2", "5"]
@@ -271,8 +272,8 @@ def test_the_default_test_run_hides_gpus():
 def test_torchrun_picks_the_backend_of_the_device_and_refuses_misplaced_ranks(monkeypatch):
     import torch.distributed as dist
 
-    from harness import distributed
     from harness.errors import UserError
+    from harness.training import distributed
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
@@ -298,8 +299,9 @@ def test_torchrun_picks_the_backend_of_the_device_and_refuses_misplaced_ranks(mo
 def test_an_error_on_rank_0_before_its_decision_reaches_the_other_ranks(home, monkeypatch):
     """Rank 0 fails before it broadcasts skip/train: it broadcasts the error instead (no rank waits
     for a broadcast that never comes), and a follower given that error stops at once."""
-    from harness import distributed, lifecycle
-    from harness.lifecycle import Job, TrainingFailed
+    from harness.running import lifecycle
+    from harness.running.lifecycle import Job, TrainingFailed
+    from harness.training import distributed
 
     sent = []
     monkeypatch.setattr(distributed, "broadcast", lambda context, value=None: sent.append(value) or value)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.spec import load_spec
+from harness.spec.spec import load_spec
 from methods import build_objective
 from methods.base import Probe
 from methods.kr import SparseRecoding, group_bounds
@@ -184,10 +184,10 @@ def test_kr_student_gradient_through_the_gate_equals_a_naive_computation():
 
 
 def test_the_two_optimizers_alternate_every_iteration(home, monkeypatch):
-    import harness.engine
+    import harness.training.engine
 
     order = []
-    original = harness.engine.Trainer._new_optimizer
+    original = harness.training.engine.Trainer._new_optimizer
 
     def recording_new_optimizer(self):
         optimizer = original(self)
@@ -200,7 +200,7 @@ def test_the_two_optimizers_alternate_every_iteration(home, monkeypatch):
                 extra._recorded = True
         return optimizer
 
-    monkeypatch.setattr(harness.engine.Trainer, "_new_optimizer", recording_new_optimizer)
+    monkeypatch.setattr(harness.training.engine.Trainer, "_new_optimizer", recording_new_optimizer)
     assert main(["run", "--cell", "digits/resnet20-resnet8/kr", "--smoke", "--no-progress"]) == 0
     # the teacher trains first (8 steps, one optimizer); then the KR student: student, aggregation, ...
     assert order == ["student"] * 8 + ["student", "aggregation"] * 8

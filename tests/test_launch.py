@@ -12,8 +12,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from harness.launch import worker_argv
-from harness.workshare import starting_order
+from harness.running.launch import worker_argv
+from harness.running.workshare import starting_order
 
 
 def _harness(*args, env, timeout=900):

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.plan import identity_dump
-from harness.spec import load_spec
+from harness.running.plan import identity_dump
+from harness.spec.spec import load_spec
 from methods import build_objective, resolve_params
 from methods.dist import dist_terms
 from methods.dkd import dkd_loss, dkd_warmup
@@ -97,9 +97,9 @@ def test_dkd_warmup_is_mdistillers_ramp_at_our_zero_based_epoch():
 
 def test_dkd_is_told_the_epoch_by_the_engine(home):
     """Each main-phase epoch reaches the method before its steps: the DKD term's weight ramps."""
-    from harness.options import RunOptions
-    from harness.runner import Runner
-    from harness.spec import load_spec
+    from harness.running.runner import Runner
+    from harness.spec.options import RunOptions
+    from harness.spec.spec import load_spec
 
     spec = load_spec()
     runner = Runner(spec, home, f"sqlite:///{home / 'mlflow.db'}")

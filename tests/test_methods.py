@@ -7,7 +7,7 @@ from mlflow.tracking import MlflowClient
 
 from harness.cli import main
 from harness.errors import UserError
-from harness.spec import load_spec
+from harness.spec.spec import load_spec
 from methods import build_objective
 from methods.base import Probe
 

@@ -82,7 +82,7 @@ def test_width_multiplier_shrinks_the_student():
 
 def test_imagenet_pair_taps_match_in_size():
     """NST §5.2 / LPL §V-D pair: ResNet-101 groups 2-4 against Inception-BN's in3b, in4d, in5b at 224 px."""
-    from harness.spec import load_spec
+    from harness.spec.spec import load_spec
 
     spec = load_spec()
     pair = spec.pairs["resnet101-incbnfull"]

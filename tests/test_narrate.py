@@ -3,8 +3,8 @@ shows, and a warning when the machine is already loaded beyond its cores."""
 
 import os
 
-from harness import narrate
 from harness.cli import main
+from harness.running import narrate
 
 
 def test_a_run_without_a_terminal_says_each_training_and_epoch(home, capsys):

@@ -1,4 +1,4 @@
-"""A finished cell answered without torch or MLflow (harness/noop.py), and never wrongly."""
+"""A finished cell answered without torch or MLflow (harness/running/noop.py), and never wrongly."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from dataclasses import replace
 
 from mlflow.tracking import MlflowClient
 
-from harness import noop
-from harness.options import RunOptions
-from harness.spec import load_spec
+from harness.running import noop
+from harness.spec.options import RunOptions
+from harness.spec.spec import load_spec
 
 CELL = "digits/hinton1200-hinton800/baseline"
 ASK = ("run", "--cell", CELL, "--smoke", "--no-progress")

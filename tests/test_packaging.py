@@ -19,7 +19,7 @@ def test_wheel_ships_the_spec_and_lists_cells(tmp_path):
     # the dependencies come from this interpreter's site-packages, the harness from the wheel only
     env = {"PYTHONPATH": f"{tmp_path / 'installed'}:{sysconfig.get_paths()['purelib']}",
            "KD_HARNESS_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
-    code = ("import harness.spec as s, sys; assert 'installed' in s.__file__, s.__file__; "
+    code = ("import harness.spec.spec as s, sys; assert 'installed' in s.__file__, s.__file__; "
             "from harness.cli import main; sys.exit(main(['list', '--suite', 'positive_control']))")
     listed = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env,
                             cwd=tmp_path, timeout=300)

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness import perf
 from harness.cli import main
-from harness.options import RunOptions
+from harness.performance import perf
+from harness.spec.options import RunOptions
 
 PAIR = "digits/hinton1200-hinton800"
 
@@ -26,7 +26,7 @@ def test_speedups_and_ratios_come_from_the_bench_tables(monkeypatch):
         frame.attrs["harness_over_bare"] = 0.5
         return frame
 
-    monkeypatch.setattr("harness.bench.bench", fake_bench)
+    monkeypatch.setattr("harness.performance.bench.bench", fake_bench)
     monkeypatch.setattr(perf, "runnable_methods", lambda runner, dataset, pair: ["baseline", "kd", "lpl"])
     sets = {"fp32": {}, "channels-last": {"channels_last": True}}
     frame = perf.step_times(None, [("digits", "p")], sets, RunOptions(), 1, 0).set_index(["options", "method", "path"]).sort_index()

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.options import RunOptions
-from harness.runner import Runner
-from harness.spec import load_spec
+from harness.running.runner import Runner
+from harness.spec.options import RunOptions
+from harness.spec.spec import load_spec
 
 # (cell, options) -> run_key, each read off a FINISHED run made by commits before RunPlan
 # (6c3cb73, 27b56fa: the NMT Table 1 and LPL Table III runs; ddfc024: smoke runs)

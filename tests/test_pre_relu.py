@@ -11,13 +11,13 @@ import timm
 import torch
 from timm.layers import BatchNormAct2d
 
-from harness.cells import Cell
+from harness.spec.cells import Cell
 from harness.errors import UserError
 from harness.models import build_model, extract_features
 from harness.models.shufflenet import channel_shuffle
 from harness.models.timm_pre_relu import with_pre_relu_taps
-from harness.probe import cell_mismatch, shape_probe
-from harness.spec import load_spec
+from harness.running.probe import cell_mismatch, shape_probe
+from harness.spec.spec import load_spec
 from methods import build_objective
 
 SPEC = load_spec()

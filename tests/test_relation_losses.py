@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.spec import load_spec
+from harness.spec.spec import load_spec
 from methods import build_objective
 from methods.cc import cc_loss, taylor_gaussian_kernel
 from methods.pkt import pkt_loss

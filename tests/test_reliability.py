@@ -18,8 +18,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from harness.checkpoint import CheckpointStore
 from harness.cli import main
+from harness.training.checkpoint import CheckpointStore
 
 pytestmark = pytest.mark.long  # processes that train, get killed and resume: minutes
 

@@ -15,14 +15,14 @@ import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from harness import audit as aud
-from harness import audit_render
-from harness import render
-from harness.plots import plots
-from harness import report as rep
 from harness.cli import main
-from harness.provenance import _git_state
-from harness.spec import DEFAULT_SPEC, load_spec
+from harness.results import audit as aud
+from harness.results import audit_render
+from harness.results import render
+from harness.results import report as rep
+from harness.results.plots import plots
+from harness.spec.spec import DEFAULT_SPEC, load_spec
+from harness.tracking.provenance import _git_state
 
 A, B, C = "digits/resnet20-resnet8/baseline", "digits/resnet20-resnet8/kd", "digits/resnet20-resnet8/at"
 KNOWN = {A: [90.0, 91.0, 92.0], B: [93.0, 95.0, 94.0]}  # C has no runs

@@ -6,8 +6,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-from harness import plots
-from harness.report import Report
+from harness.results import plots
+from harness.results.report import Report
 
 CELLS = ["digits/resnet20-resnet8/baseline", "digits/resnet20-resnet8/kd", "digits/resnet20-resnet8/fitnet"]
 

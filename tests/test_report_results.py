@@ -7,10 +7,10 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from harness import render
 from harness.cli import main
-from harness import report as rep
-from harness.spec import load_spec
+from harness.results import render
+from harness.results import report as rep
+from harness.spec.spec import load_spec
 
 BASE, KD, LPL = ("digits/resnet20-resnet8/baseline", "digits/resnet20-resnet8/kd", "digits/resnet20-resnet8/lpl")
 VALUES = {BASE: [96.0, 96.5, 97.0], KD: [97.0, 97.5, 98.0], LPL: [11.35, 35.81, 10.09]}  # LPL: 2 seeds at chance

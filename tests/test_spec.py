@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from harness.errors import UserError
-from harness.spec import DEFAULT_SPEC, load_spec
+from harness.spec.spec import DEFAULT_SPEC, load_spec
 from methods import validate_defaults
 
 
@@ -147,8 +147,8 @@ def test_invalid_yaml_and_unsafe_tags(tmp_path):
 
 
 def test_the_smoke_suite_covers_every_method():
-    from harness.cells import method_parts
-    from harness.spec import load_spec
+    from harness.spec.cells import method_parts
+    from harness.spec.spec import load_spec
 
     spec = load_spec()
     covered = {part for cell in spec.cells(suite="smoke") for part in method_parts(cell.method)}
@@ -156,7 +156,7 @@ def test_the_smoke_suite_covers_every_method():
 
 
 def test_conventions_are_optional_and_a_reference_may_declare_its_own(tmp_path, raw):
-    from harness.conventions import convention_of
+    from harness.results.conventions import convention_of
 
     spec = load_spec()
     assert spec.suites["positive_control"].convention.selection == "unknown"  # not declared: unknown

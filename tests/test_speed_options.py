@@ -9,10 +9,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
-from harness.engine import TrainConfig, Trainer
-from harness.options import RunOptions
-from harness.runner import Runner
-from harness.spec import load_spec
+from harness.running.runner import Runner
+from harness.spec.options import RunOptions
+from harness.spec.spec import load_spec
+from harness.training.engine import TrainConfig, Trainer
 
 CELL = "digits/resnet20-resnet8/kd"
 MLP_CELL = "digits/hinton1200-hinton800/kd"  # fast under fp16 on CPU, where convolutions have no fp16 kernels
@@ -159,7 +159,8 @@ def test_bench_times_profiles_and_logs(home, capsys):
 
 def test_sweep_trials_share_one_teacher_cache(home):
     """--teacher-cache in a sweep: the teacher sees each training image once for the whole study."""
-    from harness.sweep import Sweep, SweepOptions
+    from harness.tuning.options import SweepOptions
+    from harness.tuning.sweep import Sweep
 
     runner = Runner(load_spec(), home, f"sqlite:///{home / 'mlflow.db'}")
     opts = RunOptions(epochs=1, teacher_epochs=1, progress=False, teacher_cache=True)
@@ -172,14 +173,14 @@ def test_sweep_trials_share_one_teacher_cache(home):
 
 
 def test_amp_auto_and_the_bf16_warning_follow_the_cpu(monkeypatch, capsys):
-    from harness import engine
+    from harness.training import device
 
-    engine._warn_emulated_bf16.cache_clear()  # once per process: an earlier test may have said it already
-    monkeypatch.setattr(engine, "cpu_flags", lambda: {"avx2", "fma"})  # an AVX2-only CPU
-    assert engine.resolve_amp("auto", "cpu") == "off"
-    assert engine.resolve_amp("bf16", "cpu") == "bf16"  # allowed, but said loudly
+    device._warn_emulated_bf16.cache_clear()  # once per process: an earlier test may have said it already
+    monkeypatch.setattr(device, "cpu_flags", lambda: {"avx2", "fma"})  # an AVX2-only CPU
+    assert device.resolve_amp("auto", "cpu") == "off"
+    assert device.resolve_amp("bf16", "cpu") == "bf16"  # allowed, but said loudly
     assert "emulated" in capsys.readouterr().err
-    monkeypatch.setattr(engine, "cpu_flags", lambda: {"avx512f", "avx512_bf16", "amx_bf16"})
-    assert engine.resolve_amp("auto", "cpu") == "bf16"
-    assert engine.resolve_amp("bf16", "cpu") == "bf16" and capsys.readouterr().err == ""
-    assert engine.resolve_amp("off", "cpu") == "off"
+    monkeypatch.setattr(device, "cpu_flags", lambda: {"avx512f", "avx512_bf16", "amx_bf16"})
+    assert device.resolve_amp("auto", "cpu") == "bf16"
+    assert device.resolve_amp("bf16", "cpu") == "bf16" and capsys.readouterr().err == ""
+    assert device.resolve_amp("off", "cpu") == "off"

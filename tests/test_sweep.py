@@ -11,10 +11,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-import harness.data
+import harness.data.data
 from harness.cli import main
-from harness.spec import DEFAULT_SPEC
-from harness.study import make_sampler
+from harness.spec.spec import DEFAULT_SPEC
+from harness.tuning.study import make_sampler
 
 CELL = "digits/resnet20-resnet8/lpl"
 
@@ -29,13 +29,13 @@ def runs(home, role=None):
 @pytest.mark.long
 def test_a_real_sweep_with_nested_runs_and_no_test_split(home, monkeypatch, capsys):
     moved = []
-    original = harness.data.Batches.__init__
+    original = harness.data.data.Batches.__init__
 
     def recording(self, data, device, splits=("train", "val", "test"), shard=(0, 1)):
         moved.append(tuple(splits))
         original(self, data, device, splits, shard)
 
-    monkeypatch.setattr(harness.data.Batches, "__init__", recording)
+    monkeypatch.setattr(harness.data.data.Batches, "__init__", recording)
     assert main(["sweep", "--cell", CELL, "--trials", "8", "--epochs", "2", "--pruner", "median",
                  "--final-seeds", "1"]) == 0
     out = capsys.readouterr().out

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness.ui import COLUMNS, VIEW
+from harness.commands.ui import COLUMNS, VIEW
 
 
 def _free_port() -> int:

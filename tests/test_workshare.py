@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness import workshare
+from harness.running import workshare
 
 
 def _run(status, worker, heartbeat=None, start=0, run_id="r"):

@@ -16,7 +16,7 @@ from harness.models.init import initialise
 from harness.models.timm_pre_relu import with_pre_relu_taps
 from harness.models import (alexnet, cifar_resnet, cifar_resnet50, inception_bn, maxout, mlp,  # noqa: F401
                             mobilenetv2, preact_resnet, shufflenet, vgg, vgg_bn, wrn)  # (registers the models with timm)
-from harness.spec import DatasetSpec, ModelSpec
+from harness.spec.schema import DatasetSpec, ModelSpec
 
 
 def build_model(model: ModelSpec, dataset: DatasetSpec) -> nn.Module:

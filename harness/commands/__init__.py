@@ -1,0 +1,1 @@
+"""What each `harness` command does once harness/cli.py has parsed its arguments."""

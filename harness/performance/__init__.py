@@ -1,0 +1,1 @@
+"""Speed: `harness bench`, the `harness perf` record, `list --estimate`, and the GPU acceptance check."""

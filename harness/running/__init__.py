@@ -1,0 +1,1 @@
+"""A cell run: planned (plan.py, probe.py), trained under one life cycle (runner.py, lifecycle.py), its work shared with other workers (workshare.py, worklist.py, launch.py); finished runs answered fast (noop.py)."""
