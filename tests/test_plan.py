@@ -29,3 +29,18 @@ def test_run_keys_of_earlier_runs_are_unchanged(home, tmp_path, cell, options, k
     plan = runner.plan(runner.spec.cell(cell), opts)  # no data read: the folder does not even exist
     assert plan.run_key == key
     assert not (tmp_path / "no-data-here").exists() and not (home / "teachers").exists()
+
+
+def test_a_suite_sets_a_method_per_pair_over_its_method_wide_value(home, tmp_path):
+    """ReviewKD's script weights its loss per pair (reviewKD.sh): reviewkd_cifar100's pair_overrides."""
+    runner = Runner(load_spec(), home, f"sqlite:///{home / 'mlflow.db'}")
+
+    def lam(cell, **options):
+        opts = RunOptions(device="cpu", data_root=str(tmp_path), **options)
+        return runner.plan(runner.spec.cell(cell), opts).objective.parts["reviewkd"].params.lam
+
+    assert lam("cifar100/resnet56-resnet20/reviewkd", suite="reviewkd_cifar100") == 0.6   # the pair's
+    assert lam("cifar100/resnet32x4-resnet8x4/reviewkd", suite="reviewkd_cifar100") == 5.0  # the suite's
+    assert lam("cifar100/resnet56-resnet20/reviewkd") == 1.0                                # the method's default
+    assert lam("cifar100/resnet56-resnet20/reviewkd", suite="reviewkd_cifar100",
+               overrides={"reviewkd": {"lam": 2.0}}) == 2.0                                 # the user's --set

@@ -127,7 +127,9 @@ def make_plan(runner: Provider, cell: Cell, opts: RunOptions) -> RunPlan:
     seed_everything(opts.seed)
     student = build_model(spec.models[pair.student], dataset_spec)
     probe = make_probe(teacher_archs, student, probe_batch(dataset_spec), pair, cell.pair, recipe.batch_size)
-    suite_overrides = spec.suites[opts.suite].overrides if opts.suite else {}
+    suite = spec.suites[opts.suite] if opts.suite else None
+    by_method, by_pair = (suite.overrides, suite.pair_overrides.get(cell.pair, {})) if suite else ({}, {})
+    suite_overrides = {m: by_method.get(m, {}) | by_pair.get(m, {}) for m in set(by_method) | set(by_pair)}
     overrides = {m: suite_overrides.get(m, {}) | opts.overrides.get(m, {})
                  for m in set(opts.overrides) | (set(suite_overrides) & set(method_parts(cell.method)))}
     objective = build_objective(spec, cell.method, overrides, probe)

@@ -254,6 +254,8 @@ class SuiteSpec(Strict):
         "model -> the recipe it trains with in this suite, as teacher or student, before `recipe` and "
         "`teacher_recipe` (e.g. RepDistiller's lower learning rate for MobileNet and ShuffleNet students)"))
     overrides: dict[str, dict[str, Any]] = Field({}, description="method -> hyperparameters the paper's table used")
+    pair_overrides: dict[str, dict[str, dict[str, Any]]] = Field({}, description=(
+        "pair -> method -> hyperparameters the paper's scripts set for that pair only (over `overrides`)"))
     cells: list[str]
     references: list[Reference] = []
     claims: list[Claim] = Field([], description="the paper's ordering claims, audited by `harness audit`")

@@ -91,6 +91,11 @@ class Spec(Strict):
             for method in s.overrides:
                 if method not in self.methods:
                     raise ValueError(f"suites.{name}.overrides: unknown method {method!r}")
+            for pair, methods in s.pair_overrides.items():
+                unknown = [m for m in methods if m not in self.methods]
+                if pair not in self.pairs or unknown:
+                    raise ValueError(f"suites.{name}.pair_overrides: unknown pair {pair!r} or method "
+                                     f"{', '.join(map(repr, unknown)) or '-'}")
             for cell in s.cells:
                 try:
                     self.cell(cell)
