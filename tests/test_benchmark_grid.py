@@ -123,9 +123,11 @@ def calibrated_teacher(name: str, directory) -> str:
 # at RepDistiller's settings (lr 0.05, FitNet lam 100, FSP at the recipe's lr) these diverge within a few steps with
 # the WRN-40-2 teacher, whose stage outputs are pre-activation sums (signed hints): open for methods/fitnet.py
 # (RepDistiller's regressor, models/util.py ConvReg, ends in BN + ReLU; ours in a conv) and methods/fsp.py; the NaN
-# guard ends them FAILED, as it would a full run
+# guard ends them FAILED, as it would a full run. ft: its paraphraser pre-phase (on the teacher's last stage, 128 or 256
+# channels wide here) goes non-finite at step 6-7 on these three pairs (docs/methods/ft.md, measured behaviour)
 KNOWN_DIVERGENT = {"cifar100/wrn40_2-wrn16_2/fitnet_hint", "cifar100/wrn40_2-wrn40_1/fitnet_hint",
-                   "cifar100/wrn40_2-shufflenetv1/fitnet_hint", "cifar100/wrn40_2-wrn16_2/fsp"}
+                   "cifar100/wrn40_2-shufflenetv1/fitnet_hint", "cifar100/wrn40_2-wrn16_2/fsp",
+                   "cifar100/wrn40_2-wrn16_2/ft", "cifar100/wrn40_2-wrn40_1/ft", "cifar100/resnet32x4-resnet8x4/ft"}
 
 
 @pytest.mark.slow
