@@ -40,3 +40,21 @@ def test_status_shows_finished_seeds_and_whether_the_data_is_there(home, tmp_pat
     assert all(line.endswith("seeds finished: none          data: present") for line in lines(capsys))
     assert main(["list", "--dataset", "cifar100", "--method", "kd"]) == 0
     assert all(" " not in line for line in lines(capsys))  # without --status: one cell id a line, as before
+
+
+def test_a_suite_cell_that_cannot_run_is_named_not_dropped_in_silence(home, tmp_path, capsys):
+    import yaml
+
+    from harness.spec.spec import DEFAULT_SPEC
+
+    raw = yaml.safe_load(DEFAULT_SPEC.read_text())
+    raw["suites"]["digits"]["cells"].append("digits/hinton1200-hinton800/at")  # AT needs maps; an MLP has vectors
+    path = tmp_path / "benchmarks.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["--spec", str(path), "list", "--suite", "digits"]) == 0
+    out, err = capsys.readouterr()
+    assert "digits/hinton1200-hinton800/at" not in out and len(out.split()) == 7
+    assert "1 of suite digits's 8 cells cannot run" in err and "digits/hinton1200-hinton800/at" in err
+    assert main(["--spec", str(path), "list", "--suite", "digits", "--all"]) == 0
+    out, err = capsys.readouterr()
+    assert "digits/hinton1200-hinton800/at  # cannot run: at needs spatial feature maps" in out and not err

@@ -75,6 +75,10 @@ def command_list(args, spec, home: Path) -> int:
             print(listing.status_line(spec, cell_id, seeds.get(cell_id, []), root, width) if args.status else cell_id)
         elif args.all:
             print(f"{cell_id}  # cannot run: {reason}")
+    dropped = [cell_id for cell_id, reason in verdicts.items() if reason is not None]
+    if args.suite and dropped and not args.all:  # a suite's cell that cannot run is the suite's defect: say so
+        print(f"harness: {len(dropped)} of suite {args.suite}'s {len(cells)} cells cannot run and are not listed "
+              f"(e.g. {dropped[0]}); `harness list --suite {args.suite} --all` says why", file=sys.stderr)
     return 0
 
 
