@@ -44,3 +44,12 @@ def test_a_suite_sets_a_method_per_pair_over_its_method_wide_value(home, tmp_pat
     assert lam("cifar100/resnet56-resnet20/reviewkd") == 1.0                                # the method's default
     assert lam("cifar100/resnet56-resnet20/reviewkd", suite="reviewkd_cifar100",
                overrides={"reviewkd": {"lam": 2.0}}) == 2.0                                 # the user's --set
+
+
+def test_an_explicit_epoch_count_wins_over_smokes_one_epoch():
+    from harness.running.plan import shortened
+
+    recipe = load_spec().recipes["digits"]
+    assert shortened(recipe, None, smoke=True).epochs == 1
+    assert shortened(recipe, 6, smoke=True).epochs == 6 and shortened(recipe, 6, smoke=True).batch_size == 32
+    assert shortened(recipe, 6, smoke=False).epochs == 6

@@ -238,12 +238,12 @@ def deterministic(opts: RunOptions, device: torch.device) -> bool:
 
 
 def shortened(recipe: RecipeSpec, epochs: int | None, smoke: bool) -> RecipeSpec:
-    """The recipe with --epochs applied, and --smoke's one short epoch."""
-    if epochs is not None:
-        recipe = recipe.model_copy(update={"epochs": epochs})
+    """The recipe with --smoke's one short epoch, then --epochs (an explicit count wins over smoke's 1)."""
     if smoke:
         recipe = recipe.model_copy(update={"epochs": 1, "batch_size": min(recipe.batch_size, 32),
                                            "eval_batch_size": 128})
+    if epochs is not None:
+        recipe = recipe.model_copy(update={"epochs": epochs})
     return recipe
 
 

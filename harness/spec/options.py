@@ -34,7 +34,7 @@ def option(default, help: str, identity: Identity = None, flag: str | None = Non
 class RunOptions:
     seed: int = 0  # each command declares its own --seed
     teacher_seed: int = option(0, "the teacher's seed")
-    smoke: bool = option(False, "tiny subset, 1 epoch: for CI and quick checks", identity="always")
+    smoke: bool = option(False, "tiny subset, 1 epoch (or --epochs): for CI and quick checks", identity="always")
     data_root: str | None = option(None, "dataset directory (default: $KD_HARNESS_DATA or a user cache dir)")
     download: bool = option(False, "let torchvision download missing datasets")
     device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
