@@ -34,6 +34,11 @@ def global_options(default) -> argparse.ArgumentParser:
     return parser
 
 
+def add_from(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="ledgers", nargs="+", metavar="LEDGER",
+                        help="read the runs from run ledgers instead of the store (docs/ledger.md)")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="harness", description="Reproducible knowledge-distillation benchmarks: "
                     "run cells DATASET/TEACHER-STUDENT/METHOD, tracked in MLflow.", parents=[global_options(None)])
@@ -157,6 +162,7 @@ def build_parser() -> Parser:
     p.add_argument("--departures", metavar="'none'|'epochs=N teacher_epochs=M'",
                    help="the recipe setting to show (cells are only compared at one; default: the one that "
                    "covers the most cells, then the recipe as stated)")
+    add_from(p)
     p.add_argument("--configs", choices=["one", "all"], default="one",
                    help="per cell, one configuration (default: the suite's, else its defaults) or all of them side "
                    "by side, each --set variant a row of its own ('kd [kd.tau=3]')")
@@ -175,11 +181,32 @@ def build_parser() -> Parser:
     p.add_argument("--select", choices=["last", "best-val"], default="last",
                    help="test accuracy at the last epoch (default) or at the best validation epoch")
     p.add_argument("--out", help="write the Markdown audit to this file (each suite's forest plot beside it)")
+    add_from(p)
     p.add_argument("--seeds-plan", action="store_true", help="with --suite: print the `harness run` commands "
                    "that would give each inconclusive claim the seeds its power figure needs, with their cost")
     p.add_argument("--include-smoke", action="store_true", help="count --smoke runs too")
     p.add_argument("--departures", metavar="'none'|'epochs=N teacher_epochs=M'",
                    help="with --suite: audit the runs at this recipe setting (default: per suite, the report's rule)")
+
+    p = sub.add_parser("export", parents=common, help="write runs of the store to a run ledger (docs/ledger.md)",
+                       description="Finished and failed runs (students; the teacher runs they distilled from and the "
+                       "sweep runs that tuned them go with them) as a run ledger: JSON Lines with a manifest and "
+                       "its sha256. The same runs always give the same bytes.")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--suite", help="the runs of a suite's cells")
+    target.add_argument("--cells", nargs="+", metavar="CELL")
+    target.add_argument("--runs", nargs="+", metavar="RUN_ID", help="these MLflow runs (any role)")
+    p.add_argument("--out", required=True, help="the ledger file to write, e.g. results/digits/runs.jsonl")
+    p.add_argument("--with-teachers", action="store_true", help="also copy the cached teacher weights the "
+                   "runs distilled from into OUT.teachers/ (their sha256 in the manifest)")
+    p.add_argument("--with-trials", action="store_true", help="also the sweep trials' runs of the cells")
+
+    p = sub.add_parser("import", parents=common, help="merge run ledgers into the store",
+                       description="Adds each ledger's runs to the store, tagged with their origin. Importing twice "
+                       "adds nothing; a run the store has with other results is reported and skipped (exit 1), "
+                       "or kept beside it with --keep-both. Every ledger is checked before anything is written.")
+    p.add_argument("files", nargs="+", metavar="LEDGER")
+    p.add_argument("--keep-both", action="store_true", help="keep a conflicting record beside the store's run")
 
     p = sub.add_parser("clean", parents=common, help="remove the checkpoints of finished runs (disk only)",
                        description="A finished run keeps its last checkpoints until this removes them: it is "
@@ -216,8 +243,18 @@ def main(argv: list[str] | None = None) -> int:
         validate_defaults(spec)
         from harness.running.runner import Runner
 
-        if args.command == "report":
-            return store_commands.command_report(args, spec, tracking_uri)
+        if args.command in ("report", "audit"):
+            from harness.tracking.ledger import Ledgers
+
+            source = Ledgers(args.ledgers) if args.ledgers else tracking_uri
+            command = store_commands.command_report if args.command == "report" else store_commands.command_audit
+            return command(args, spec, source)
+        if args.command in ("export", "import"):
+            from harness.commands import ledgers
+
+            if args.command == "export":
+                return ledgers.command_export(args, spec, tracking_uri)
+            return ledgers.command_import(args, spec, tracking_uri, home)
         if args.command == "clean":
             from harness.commands.clean import command_clean
 
@@ -226,8 +263,6 @@ def main(argv: list[str] | None = None) -> int:
             from harness.commands.ui import command_ui
 
             return command_ui(args, tracking_uri, home)
-        if args.command == "audit":
-            return store_commands.command_audit(args, spec, tracking_uri)
         from harness.training import distributed
 
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command not in ("run", "teacher"):

@@ -37,7 +37,7 @@ def finished_seeds(tracking_uri: str) -> dict[str, list[int]]:
     from harness.tracking.tracking import EXPERIMENT
 
     if not tracking_uri.startswith("sqlite:///"):
-        from harness.tracking.tracking import student_results
+        from harness.tracking.queries import student_results
 
         runs = student_results(tracking_uri)
         runs = runs[~runs["diverged"] & (runs["tags.smoke"] != "True")]

@@ -38,7 +38,7 @@ from harness.results.report import fmt, references
 from harness.results.stats import ALPHA, hedges_g, holm, pooled_std, seeds_needed, tost, welch
 from harness.spec.schema import Claim, Convention, SuiteSpec
 from harness.spec.spec import Spec
-from harness.tracking.tracking import sweep_trials
+from harness.tracking.queries import sweep_trials
 
 VERDICTS = ("confirmed", "refuted", "equivalent", "inconclusive", "diverged", "not run", "n/a")
 

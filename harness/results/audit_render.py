@@ -88,7 +88,7 @@ def caption(result: Audit, select: str, command: str) -> str:
                  f"{', '.join(sorted(set(commits(runs))))}; hardware "
                  f"{', '.join(sorted(set(runs['params.env.device_name'])))}."
                  + "".join(f" {note}." for note in dirty_note(runs)))
-    return (f"Regenerated from the MLflow store by `{command}`. Accuracy: test top-1 (%), mean ± sample std over "
+    return (f"Regenerated from the runs listed below by `{command}`. Accuracy: test top-1 (%), mean ± sample std over "
             "seeds (n), one configuration per cell and one recipe setting per suite (the report's rules), taken "
             "at each paper's convention (benchmarks.yaml: the epoch it selected, the last, the best validation "
             "or the best test epoch, which is test-selected and optimistic; the median where it reports a "
