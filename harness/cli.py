@@ -27,6 +27,9 @@ def global_options(default) -> argparse.ArgumentParser:
     given there, it wins)."""
     parser = argparse.ArgumentParser(add_help=False, argument_default=default)
     parser.add_argument("--spec", help="benchmarks yaml (default: $KD_HARNESS_SPEC or the repository's benchmarks.yaml)")
+    parser.add_argument("--spec-extra", action="append", metavar="FILE", help="an overlay: datasets, models, pairs, "
+                        "methods, recipes, suites added to the spec (repeatable; also $KD_HARNESS_SPEC_EXTRA, "
+                        "path-separated); its folder is importable for its methods' class:")
     parser.add_argument("--home", help="runs home: MLflow store, teachers, checkpoints "
                         "(default: $KD_HARNESS_HOME or a user data dir)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
@@ -193,6 +196,13 @@ def build_parser() -> Parser:
     return parser
 
 
+def import_method(name, method):
+    """An overlay's method class, imported to check it (torch loads only when an overlay adds a method)."""
+    from methods import method_class
+
+    return method_class(name, method)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
@@ -201,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from harness.spec.spec import load_spec
 
-        spec = load_spec(args.spec)
+        spec = load_spec(args.spec, args.spec_extra, check=import_method)
         home = runs_home(args.home)
         if args.command == "list":  # validates the methods' defaults unless its cache knows this spec
             return commands.command_list(args, spec, home)
