@@ -71,6 +71,8 @@ def build_parser() -> Parser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="[METHOD.]NAME=VALUE",
                    help="override a method hyperparameter (repeatable)")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs (logged)")
+    p.add_argument("--with-method", action="append", metavar="METHOD", help="with --suite: also METHOD on every "
+                   "pair of the suite where it can run, beside the suite's methods (repeatable)")
     p.add_argument("--register", metavar="NAME", help="register each trained student in MLflow's model registry")
     add_flags(p)
     launch.add_arguments(p)
@@ -160,6 +162,8 @@ def build_parser() -> Parser:
     p.add_argument("--departures", metavar="'none'|'epochs=N teacher_epochs=M'",
                    help="the recipe setting to show (cells are only compared at one; default: the one that "
                    "covers the most cells, then the recipe as stated)")
+    p.add_argument("--with-method", action="append", metavar="METHOD", help="with --suite: METHOD's rows beside "
+                   "the suite's, on every pair where it can run (repeatable)")
     p.add_argument("--configs", choices=["one", "all"], default="one",
                    help="per cell, one configuration (default: the suite's, else its defaults) or all of them side "
                    "by side, each --set variant a row of its own ('kd [kd.tau=3]')")
@@ -178,6 +182,9 @@ def build_parser() -> Parser:
     p.add_argument("--select", choices=["last", "best-val"], default="last",
                    help="test accuracy at the last epoch (default) or at the best validation epoch")
     p.add_argument("--out", help="write the Markdown audit to this file (each suite's forest plot beside it)")
+    p.add_argument("--with-method", action="append", metavar="METHOD", help="with --suite: the claims 'METHOD > X' "
+                   "for every method X of the suite on each of its pairs where METHOD can run, Holm-corrected with "
+                   "the suite's (repeatable)")
     p.add_argument("--seeds-plan", action="store_true", help="with --suite: print the `harness run` commands "
                    "that would give each inconclusive claim the seeds its power figure needs, with their cost")
     p.add_argument("--include-smoke", action="store_true", help="count --smoke runs too")
@@ -213,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
 
         spec = load_spec(args.spec, args.spec_extra, check=import_method)
         home = runs_home(args.home)
+        if getattr(args, "with_method", None):
+            from harness.commands.with_method import with_methods
+
+            spec = with_methods(spec, [args.suite] if isinstance(args.suite, str) else args.suite or [],
+                                args.with_method, home)
         if args.command == "list":  # validates the methods' defaults unless its cache knows this spec
             return commands.command_list(args, spec, home)
         from harness.tracking.tracking import default_tracking_uri

@@ -1,0 +1,46 @@
+"""`--with-method M` on run, report and audit: a suite with M beside its own methods.
+
+On each setting (DATASET/TEACHER-STUDENT) of the suite's cells where M can run (the methods' own
+set-up checks, as `harness list` decides), the suite gains the cell of M and the claim "M > X" for
+every other method X of the suite on that setting. The suite's recipes and conventions apply to
+them, and the audit's Holm correction runs over the suite's claims and these together.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from harness.errors import UserError
+from harness.spec.cells import Cell, require_known
+from harness.spec.schema import Claim
+
+
+def with_methods(spec, suites: list[str], methods: list[str], home: Path):
+    """The spec whose `suites` have each of `methods` beside their own (see the module's docstring)."""
+    from harness.running.compat import mismatches
+
+    if not suites:
+        raise UserError("--with-method needs --suite: it puts a method through a suite's pairs")
+    for method in methods:
+        require_known(method, spec.methods, "method")
+    changed = {}
+    for name in suites:
+        require_known(name, spec.suites, "suite")
+        suite = spec.suites[name]
+        settings = {}  # setting -> the suite's methods on it, in the suite's order
+        for cell in map(spec.cell, suite.cells):
+            settings.setdefault(f"{cell.dataset}/{cell.pair}", []).append(cell.method)
+        candidates = [Cell(*setting.split("/"), method) for method in methods for setting in settings
+                      if method not in settings[setting]]
+        verdicts = mismatches(spec, candidates, home)
+        added = [cell for cell in candidates if verdicts[cell.id] is None]
+        for cell in candidates:
+            if verdicts[cell.id] is not None:
+                print(f"harness: --with-method: {cell.id} cannot run ({verdicts[cell.id]}); left out", file=sys.stderr)
+        claims = [Claim(better=cell.method, than=settings[f"{cell.dataset}/{cell.pair}"],
+                        setting=f"{cell.dataset}/{cell.pair}", source=f"--with-method {cell.method}")
+                  for cell in added]
+        changed[name] = suite.model_copy(update={"cells": suite.cells + [cell.id for cell in added],
+                                                 "claims": suite.claims + claims})
+    return spec.model_copy(update={"suites": spec.suites | changed})
