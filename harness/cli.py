@@ -197,6 +197,12 @@ def build_parser() -> Parser:
                        "theirs; cached teachers and the MLflow store are not touched.")
     p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
 
+    p = sub.add_parser("new-method", parents=common, help="write a package skeleton for a new method (outside the harness)",
+                       description="A folder kd-NAME with pyproject.toml (the kd_harness.methods entry point), the "
+                       "Distiller, its overlay with sourced defaults, its card and a golden test (docs/first-method.md).")
+    p.add_argument("name", metavar="NAME", help="the method's name in cell ids")
+    p.add_argument("--dir", default=".", help="where the folder kd-NAME goes (default: here)")
+
     p = sub.add_parser("ui", parents=common, help="start the MLflow UI on the runs store (127.0.0.1)")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
@@ -225,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
 
             spec = with_methods(spec, [args.suite] if isinstance(args.suite, str) else args.suite or [],
                                 args.with_method, home)
+        if args.command == "new-method":
+            from harness.commands.new_method import command_new_method
+
+            return command_new_method(args, spec)
         if args.command == "list":  # validates the methods' defaults unless its cache knows this spec
             return commands.command_list(args, spec, home)
         from harness.tracking.tracking import default_tracking_uri

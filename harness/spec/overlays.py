@@ -67,7 +67,7 @@ def entry_point_overlays() -> list[Overlay | str]:
     a dict (the overlay), a YAML file's path, or a module whose OVERLAY is one of these."""
     found: list[Overlay | str] = []
     for ep in metadata.entry_points(group=GROUP):
-        where = f"package {ep.dist.name if ep.dist else '?'} (entry point {ep.name} = {ep.value})"
+        where = f"package {ep.dist.name if ep.dist else '?'} (entry point {ep.name})"
         try:
             value = ep.load()
         except Exception as e:  # any failure of someone else's import: named, never fatal
