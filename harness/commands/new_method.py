@@ -15,7 +15,8 @@ from string import Template
 
 from harness.errors import UserError
 
-DISTILLER = '''"""$title (a kd-harness method): 1 - cos(student logits, teacher logits), averaged over the batch."""
+DISTILLER = '''"""$name, a kd-harness method (the scaffold's example loss): 1 - cos(student logits, teacher logits),
+averaged over the batch."""
 
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ build-backend = "setuptools.build_meta"
 [project]
 name = "$project"
 version = "0.1.0"
-description = "$title: a knowledge-distillation method for kd-harness"
+description = "$name: a knowledge-distillation method for kd-harness"
 requires-python = ">=3.11"
 dependencies = ["kd-harness"]
 
@@ -86,7 +87,7 @@ packages = ["kd_$name"]
 kd_$name = ["overlay.yaml"]
 '''
 
-CARD = '''# $name: $title
+CARD = '''# $name: cosine KD (the scaffold's example)
 
 The paper and the code it follows.
 
@@ -139,7 +140,7 @@ def test_the_loss_matches_a_naive_computation():
 def files(name: str) -> dict[str, str]:
     """Path (under the project folder) -> content, for method NAME."""
     values = {"name": name, "cls": "".join(part.capitalize() for part in name.split("_")),
-              "project": f"kd-{name.replace('_', '-')}", "title": f"{name} (cosine KD, the scaffold's example)"}
+              "project": f"kd-{name.replace('_', '-')}"}
     layout = {"pyproject.toml": PYPROJECT, f"kd_{name}/__init__.py": INIT, f"kd_{name}/distiller.py": DISTILLER,
               f"kd_{name}/overlay.yaml": OVERLAY, f"docs/{name}.md": CARD, f"tests/test_{name}.py": TEST}
     return {path: Template(text).substitute(values) for path, text in layout.items()}
