@@ -185,6 +185,8 @@ def build_parser() -> Parser:
     p.add_argument("--with-method", action="append", metavar="METHOD", help="with --suite: the claims 'METHOD > X' "
                    "for every method X of the suite on each of its pairs where METHOD can run, Holm-corrected with "
                    "the suite's (repeatable)")
+    p.add_argument("--effect", type=float, metavar="D", help="the difference (accuracy points) that 'seeds needed' "
+                   "and --seeds-plan size seeds for where a claim has no paper difference (ad-hoc, --with-method)")
     p.add_argument("--seeds-plan", action="store_true", help="with --suite: print the `harness run` commands "
                    "that would give each inconclusive claim the seeds its power figure needs, with their cost")
     p.add_argument("--include-smoke", action="store_true", help="count --smoke runs too")

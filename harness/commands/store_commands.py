@@ -106,7 +106,9 @@ def command_audit(args, spec, tracking_uri: str) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and not out.parent.is_dir():
         raise UserError(f"cannot write {out}: {out.parent} is not a directory")
-    result = audit.audit(spec, tracking_uri, suites, args.select, args.include_smoke, args.departures)
+    if args.effect is not None and not args.effect > 0:
+        raise UserError(f"--effect is a positive difference in accuracy points, got {args.effect}")
+    result = audit.audit(spec, tracking_uri, suites, args.select, args.include_smoke, args.departures, args.effect)
     caption = audit_render.caption(result, args.select, "harness " + " ".join(sys.argv[1:]))
     if args.seeds_plan:
         text = seeds_plan.plan(result, spec)
