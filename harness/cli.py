@@ -7,7 +7,7 @@ import os
 import sys
 import warnings
 
-from harness.commands import commands, store_commands
+from harness.commands import commands, new_method, store_commands, with_method
 from harness.errors import UserError
 from harness.running import launch
 from harness.running.paths import runs_home
@@ -199,11 +199,8 @@ def build_parser() -> Parser:
                        "theirs; cached teachers and the MLflow store are not touched.")
     p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
 
-    p = sub.add_parser("new-method", parents=common, help="write a package skeleton for a new method (outside the harness)",
-                       description="A folder kd-NAME with pyproject.toml (the kd_harness.methods entry point), the "
-                       "Distiller, its overlay with sourced defaults, its card and a golden test (docs/first-method.md).")
-    p.add_argument("name", metavar="NAME", help="the method's name in cell ids")
-    p.add_argument("--dir", default=".", help="where the folder kd-NAME goes (default: here)")
+    with_method.add_card_parser(sub, common)
+    new_method.add_parser(sub, common)
 
     p = sub.add_parser("ui", parents=common, help="start the MLflow UI on the runs store (127.0.0.1)")
     p.add_argument("--port", type=int, default=5000)
@@ -229,14 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_spec(args.spec, args.spec_extra, check=import_method)
         home = runs_home(args.home)
         if getattr(args, "with_method", None):
-            from harness.commands.with_method import with_methods
-
-            spec = with_methods(spec, [args.suite] if isinstance(args.suite, str) else args.suite or [],
-                                args.with_method, home)
+            spec = with_method.with_methods(spec, with_method.suites_of(args), args.with_method, home)
         if args.command == "new-method":
-            from harness.commands.new_method import command_new_method
-
-            return command_new_method(args, spec)
+            return new_method.command_new_method(args, spec)
         if args.command == "list":  # validates the methods' defaults unless its cache knows this spec
             return commands.command_list(args, spec, home)
         from harness.tracking.tracking import default_tracking_uri
@@ -262,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             return command_ui(args, tracking_uri, home)
         if args.command == "audit":
             return store_commands.command_audit(args, spec, tracking_uri)
+        if args.command == "card":
+            return with_method.command_card(args, spec, home, tracking_uri)
         from harness.training import distributed
 
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command not in ("run", "teacher"):

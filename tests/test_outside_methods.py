@@ -255,3 +255,47 @@ def test_acceptance_an_installed_package_lists_through_its_entry_point(tmp_path,
     assert listing.returncode == 0 and not listing.stderr, listing.stderr
     assert ("digits/resnet20-resnet8/installed  # installed from package kd-installed (entry point installed)"
             in listing.stdout)
+
+
+def log_runs(uri: str, cell: str, accuracies: list[float], epoch_seconds: float) -> None:
+    """Finished student runs of `cell` made for the digits suite, one per seed, as the engine logs them."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name("kd-harness")
+    experiment = found.experiment_id if found else client.create_experiment("kd-harness")
+    for seed, value in enumerate(accuracies):
+        run = client.create_run(experiment, tags={"role": "student", "cell": cell, "seed": str(seed), "smoke": "False",
+                                                  "suite": "digits"})
+        params = {"recipe_name": "digits", "recipe.epochs": "3", "phases.main": "3", "env.device_name": "test-cpu",
+                  "env.git_commit": "abcdef0123456789", "env.device": "cpu", "env.torch": "2.14.1"}
+        summary = {"test_top1_last": value, "test_top5_last": 100.0, "test_top1_best_val": value,
+                   "test_top5_best_val": 100.0, "mean_epoch_seconds": epoch_seconds, "peak_memory_mb": 100.0,
+                   "extra_parameters": 0, "student_parameters": 1}
+        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()],
+                         metrics=[Metric(k, v, 0, 3) for k, v in summary.items()])
+        client.set_terminated(run.info.run_id, "FINISHED")
+
+
+def test_a_card_shows_verdicts_deltas_with_intervals_and_cost_against_kd(tmp_path, home, capsys):
+    path = overlay(tmp_path, METHOD.format(name="cos_h", cls="cos_h_mod.Cos"), module="cos_h_mod")
+    home.mkdir(parents=True)
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    setting = "digits/resnet20-resnet8"
+    log_runs(uri, f"{setting}/baseline", [90.0, 90.2, 89.8], 10.0)
+    log_runs(uri, f"{setting}/kd", [91.0, 91.2, 90.8], 10.0)
+    log_runs(uri, f"{setting}/cos_h", [93.0, 93.2, 92.8], 15.0)
+    out = tmp_path / "card"
+    assert main(["--spec-extra", str(path), "--tracking-uri", uri, "card", "cos_h", "--out", str(out)]) == 0
+    text = (out / "cos_h.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| digits ") and "93.00 ± 0.20 (3)" in line)
+    assert "+2.00 [" in row and "+3.00 [" in row and "1.50x" in row  # Δ vs kd, vs the student; 15 s / 10 s
+    assert "| cos_h > kd " in text and "| cos_h > baseline " in text and "confirmed" in text
+    assert "cos_h > at" not in text  # no runs of at: counted as not run, no row of figures
+    page = (out / "cos_h.html").read_text()
+    assert "<img alt=" in page and "base64," in page and "<table" in page
+    assert (out / "cos_h-cost.png").read_bytes().startswith(b"\x89PNG")
+    capsys.readouterr()
+    assert main(["--spec-extra", str(path), "--tracking-uri", uri, "card", "cos_h", "--out", str(out),
+                 "--suite", "digits", "--select", "best-val"]) == 0

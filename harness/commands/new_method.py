@@ -165,3 +165,11 @@ def command_new_method(args, spec) -> int:
           f"next: pip install -e {project}  (or PYTHONPATH={project} harness --spec-extra "
           f"{project}/kd_{name}/overlay.yaml ...), then harness list --method {name}")
     return 0
+
+
+def add_parser(sub, parents: list) -> None:
+    p = sub.add_parser("new-method", parents=parents, help="write a package skeleton for a new method (outside the harness)",
+                       description="A folder kd-NAME with pyproject.toml (the kd_harness.methods entry point), the "
+                       "Distiller, its overlay with sourced defaults, its card and a golden test (docs/first-method.md).")
+    p.add_argument("name", metavar="NAME", help="the method's name in cell ids")
+    p.add_argument("--dir", default=".", help="where the folder kd-NAME goes (default: here)")

@@ -44,3 +44,39 @@ def with_methods(spec, suites: list[str], methods: list[str], home: Path):
         changed[name] = suite.model_copy(update={"cells": suite.cells + [cell.id for cell in added],
                                                  "claims": suite.claims + claims})
     return spec.model_copy(update={"suites": spec.suites | changed})
+
+
+def suites_of(args) -> list[str]:
+    """The suites `--with-method` applies to: --suite's (a name on run and report, a list on audit)."""
+    return [args.suite] if isinstance(args.suite, str) else args.suite or []
+
+
+def command_card(args, spec, home: Path, tracking_uri: str) -> int:
+    """`harness card M --out DIR`: M's report card over --suite's suites, else over the suites M's finished
+    runs were made for (`harness run --suite S --with-method M`; harness/results/card.py)."""
+    from harness.results import card
+    from harness.tracking.tracking import student_results
+
+    require_known(args.method, spec.methods, "method")
+    suites = args.suite
+    if not suites:
+        runs = student_results(tracking_uri)
+        mine = runs[runs["tags.cell"].str.endswith(f"/{args.method}") & ~runs["diverged"]
+                    & (args.include_smoke | (runs["tags.smoke"] != "True"))]
+        suites = [name for name in spec.suites if name in set(mine["tags.suite"].fillna(""))]
+    if not suites:
+        raise UserError(f"no finished run of {args.method} was made for a suite; run `harness run --suite S "
+                        f"--with-method {args.method}`, or name --suite (with --include-smoke for smoke runs)")
+    spec = with_methods(spec, suites, [args.method], home)
+    built = card.build(spec, tracking_uri, args.method, suites, args.select, args.include_smoke)
+    print(f"wrote {', '.join(str(path) for path in card.write(built, Path(args.out)))}")
+    return 0
+
+
+def add_card_parser(sub, parents: list) -> None:
+    p = sub.add_parser("card", parents=parents, help="a method's report card: verdicts, Δ vs KD and the student, cost")
+    p.add_argument("method", metavar="METHOD")
+    p.add_argument("--out", required=True, help="a directory: METHOD.md, METHOD.html, METHOD-cost.png")
+    p.add_argument("--suite", nargs="+", help="the suites (default: those METHOD's finished runs were made for)")
+    p.add_argument("--select", choices=["last", "best-val"], default="last")
+    p.add_argument("--include-smoke", action="store_true", help="count --smoke runs too")
