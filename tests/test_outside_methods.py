@@ -11,6 +11,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from harness.cli import main
@@ -296,6 +297,20 @@ def test_a_card_shows_verdicts_deltas_with_intervals_and_cost_against_kd(tmp_pat
     page = (out / "cos_h.html").read_text()
     assert "<img alt=" in page and "base64," in page and "<table" in page
     assert (out / "cos_h-cost.png").read_bytes().startswith(b"\x89PNG")
+    assert "| digits  | 1       | 1.0 (of 3 methods a pair) | +2.00 " in text  # across pairs
     capsys.readouterr()
-    assert main(["--spec-extra", str(path), "--tracking-uri", uri, "card", "cos_h", "--out", str(out),
-                 "--suite", "digits", "--select", "best-val"]) == 0
+    assert main(["--spec-extra", str(path), "--tracking-uri", uri, "report", "--suite", "digits",
+                 "--with-method", "cos_h"]) == 0
+    assert "cos_h" in capsys.readouterr().out  # its row beside the suite's
+
+
+def test_across_pairs_the_card_gives_the_mean_rank_and_a_bootstrap_interval_of_the_mean_delta():
+    from harness.results.card import across_pairs
+
+    pairs = pd.DataFrame({"suite": ["s"] * 3 + ["t"], "delta_kd": [1.0, 2.0, 3.0, 0.5],
+                          "rank": [1.0, 2.0, 1.0, 3.0], "ranked": [4, 4, 4, 5]})
+    table = across_pairs(pairs).set_index("suite")
+    assert table.loc["s", "mean rank"] == "1.3 (of 4 methods a pair)"
+    low, high = (float(x) for x in table.loc["s", "mean Δ vs kd [bootstrap 95%]"].split("[")[1].rstrip("]").split(","))
+    assert table.loc["s", "mean Δ vs kd [bootstrap 95%]"].startswith("+2.00 [") and 1.0 <= low < 2.0 < high <= 3.0
+    assert table.loc["t", "mean Δ vs kd [bootstrap 95%]"] == "+0.50"  # one pair: no interval

@@ -4,7 +4,8 @@ For each suite given (each with M's cells and claims "M > X" added, harness/comm
 the audit's verdicts of M against every method of the suite on each pair (wins = confirmed, losses =
 refuted, equivalences, the rest), and per pair M's accuracy, Δ vs KD and Δ vs the student (baseline)
 with Welch's 95% intervals, the cost of an epoch relative to KD's, extra parameters, peak memory and
-seeds. One Markdown and one HTML page, with a plot of Δ vs KD against relative cost, one point per pair.
+seeds; across the pairs of a suite, M's mean rank and the mean Δ vs KD with a bootstrap interval. One
+Markdown and one HTML page, with a plot of Δ vs KD against relative cost, one point per pair.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from harness.results import audit as audits
@@ -56,8 +58,9 @@ def build(spec: Spec, tracking_uri: str, method: str, suites: list[str], select:
             row = detail.loc[cell]
             cost = row["sec_per_epoch"] / detail.loc[kd, "sec_per_epoch"] if kd in detail.index else math.nan
             vs_kd, vs_student = _against(mine, setting, REFERENCE), _against(mine, setting, STUDENT)
+            ranks = detail.loc[detail.index.str.startswith(f"{setting}/"), "top1_mean"].rank(ascending=False)
             pairs.append({"suite": suite, "pair": setting, "top1": row["top1_mean"], "std": row["top1_std"],
-                          "seeds": int(row["n"]),
+                          "seeds": int(row["n"]), "rank": ranks[cell], "ranked": int(ranks.notna().sum()),
                           "delta_kd": vs_kd[0], "kd_low": vs_kd[1], "kd_high": vs_kd[2],
                           "delta_student": vs_student[0], "student_low": vs_student[1], "student_high": vs_student[2],
                           "cost_vs_kd": cost, "under_load": bool(row["cost_under_load"]
@@ -73,6 +76,24 @@ def build(spec: Spec, tracking_uri: str, method: str, suites: list[str], select:
                "per step; † where runs shared a loaded machine: not a cost figure); extra parameters: trained only, "
                "not shipped with the student.")
     return Card(method, pd.DataFrame(pairs), table, caption)
+
+
+BOOTSTRAP = 2000  # resamples of the pairs for the interval of the mean Δ
+
+
+def across_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Per suite: the mean rank of M among the methods run on each pair (1 = best), and the mean Δ vs KD
+    over its pairs with a percentile bootstrap 95% interval (pairs resampled; one pair has none)."""
+    rng = np.random.default_rng(0)  # the same runs give the same page
+    rows = []
+    for suite, group in pairs.groupby("suite", sort=False):
+        deltas = group["delta_kd"].dropna().to_numpy()
+        means = rng.choice(deltas, (BOOTSTRAP, len(deltas))).mean(axis=1) if len(deltas) > 1 else None
+        interval = f" [{np.percentile(means, 2.5):+.2f}, {np.percentile(means, 97.5):+.2f}]" if means is not None else ""
+        rows.append({"suite": suite, "pairs": len(group),
+                     "mean rank": f"{group['rank'].mean():.1f} (of {group['ranked'].mean():.0f} methods a pair)",
+                     f"mean Δ vs {REFERENCE} [bootstrap 95%]": f"{deltas.mean():+.2f}{interval}" if len(deltas) else ""})
+    return pd.DataFrame(rows)
 
 
 def _num(value, fmt: str) -> str:
@@ -111,7 +132,8 @@ def tables(card: Card) -> list[tuple[str, pd.DataFrame]]:
                            "verdict": [v + (" (not after Holm)" if v in ("confirmed", "refuted") and not p < ALPHA else "")
                                        for v, p in zip(c["verdict"], c["p_holm"])]}) \
         if not c.empty else pd.DataFrame()
-    return [("Per pair", summary), ("Verdicts (wins = confirmed, losses = refuted)", counts),
+    return [("Per pair", summary), ("Across pairs", across_pairs(p) if not p.empty else pd.DataFrame()),
+            ("Verdicts (wins = confirmed, losses = refuted)", counts),
             ("Every claim with runs on both sides", claims)]
 
 
@@ -149,7 +171,7 @@ def write(card: Card, out: Path) -> list[Path]:
     sections = tables(card)
     markdown = [f"# {card.method}: report card", "", card.caption, "", f"![Δ vs {REFERENCE} against cost]({png.name})"]
     for heading, table in sections:
-        markdown += ["", f"## {heading}", "", table.to_markdown(index=False) if not table.empty else "(none)"]
+        markdown += ["", f"## {heading}", "", table.to_markdown(index=False, disable_numparse=True) if not table.empty else "(none)"]
     page = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(card.method)}: report card</title>",
             "<style>body{font-family:sans-serif;max-width:70em;margin:auto}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:2px 6px}</style>",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import types
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -73,7 +74,7 @@ def entry_point_overlays() -> list[Overlay | str]:
         except Exception as e:  # any failure of someone else's import: named, never fatal
             found.append(f"{where}: cannot import: {type(e).__name__}: {e}")
             continue
-        value = getattr(value, "OVERLAY", value) if type(value).__name__ == "module" else value
+        value = getattr(value, "OVERLAY", value) if isinstance(value, types.ModuleType) else value
         try:
             if isinstance(value, dict):
                 found.append(Overlay(where, value))
