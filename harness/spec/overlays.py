@@ -72,7 +72,7 @@ def entry_point_overlays() -> list[Overlay | str]:
         try:
             value = ep.load()
         except Exception as e:  # any failure of someone else's import: named, never fatal
-            found.append(f"{where}: cannot import: {type(e).__name__}: {e}")
+            found.append(f"{where}: cannot import: {type(e).__name__}: {' '.join(str(e).split())}")  # one line
             continue
         value = getattr(value, "OVERLAY", value) if isinstance(value, types.ModuleType) else value
         try:
