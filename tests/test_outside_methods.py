@@ -122,6 +122,16 @@ class FakeDistribution:
     name = "kd-broken"
 
 
+def installed(monkeypatch, value: str) -> None:
+    """The package kd-broken installed with one entry point of ours (other groups, e.g. torch's, unchanged)."""
+    real = metadata.entry_points
+
+    def entry_points(*args, **kwargs):
+        return [entry_point(value)] if kwargs.get("group") == overlays.GROUP else real(*args, **kwargs)
+
+    monkeypatch.setattr(overlays.metadata, "entry_points", entry_points)
+
+
 def entry_point(value: str) -> metadata.EntryPoint:
     ep = metadata.EntryPoint("broken", value, overlays.GROUP)
     object.__setattr__(ep, "dist", FakeDistribution())  # an installed package's entry point names its distribution
@@ -144,7 +154,7 @@ def test_a_broken_entry_point_is_one_warning_line_and_the_built_ins_work(case, t
     (tmp_path / "ep_not_distiller.py").write_text(
         "OVERLAY = {'methods': {'ep_od': {'class': 'collections.OrderedDict', 'paper': 'x'}}}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(overlays.metadata, "entry_points", lambda group: [entry_point(value)])
+    installed(monkeypatch, value)
     code, out, err = listed(capsys, "list", "--method", "kd", "--dataset", "digits")
     assert code == 0 and "digits/resnet20-resnet8/kd" in out
     assert len(err) == 1 and err[0].startswith("harness: warning: package kd-broken (entry point broken): "), err
@@ -155,7 +165,7 @@ def test_an_entry_point_adds_its_methods(tmp_path, home, capsys, monkeypatch):
     overlay(tmp_path, METHOD.format(name="cos_ep", cls="cos_ep_mod.Cos"), module="cos_ep_mod", name="ep.yaml")
     (tmp_path / "cos_ep_entry.py").write_text(f"OVERLAY = {str(tmp_path / 'ep.yaml')!r}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(overlays.metadata, "entry_points", lambda group: [entry_point("cos_ep_entry")])
+    installed(monkeypatch, "cos_ep_entry")
     code, out, err = listed(capsys, "list", "--method", "cos_ep", "--dataset", "digits")
     assert code == 0 and not err
     assert "digits/resnet20-resnet8/cos_ep  # cos_ep from package kd-broken (entry point broken)" in out
