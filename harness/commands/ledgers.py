@@ -12,7 +12,29 @@ from harness.errors import UserError
 from harness.spec.cells import require_known
 from harness.tracking import ledger as ledger_format
 from harness.tracking.ledger import sha256_of
-from harness.tracking.transfer import export_records, import_records
+
+
+def add_parsers(sub, common: list) -> None:
+    """`harness export` and `harness import`."""
+    p = sub.add_parser("export", parents=common, help="write runs of the store to a run ledger (docs/ledger.md)",
+                       description="Finished and failed runs (students; the teacher runs they distilled from and the "
+                       "sweep runs that tuned them go with them) as a run ledger: JSON Lines with a manifest and "
+                       "its sha256. The same runs always give the same bytes.")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--suite", help="the runs of a suite's cells")
+    target.add_argument("--cells", nargs="+", metavar="CELL")
+    target.add_argument("--runs", nargs="+", metavar="RUN_ID", help="these MLflow runs (any role)")
+    p.add_argument("--out", required=True, help="the ledger file to write, e.g. results/digits/runs.jsonl")
+    p.add_argument("--with-teachers", action="store_true", help="also copy the cached teacher weights the "
+                   "runs distilled from into OUT.teachers/ (their sha256 in the manifest)")
+    p.add_argument("--with-trials", action="store_true", help="also the sweep trials' runs of the cells")
+
+    p = sub.add_parser("import", parents=common, help="merge run ledgers into the store",
+                       description="Adds each ledger's runs to the store, tagged with their origin. Importing twice "
+                       "adds nothing; a run the store has with other results is reported and skipped (exit 1), "
+                       "or kept beside it with --keep-both. Every ledger is checked before anything is written.")
+    p.add_argument("files", nargs="+", metavar="LEDGER")
+    p.add_argument("--keep-both", action="store_true", help="keep a conflicting record beside the store's run")
 
 
 def command_export(args, spec, tracking_uri: str) -> int:
@@ -25,6 +47,8 @@ def command_export(args, spec, tracking_uri: str) -> int:
     out = Path(args.out)
     if not out.parent.is_dir():
         raise UserError(f"cannot write {out}: {out.parent} is not a directory")
+    from harness.tracking.transfer import export_records
+
     exported = export_records(tracking_uri, cells, args.runs, args.with_trials)
     if not any(r["tags"].get("role") in ("student", "trial") for r in exported.records) and not args.runs:
         raise UserError(f"the store {tracking_uri} has no finished or failed runs of "
@@ -80,6 +104,8 @@ def command_import(args, spec, tracking_uri: str, home: Path) -> int:
     ledgers = ledger_format.read_all(args.files)  # every check before anything is written
     check_names(spec, ledgers)
     copies = teacher_copies(ledgers, home)
+    from harness.tracking.transfer import import_records
+
     outcome = import_records(tracking_uri, ledgers, args.keep_both)
     for source, destination in copies:
         if destination.exists() and sha256_of(destination) != sha256_of(source):

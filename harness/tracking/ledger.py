@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
-import pandas as pd
-
 from harness.errors import UserError
 
 FORMAT = 1  # bump on any change a reader of the previous version would misread
@@ -146,8 +144,10 @@ class Ledgers:
     def __str__(self) -> str:
         return "ledger " + ", ".join(str(ledger.path) for ledger in self.ledgers)
 
-    def frame(self, records: list[dict]) -> pd.DataFrame:
+    def frame(self, records: list[dict]):
         """Records as mlflow.search_runs' DataFrame: run_id, status, start/end time, metrics.*, params.*, tags.*."""
+        import pandas as pd
+
         rows = []
         for r in records:
             row = {"run_id": r["run_id"], "status": r["status"],
