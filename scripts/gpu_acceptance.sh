@@ -9,7 +9,7 @@
 # check is killed: the report keeps what was measured, says so, and the script exits 0.
 #
 # On a lent GPU (no network, no .git, no mlflow/optuna/pydantic): first, here, `bash scripts/gpu_carry.sh`
-# (wheels in .whl/, MNIST in .carry/, COMMIT), then send exactly this (about 6 minutes on one H100, so
+# (wheels in .whl/, MNIST in .carry/, COMMIT), then send exactly this (sized for 6 minutes on one H100, so
 # a rerun fits in the 15 minutes), and commit what comes back under results/perf/gpu/:
 #   run(command='bash scripts/gpu_acceptance.sh "$OUT"', carry=[".whl", ".carry", "COMMIT"], timeout_s=420)
 set -uo pipefail

@@ -200,16 +200,19 @@ def test_the_acceptance_script_runs_on_the_cpu_without_mlflow_or_optuna(tmp_path
     env = {k: v for k, v in os.environ.items() if k != "KD_HARNESS_DATA"}
     env["PYTHONPATH"] = str(stand_ins(tmp_path / "absent"))
     started = time.perf_counter()
-    result = subprocess.run(["bash", "scripts/gpu_acceptance.sh", "--device", "cpu", "--budget", "240", str(out)],
+    # the CPU compiles nothing by default
+    result = subprocess.run(["bash", "scripts/gpu_acceptance.sh", "--device", "cpu", "--budget", "420", "--sections",
+                             "resume", "bench", "folder", "methods", str(out)],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=540)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert time.perf_counter() - started < 240 + 90
+    assert time.perf_counter() - started < 420 + 90
     assert sorted(p.name for p in out.iterdir()) == ["ACCEPTANCE.md", "acceptance.json", "acceptance.log"]
     report = json.loads((out / "acceptance.json").read_text())
-    assert not report["errors"] and all(s.startswith("done") for s in report["sections"].values()), report["sections"]
+    assert not report["errors"] and report["sections"].pop("compile") == "not asked for"
+    assert all(s.startswith("done") for s in report["sections"].values()), report["sections"]
     assert {row["method"] for row in report["methods"]} == set(SPEC.methods)
-    assert all(row["status"] == "ok" and row["host_reads_per_step"] == 0 for row in report["methods"] if row["options"] == "fp32")
-    assert {row["options"] for row in report["methods"]} == {"fp32", "bf16", "fp16"}
+    assert all(row["status"] == "ok" and row["host_reads_per_step"] == 0 for row in report["methods"])
+    assert {row["options"] for row in report["methods"]} == {"fp32"}  # the CPU's: tests/test_gpu_path.py checks AMP
     resume = report["resume"]
     assert resume["status"] == "ok" and resume["exit_signal"] == "SIGKILL" and resume["resumed_from"] == [1, 0]
     assert report["bench"][0]["harness_over_bare"] > 0 and report["bench"][0]["epoch_seconds_50k"] > 0
