@@ -232,3 +232,17 @@ def test_the_script_stops_at_its_budget_with_a_report(tmp_path):
     assert report["sections"] == {"resume": "not asked for", "bench": "not run: past the budget", "folder": "not asked for",
                                   "methods": "not run: past the budget", "compile": "not asked for"}
     assert report["versions"]["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8" and "## Sections" in (out / "ACCEPTANCE.md").read_text()
+
+
+@pytest.mark.long
+def test_the_script_is_stopped_at_its_hard_limit_and_exits_0_with_its_report(tmp_path):
+    """A section that outlasts budget + grace (a resume check of 2,000 epochs) is killed: the report
+    written so far stays, says it was stopped, and the exit is 0."""
+    out = tmp_path / "acceptance"
+    env = dict(os.environ, KD_ACCEPTANCE_GRACE_S="15")
+    result = subprocess.run(["bash", "scripts/gpu_acceptance.sh", "--device", "cpu", "--budget", "30", "--sections",
+                             "resume", "--epochs", "2000", str(out)], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert json.loads((out / "acceptance.json").read_text())["sections"]["resume"] == "running"
+    assert "Killed at the hard limit of 45 s" in (out / "ACCEPTANCE.md").read_text()
