@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import warnings
 
@@ -194,6 +195,18 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command's exit code; a reader that stops early (`harness list | head`) ends it quietly."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, where a closed pipe is caught, rather than at the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # nothing more can be written; point stdout at /dev/null so that the exit's flush fails no more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE  # what a shell reports for a command ended by a closed pipe
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.argv = argv  # a launcher hands the same command to its workers
@@ -247,15 +260,18 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"harness: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        from harness.training.monitor import Interrupted
+
+        if not isinstance(e, Interrupted):
+            raise
+        again = "the same command without --force" if getattr(args, "force", False) else "the same command"
+        print(f"harness: interrupted: {e}; run {again} again to resume", file=sys.stderr)
+        return 130
     except Exception as e:
         from harness.running.lifecycle import TrainingFailed
-        from harness.training.monitor import Interrupted
 
         if isinstance(e, TrainingFailed):
             print(f"harness: training failed: {e}", file=sys.stderr)
             return 1
-        if isinstance(e, Interrupted):
-            again = "the same command without --force" if getattr(args, "force", False) else "the same command"
-            print(f"harness: interrupted: {e}; run {again} again to resume", file=sys.stderr)
-            return 130
         raise

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import sys
+import shlex
 from pathlib import Path
 
 from harness.errors import UserError
@@ -27,8 +27,7 @@ def command_report(args, spec, tracking_uri: str) -> int:
                        args.configs == "all")
     forest = claims_plot(args, spec, tracking_uri)
     if args.out and (args.out.endswith("/") or Path(args.out).is_dir()):
-        command = "harness report " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["report"] else sys.argv[1:])
-        images = render.write_directory(result, Path(args.out), command, forest)
+        images = render.write_directory(result, Path(args.out), shlex.join(["harness", *args.argv]), forest)
         print(f"wrote {Path(args.out)}/report.{{md,html,tex,csv}}, runs.md and {', '.join(images)}")
         return 0
     text = render.render(result, args.format, plots(result) | forest if args.format == "html" else None)
@@ -107,7 +106,7 @@ def command_audit(args, spec, tracking_uri: str) -> int:
     if out is not None and not out.parent.is_dir():
         raise UserError(f"cannot write {out}: {out.parent} is not a directory")
     result = audit.audit(spec, tracking_uri, suites, args.select, args.include_smoke, args.departures)
-    caption = audit_render.caption(result, args.select, "harness " + " ".join(sys.argv[1:]))
+    caption = audit_render.caption(result, args.select, shlex.join(["harness", *args.argv]))  # pastes as it ran
     if args.seeds_plan:
         text = seeds_plan.plan(result, spec)
     elif out is not None:  # the Markdown and each suite's forest plot beside it

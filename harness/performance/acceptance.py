@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import pickle
+import shlex
 import signal
 import statistics
 import subprocess
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     on_gpu = args.device == "cuda"
     option_sets = OPTION_SETS if on_gpu else {k: OPTION_SETS[k] for k in ("fp32", "bf16", "fp16")}
     started = time.perf_counter()
-    report = {"command": " ".join(["python -m harness.performance.acceptance", *(argv or sys.argv[1:])]),
+    report = {"command": shlex.join(["python", "-m", "harness.performance.acceptance", *(argv or sys.argv[1:])]),
               "versions": versions(torch.device("cuda" if on_gpu else "cpu")), "option_sets": list(option_sets), "errors": {}}
     # the resume check on MNIST where it lies (on the GPU); digits keeps the CPU mode inside CI's minutes
     mnist = on_gpu and args.data_root and (Path(args.data_root) / "MNIST" / "raw" / "train-images-idx3-ubyte").exists()
