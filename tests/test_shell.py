@@ -1,5 +1,6 @@
 """The harness in a shell (issue #41): a reader that stops early ends it quietly, and the commands it
-prints run as printed when pasted (shell-quoted with shlex.join)."""
+prints run as printed when pasted (shell-quoted with shlex.join); the README's set-up makes a virtual
+environment before it installs."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
 from harness.results import seeds_plan
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_list_into_a_closed_pipe_ends_quietly(home):
@@ -51,3 +55,14 @@ def test_a_seeds_plan_line_pastes_as_built(tmp_path):
     command, _, comment = line.partition("   # ")
     assert pasted(command, tmp_path) == ["run", "--cell", "c", "--seeds", "3", "--set", "kd.tau=2.0", "--epochs", "2"]
     assert comment.startswith("2 more run(s)")
+
+
+def test_the_readme_sets_up_a_virtual_environment_before_installing():
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"## Set up.*?```bash\n(.*?)```", readme, flags=re.S).group(1)
+    commands = [line.split("  #")[0].strip() for line in block.splitlines()]
+    assert commands[0].startswith("python3.11 -m venv .venv && source .venv/bin/activate")
+    # the two commands a user copies, which CI runs as they are written (.ci/run)
+    assert commands[1:] == ['pip install -e ".[dev]"', "python -m pytest"]
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert all(command in ci for command in commands[1:])
