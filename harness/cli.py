@@ -54,8 +54,12 @@ def build_parser() -> Parser:
     p.add_argument("--data-root", help="where --status looks for datasets (default: $KD_HARNESS_DATA or a user "
                    "cache dir)")
     p.add_argument("--estimate", action="store_true", help="with --suite: its runs and estimated device-hours, "
-                   "from a few timed training steps of each cell (and teacher to train) on this device")
-    p.add_argument("--device", default="auto", help="--estimate's device: auto (CUDA when present), cpu, cuda, cuda:N")
+                   "analytic (each network's FLOPs counted, for the --for target) unless --measure")
+    p.add_argument("--for", dest="target", choices=["h100", "a100", "cpu"], default="h100",
+                   help="--estimate's target: its sustained throughput turns counted FLOPs into hours (default h100)")
+    p.add_argument("--measure", action="store_true", help="--estimate from a few timed training steps of each cell "
+                   "(and teacher to train) on --device instead (minutes)")
+    p.add_argument("--device", default="auto", help="--measure's device: auto (CUDA when present), cpu, cuda, cuda:N")
 
     p = sub.add_parser("run", parents=common, help="train and track one cell (or a suite)",
                        description="Train the cell's teacher (or reuse the cached one), distil the student, "

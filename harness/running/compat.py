@@ -74,6 +74,24 @@ class Keys:
                          [self.method(name) for name in method_parts(cell.method)])
 
 
+def signatures_in(home: Path) -> dict:
+    """The models' cached signatures (what `harness list` has probed in this runs home)."""
+    return read_json(home / "compat.json").get("models", {})
+
+
+def pair_probe(spec: Spec, keys: Keys, signatures: dict, dataset: str, pair: str):
+    """The pair's probe from its models' signatures, each computed (into `signatures`) only if missing."""
+    from harness.running.probe import model_signature, signature_probe
+
+    members = []
+    for name, stages in keys.members(Cell(dataset, pair, "")):
+        key = keys.model(dataset, name, stages)
+        if key not in signatures:
+            signatures[key] = model_signature(spec, dataset, name, stages)
+        members.append(signatures[key])
+    return signature_probe(spec, pair, members)
+
+
 def mismatches(spec: Spec, cells: list[Cell], home: Path | None) -> dict[str, str | None]:
     """cell id -> why it cannot run (None: it can), cached in HOME/compat.json."""
     cache_path = home / "compat.json" if home is not None else None
@@ -83,23 +101,14 @@ def mismatches(spec: Spec, cells: list[Cell], home: Path | None) -> dict[str, st
     wanted = {cell.id: keys.cell(cell) for cell in cells}
     missing = [cell for cell in cells if verdicts.get(cell.id, [None])[0] != wanted[cell.id]]
     if missing:
-        from harness.running.probe import cell_mismatch, model_signature, signature_probe
+        from harness.running.probe import cell_mismatch
         from methods import validate_defaults
 
         validate_defaults(spec)
-
-        def probe(spec: Spec, dataset: str, pair: str):  # from the signatures, each model built once
-            members = []
-            for name, stages in keys.members(Cell(dataset, pair, "")):
-                key = keys.model(dataset, name, stages)
-                if key not in signatures:
-                    signatures[key] = model_signature(spec, dataset, name, stages)
-                members.append(signatures[key])
-            return signature_probe(spec, pair, members)
-
         probes: dict = {}
         for cell in missing:
-            verdicts[cell.id] = [wanted[cell.id], cell_mismatch(spec, cell, probes, probe)]
+            verdicts[cell.id] = [wanted[cell.id], cell_mismatch(
+                spec, cell, probes, lambda spec, dataset, pair: pair_probe(spec, keys, signatures, dataset, pair))]
         if cache_path is not None:
             write_json(cache_path, {"models": signatures, "verdicts": verdicts})
     return {cell.id: verdicts[cell.id][1] for cell in cells}

@@ -143,6 +143,16 @@ def signature_probe(spec: Spec, pair_name: str, signatures: list[dict]) -> Probe
     return probe_of(features[:-1], features[-1], pair, pair_name, batch_size=64)
 
 
+def set_up(spec: Spec, method_id: str, overrides: dict[str, dict], probe: Probe):
+    """The method's Objective, for its set-up checks and phases: its own modules on the meta device
+    (their shapes, without computing their initialisation), on the CPU where the set-up computes with them."""
+    try:
+        with torch.device("meta"):
+            return build_objective(spec, method_id, overrides, probe)
+    except (RuntimeError, NotImplementedError):
+        return build_objective(spec, method_id, overrides, probe)
+
+
 def cell_mismatch(spec: Spec, cell: Cell, probes: dict | None = None, make_probe=shape_probe) -> str | None:
     """Why the cell cannot run (the method's own set-up error), or None. `probes` memoises the
     probe (or its error) per (dataset, pair); `make_probe(spec, dataset, pair)` makes it (by default
@@ -160,11 +170,7 @@ def cell_mismatch(spec: Spec, cell: Cell, probes: dict | None = None, make_probe
     if isinstance(probes[key], str):
         return probes[key]
     try:
-        try:
-            with torch.device("meta"):  # the method's own modules: their shapes, without computing their initialisation
-                objective = build_objective(spec, cell.method, {}, probes[key])
-        except (RuntimeError, NotImplementedError):  # a set-up that computes with its modules: on the CPU
-            objective = build_objective(spec, cell.method, {}, probes[key])
+        objective = set_up(spec, cell.method, {}, probes[key])
         objective.check_teachers(len(spec.pairs[cell.pair].teacher_members(0)))
     except UserError as e:
         return str(e)
