@@ -100,14 +100,15 @@ def shape_probe(spec: Spec, dataset: str, pair_name: str) -> Probe:
     return make_probe(teachers, student, probe_batch(data), pair, pair_name, batch_size=64)
 
 
-def signature(features):
+def signature(features, batch: int = PROBE_BATCH):
     """The shapes and signs of features (all a method's set-up checks read: a hint's sign range, say),
-    JSON-ready: a tensor as {"tensor": shape, "nonneg": bool}, lists and dicts of them alike."""
+    JSON-ready: a tensor as {"tensor": shape, "nonneg": bool}, lists and dicts of them alike. Every
+    feature is per image: its first dimension is given as `batch`."""
     if isinstance(features, torch.Tensor):
-        return {"tensor": list(features.shape), "nonneg": bool((features >= 0).all())}
+        return {"tensor": [batch, *features.shape[1:]], "nonneg": bool((features >= 0).all())}
     if isinstance(features, dict):
-        return {name: signature(value) for name, value in features.items()}
-    return [signature(value) for value in features]
+        return {name: signature(value, batch) for name, value in features.items()}
+    return [signature(value, batch) for value in features]
 
 
 def from_signature(sig, generator: torch.Generator):
@@ -124,8 +125,8 @@ def model_signature(spec: Spec, dataset: str, model_name: str, stages: list[int]
     """The signature of a freshly built model's features on the dataset's probe batch, or
     {"error": why its stage taps do not fit}."""
     data = spec.datasets[dataset]
-    try:
-        return signature(model_features(build_model(spec.models[model_name], data), probe_batch(data), stages))
+    try:  # one image of the probe batch: the same shapes per image, half the compute
+        return signature(model_features(build_model(spec.models[model_name], data), probe_batch(data)[:1], stages))
     except (AssertionError, IndexError) as e:
         return {"error": str(e)}
 
