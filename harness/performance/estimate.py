@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, replace
+from pathlib import Path
 
 import torch
 
 from harness.data.data import Data, Split
 from harness.models import build_model
 from harness.performance.bench import median_step_seconds, untrained_teachers
+from harness.performance import flops
 from harness.performance.flops import TARGETS, Cost, Target, model_cost, step_seconds
-from harness.running.compat import Keys, pair_probe, signatures_in
+from harness.running.cache import digest_of, file_digest, read_json, write_json
+from harness.running.compat import MODEL_CODE, Keys, pair_probe, signatures_in
 from harness.running.plan import cell_overrides, resolve_device
 from harness.running.probe import set_up
 from harness.running.runner import Runner
@@ -118,20 +121,23 @@ def teachers_to_train(runner: Runner, taught: list[Cell], opts: RunOptions) -> t
 def analytic(runner: Runner, cells: list[Cell], opts: RunOptions, target: Target) -> tuple[list[Row], list[Row], int]:
     """As `estimate`, each step's time from counted FLOPs and operations (harness/performance/flops.py)."""
     spec, keys = runner.spec, Keys(runner.spec)
-    signatures, costs = signatures_in(runner.home), {}
+    signatures, cache_path = signatures_in(runner.home), runner.home / "flops.json"
+    costs, code = read_json(cache_path), file_digest([*MODEL_CODE, Path(flops.__file__)])
 
-    def cost(dataset: str, name: str) -> Cost:  # each network counted once
-        if (dataset, name) not in costs:
-            progress(f"counting the FLOPs of {dataset}/{name} ({len(costs) + 1} networks so far)")
-            costs[(dataset, name)] = model_cost(spec.models[name], spec.datasets[dataset])
-        return costs[(dataset, name)]
+    def cost(dataset: str, name: str) -> Cost:  # each network counted once, cached in the runs home
+        key = digest_of(code, spec.datasets[dataset].model_dump(mode="json"), spec.models[name].model_dump(mode="json"))
+        if key not in costs:
+            progress(f"counting the FLOPs of {dataset}/{name}")
+            costs[key] = astuple(model_cost(spec.models[name], spec.datasets[dataset]))
+        return Cost(*costs[key])
 
-    students, taught = [], []
+    students, taught, probes = [], [], {}
     for cell in cells:
         pair, dataset = spec.pairs[cell.pair], spec.datasets[cell.dataset]
         _, recipe = spec.recipe_for(cell.dataset, pair.student, suite=opts.suite)
-        probe = pair_probe(spec, keys, signatures, cell.dataset, cell.pair)
-        objective = set_up(spec, cell.method, cell_overrides(spec, cell, opts), probe)
+        if (cell.dataset, cell.pair) not in probes:
+            probes[(cell.dataset, cell.pair)] = pair_probe(spec, keys, signatures, cell.dataset, cell.pair)
+        objective = set_up(spec, cell.method, cell_overrides(spec, cell, opts), probes[(cell.dataset, cell.pair)])
         teachers = [cost(cell.dataset, name) for name, _ in pair.teacher_members(0)] if objective.needs_teacher else []
         _, seconds = step_seconds(recipe.batch_size, cost(cell.dataset, pair.student), teachers, target)
         epochs = sum(e for _, e in objective.phases(recipe.epochs))  # pre-phases counted as main steps
@@ -146,6 +152,7 @@ def analytic(runner: Runner, cells: list[Cell], opts: RunOptions, target: Target
         seconds = recipe.batch_size * train.train_flops / target.flops + train.train_ops * target.seconds_per_op
         teachers.append(Row(f"teacher {identity.dataset}/{name} ({identity.config['recipe_name']})",
                             recipe.epochs * (train_images(data) // recipe.batch_size), seconds))
+    write_json(cache_path, costs)
     return students, teachers, cached
 
 
