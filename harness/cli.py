@@ -220,7 +220,7 @@ def _main(argv: list[str] | None) -> int:
 
         spec = load_spec(args.spec)
         home = runs_home(args.home)
-        if args.command == "list":  # validates the methods' defaults unless its cache knows this spec
+        if args.command == "list":  # validates the methods' defaults unless its cache knows every listed cell
             return commands.command_list(args, spec, home)
         from harness.tracking.tracking import default_tracking_uri
 

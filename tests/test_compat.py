@@ -13,7 +13,7 @@ import pytest
 
 from harness.cli import main
 from harness.running import probe
-from harness.running.compat import mismatches
+from harness.running.compat import Keys, mismatches
 from harness.running.probe import cell_mismatch
 from harness.spec.cells import Cell
 from harness.spec.spec import load_spec
@@ -66,6 +66,16 @@ def test_a_cell_is_checked_again_when_its_pair_changes(home):
         update={"stages": pairs["resnet20-resnet8"].stages.model_copy(update={"teacher": [99]})})
     changed = SPEC.model_copy(update={"pairs": pairs})
     assert all("stage taps [99] do not fit" in v for v in mismatches(changed, cells, home).values())
+
+
+def test_a_method_from_outside_methods_is_keyed_by_its_file(tmp_path, monkeypatch):
+    (tmp_path / "my_kd.py").write_text("from methods.kd import KD as MyKD\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    methods = dict(SPEC.methods) | {"my_kd": SPEC.methods["kd"].model_copy(update={"class_": "my_kd.MyKD"})}
+    spec, cell = SPEC.model_copy(update={"methods": methods}), Cell("digits", "resnet20-resnet8", "my_kd")
+    before = Keys(spec).cell(cell)
+    (tmp_path / "my_kd.py").write_text("from methods.kd import KD as MyKD  # edited\n")
+    assert Keys(spec).cell(cell) != before
 
 
 def test_a_cold_list_on_a_fresh_runs_home_is_quick(tmp_path):

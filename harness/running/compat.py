@@ -5,7 +5,7 @@ on every listed cell, cached in the runs home (compat.json) by what decides each
   (the only thing a set-up check reads of a model), keyed by the dataset's and the model's spec, the
   taps and the code of the models and the probe; built once per model, not once per pair;
 - per cell: its verdict, keyed by its models' keys, the pair's spec, and each method part's spec
-  and code (its file in methods/, the files of methods/ it imports, the shared ones).
+  and code (its file in methods/ or outside, the files of methods/ it imports, the shared ones).
 
 So adding a method checks only that method's cells, from cached model signatures, without building
 a model; a warm cache lists without importing torch at all.
@@ -13,6 +13,7 @@ a model; a warm cache lists without importing torch at all.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -27,15 +28,23 @@ SHARED_METHOD_CODE = [METHODS / "__init__.py", METHODS / "base.py", METHODS / "c
 IMPORT = re.compile(r"^\s*from methods\.(\w+) import", re.M)
 
 
-def method_files(module: str) -> set[Path]:
-    """methods/MODULE.py and the files of methods/ it imports, transitively."""
-    files, todo = set(), [module]
+def method_files(class_path: str) -> list[Path]:
+    """The code of a method's class: methods/MODULE.py and the files of methods/ it imports,
+    transitively; a class from outside methods/, its module's file (found without running it)."""
+    module = class_path.rpartition(".")[0]
+    if not module.startswith("methods."):
+        try:
+            found = importlib.util.find_spec(module)
+        except (ImportError, ValueError):  # no such module: the method's validation says so
+            return []
+        return [Path(found.origin)] if found is not None and found.has_location else []
+    files, todo = set(), [module.removeprefix("methods.")]
     while todo:
         path = METHODS / f"{todo.pop()}.py"
         if path not in files and path.exists():
             files.add(path)
             todo += IMPORT.findall(path.read_text())
-    return files
+    return sorted(files)
 
 
 class Keys:
@@ -63,8 +72,7 @@ class Keys:
     def method(self, name: str) -> str:
         if name not in self.methods:
             method = self.spec.methods[name]
-            module = method.class_.rpartition(".")[0].removeprefix("methods.")  # outside methods/: its name only
-            code = file_digest(sorted(method_files(module)) + SHARED_METHOD_CODE)
+            code = file_digest(method_files(method.class_) + SHARED_METHOD_CODE)
             self.methods[name] = digest_of(method.model_dump(mode="json"), code)
         return self.methods[name]
 
