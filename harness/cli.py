@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import warnings
 
@@ -56,8 +57,12 @@ def build_parser() -> Parser:
     p.add_argument("--data-root", help="where --status looks for datasets (default: $KD_HARNESS_DATA or a user "
                    "cache dir)")
     p.add_argument("--estimate", action="store_true", help="with --suite: its runs and estimated device-hours, "
-                   "from a few timed training steps of each cell (and teacher to train) on this device")
-    p.add_argument("--device", default="auto", help="--estimate's device: auto (CUDA when present), cpu, cuda, cuda:N")
+                   "analytic (each network's FLOPs counted, for the --for target) unless --measure")
+    p.add_argument("--for", dest="target", choices=["h100", "a100", "cpu"], default="h100",
+                   help="--estimate's target: its sustained throughput turns counted FLOPs into hours (default h100)")
+    p.add_argument("--measure", action="store_true", help="--estimate from a few timed training steps of each cell "
+                   "(and teacher to train) on --device instead (minutes)")
+    p.add_argument("--device", default="auto", help="--measure's device: auto (CUDA when present), cpu, cuda, cuda:N")
 
     p = sub.add_parser("run", parents=common, help="train and track one cell (or a suite)",
                        description="Train the cell's teacher (or reuse the cached one), distil the student, "
@@ -155,15 +160,12 @@ def build_parser() -> Parser:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--suite")
     target.add_argument("--cells", nargs="+", metavar="CELL")
-    p.add_argument("--select", choices=["last", "best-val"], default="last",
-                   help="test accuracy at the last epoch (default) or at the best validation epoch")
     p.add_argument("--format", choices=["md", "html", "latex", "csv"], default="md")
     p.add_argument("--out", help="a file for --format, or a directory (ending in /) for every format and the plots")
-    p.add_argument("--include-smoke", action="store_true", help="count --smoke runs too")
     p.add_argument("--departures", metavar="'none'|'epochs=N teacher_epochs=M'",
                    help="the recipe setting to show (cells are only compared at one; default: the one that "
                    "covers the most cells, then the recipe as stated)")
-    store_commands.add_from(p)
+    store_commands.add_reading_options(p)
     p.add_argument("--with-method", action="append", metavar="METHOD", help="with --suite: METHOD's rows beside "
                    "the suite's, on every pair where it can run (repeatable)")
     p.add_argument("--configs", choices=["one", "all"], default="one",
@@ -181,10 +183,8 @@ def build_parser() -> Parser:
                    help="an ad-hoc claim instead of a suite's, e.g. 'sp > kd' (methods of --cells' one dataset and "
                    "pair, or cell ids; repeatable)")
     p.add_argument("--cells", nargs="+", metavar="CELL", help="with --claim: the cells its methods name")
-    p.add_argument("--select", choices=["last", "best-val"], default="last",
-                   help="test accuracy at the last epoch (default) or at the best validation epoch")
     p.add_argument("--out", help="write the Markdown audit to this file (each suite's forest plot beside it)")
-    store_commands.add_from(p)
+    store_commands.add_reading_options(p)
     p.add_argument("--with-method", action="append", metavar="METHOD", help="with --suite: the claims 'METHOD > X' "
                    "for every method X of the suite on each of its pairs where METHOD can run, Holm-corrected with "
                    "the suite's (repeatable)")
@@ -192,7 +192,6 @@ def build_parser() -> Parser:
                    "and --seeds-plan size seeds for where a claim has no paper difference (ad-hoc, --with-method)")
     p.add_argument("--seeds-plan", action="store_true", help="with --suite: print the `harness run` commands "
                    "that would give each inconclusive claim the seeds its power figure needs, with their cost")
-    p.add_argument("--include-smoke", action="store_true", help="count --smoke runs too")
     p.add_argument("--departures", metavar="'none'|'epochs=N teacher_epochs=M'",
                    help="with --suite: audit the runs at this recipe setting (default: per suite, the report's rule)")
 
@@ -221,6 +220,18 @@ def import_method(name, method):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command's exit code; a reader that stops early (`harness list | head`) ends it quietly."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, where a closed pipe is caught, rather than at the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # nothing more can be written; point stdout at /dev/null so that the exit's flush fails no more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE  # what a shell reports for a command ended by a closed pipe
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.argv = argv  # a launcher hands the same command to its workers
@@ -234,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             spec = with_method.with_methods(spec, with_method.suites_of(args), args.with_method, home)
         if args.command == "new-method":
             return new_method.command_new_method(args, spec)
-        if args.command == "list":  # validates the methods' defaults unless its cache knows this spec
+        if args.command == "list":  # validates the methods' defaults unless its cache knows every listed cell
             return commands.command_list(args, spec, home)
         from harness.tracking.tracking import default_tracking_uri
 
@@ -245,28 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         from methods import validate_defaults
 
         validate_defaults(spec)
-        from harness.running.runner import Runner
-
-        if args.command in ("report", "audit"):
-            from harness.tracking.ledger import Ledgers
-
-            source = Ledgers(args.ledgers) if args.ledgers else tracking_uri
-            command = store_commands.command_report if args.command == "report" else store_commands.command_audit
-            return command(args, spec, source)
-        if args.command == "export":
-            return ledgers.command_export(args, spec, tracking_uri)
-        if args.command == "import":
-            return ledgers.command_import(args, spec, tracking_uri, home)
-        if args.command == "clean":
-            from harness.commands.clean import command_clean
-
-            return command_clean(args, home, tracking_uri)
-        if args.command == "ui":
-            from harness.commands.ui import command_ui
-
-            return command_ui(args, tracking_uri, home)
-        if args.command == "card":
-            return with_method.command_card(args, spec, home, tracking_uri)
+        if args.command in store_commands.WITHOUT_TRAINING:
+            return store_commands.without_training(args, spec, home, tracking_uri)
         from harness.training import distributed
 
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command not in ("run", "teacher"):
@@ -274,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         context = distributed.from_environment(getattr(args, "device", "auto"))
         if not context.is_main:  # rank 0 speaks for all
             sys.stdout = open(os.devnull, "w")
+        from harness.running.runner import Runner
+
         runner = Runner(spec, home, tracking_uri, context)
         from harness.commands.teachers import command_teacher
 
@@ -286,15 +279,18 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"harness: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        from harness.training.monitor import Interrupted
+
+        if not isinstance(e, Interrupted):
+            raise
+        again = "the same command without --force" if getattr(args, "force", False) else "the same command"
+        print(f"harness: interrupted: {e}; run {again} again to resume", file=sys.stderr)
+        return 130
     except Exception as e:
         from harness.running.lifecycle import TrainingFailed
-        from harness.training.monitor import Interrupted
 
         if isinstance(e, TrainingFailed):
             print(f"harness: training failed: {e}", file=sys.stderr)
             return 1
-        if isinstance(e, Interrupted):
-            again = "the same command without --force" if getattr(args, "force", False) else "the same command"
-            print(f"harness: interrupted: {e}; run {again} again to resume", file=sys.stderr)
-            return 130
         raise

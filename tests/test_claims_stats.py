@@ -209,7 +209,7 @@ def test_seeds_plan_reproduces_a_cells_configuration():
     assert not seeds_plan.suite_bound(spec, "lpl_table3_sigma10", "mnist/maxout3-maxout6/kd")
     assert seeds_plan.suite_bound(spec, "nst_table3", "imagenet/resnet101-incbnfull/kd")  # the suite's recipe
     runs = pd.DataFrame({"overrides": ["kd.tau=2.0 epochs=2 teacher_epochs=1"]})
-    assert seeds_plan.flags([runs]) == "--set kd.tau=2.0 --epochs 2 --teacher-epochs 1"
+    assert seeds_plan.flags([runs]) == ["--set", "kd.tau=2.0", "--epochs", "2", "--teacher-epochs", "1"]
     assert seeds_plan.missing(pd.DataFrame({"tags.seed": ["0", "2"]}), 4) == 2  # seeds 1 and 3
 
 

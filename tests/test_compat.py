@@ -4,12 +4,18 @@ models and a random batch of the dataset's shape, before any data or training.""
 from __future__ import annotations
 
 import json
+import resource
+import subprocess
+import sys
+import time
 
 import pytest
 
 from harness.cli import main
-from harness.running.compat import fingerprint, mismatches
+from harness.running import probe
+from harness.running.compat import Keys, mismatches
 from harness.running.probe import cell_mismatch
+from harness.spec.cells import Cell
 from harness.spec.spec import load_spec
 
 SPEC = load_spec(None)
@@ -32,17 +38,60 @@ def test_list_hides_the_cells_a_method_refuses_and_all_says_why(home, capsys):
     assert len(everything) > len(listed)
 
 
-def test_the_verdicts_are_cached_under_the_spec_and_code_fingerprint(home, capsys):
-    cells = SPEC.cells(dataset="digits")[:3]
+def test_verdicts_are_cached_per_cell_and_adding_a_method_checks_only_its_cells(home, monkeypatch):
+    cells = [Cell("digits", "resnet20-resnet8", method) for method in ("kd", "at", "fitnet")]
     assert all(v is None for v in mismatches(SPEC, cells, home).values())
     stored = json.loads((home / "compat.json").read_text())
-    assert stored["fingerprint"] == fingerprint(SPEC) and set(stored["verdicts"]) == {c.id for c in cells}
-    stored["verdicts"][cells[0].id] = "a verdict only the cache holds"
+    assert set(stored["verdicts"]) == {c.id for c in cells} and len(stored["models"]) == 2  # teacher, student
+    stored["verdicts"][cells[0].id][1] = "a verdict only the cache holds"
     (home / "compat.json").write_text(json.dumps(stored))
     assert mismatches(SPEC, cells, home)[cells[0].id] == "a verdict only the cache holds"  # read, not recomputed
-    stored["fingerprint"] = "stale"
-    (home / "compat.json").write_text(json.dumps(stored))
-    assert mismatches(SPEC, cells, home)[cells[0].id] is None  # another spec or code: computed again
+
+    # a new method (kd under another name): only its cell is checked, and no model is built
+    methods = dict(SPEC.methods) | {"kd_hot": SPEC.methods["kd"]}
+    spec = SPEC.model_copy(update={"methods": methods})
+    checked = []
+    monkeypatch.setattr(probe, "cell_mismatch", lambda spec, cell, *args: checked.append(cell.id))
+    monkeypatch.setattr(probe, "model_signature", lambda *args: pytest.fail("a model was built"))
+    new = Cell("digits", "resnet20-resnet8", "kd_hot")
+    verdicts = mismatches(spec, cells + [new], home)
+    assert checked == [new.id] and verdicts[cells[0].id] == "a verdict only the cache holds"
+
+
+def test_a_cell_is_checked_again_when_its_pair_changes(home):
+    cells = [c for c in SPEC.cells(dataset="digits") if c.pair == "resnet20-resnet8"][:2]
+    mismatches(SPEC, cells, home)
+    pairs = dict(SPEC.pairs)
+    pairs["resnet20-resnet8"] = pairs["resnet20-resnet8"].model_copy(
+        update={"stages": pairs["resnet20-resnet8"].stages.model_copy(update={"teacher": [99]})})
+    changed = SPEC.model_copy(update={"pairs": pairs})
+    assert all("stage taps [99] do not fit" in v for v in mismatches(changed, cells, home).values())
+
+
+def test_a_method_from_outside_methods_is_keyed_by_its_file(tmp_path, monkeypatch):
+    (tmp_path / "my_kd.py").write_text("from methods.kd import KD as MyKD\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    methods = dict(SPEC.methods) | {"my_kd": SPEC.methods["kd"].model_copy(update={"class_": "my_kd.MyKD"})}
+    spec, cell = SPEC.model_copy(update={"methods": methods}), Cell("digits", "resnet20-resnet8", "my_kd")
+    before = Keys(spec).cell(cell)
+    (tmp_path / "my_kd.py").write_text("from methods.kd import KD as MyKD  # edited\n")
+    assert Keys(spec).cell(cell) != before
+
+
+def test_a_cold_list_on_a_fresh_runs_home_is_quick(tmp_path):
+    """The first `harness list` of a runs home (CI, a new machine, a container): every cell checked
+    from one probe per model. CPU seconds of the process, so that other jobs' load does not count."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "harness", "--home", str(tmp_path / "home"), "list", "--all"],
+                          capture_output=True, text=True, timeout=600)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == len(SPEC.cells())
+    print(f"cold harness list --all: {cpu:.1f} CPU s, {wall:.1f} s wall")
+    assert cpu < 20, f"{cpu:.1f} CPU seconds ({wall:.1f} s wall)"
 
 
 @pytest.mark.parametrize("dataset", ["digits", "mnist"])

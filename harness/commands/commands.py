@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -79,7 +80,8 @@ def command_list(args, spec, home: Path) -> int:
     dropped = [cell_id for cell_id, reason in verdicts.items() if reason is not None]
     if args.suite and dropped and not args.all:  # a suite's cell that cannot run is the suite's defect: say so
         print(f"harness: {len(dropped)} of suite {args.suite}'s {len(cells)} cells cannot run and are not listed "
-              f"(e.g. {dropped[0]}); `harness list --suite {args.suite} --all` says why", file=sys.stderr)
+              f"(e.g. {dropped[0]}); `{shlex.join(['harness', 'list', '--suite', args.suite, '--all'])}` says why",
+              file=sys.stderr)
     return 0
 
 
@@ -240,7 +242,7 @@ def command_perf(args, spec, runner) -> int:
     for name in ("--steps", "--warmup", "--seeds"):
         _positive(name, getattr(args, name.strip("-")))
     text = perf.record(runner, args.bench, args.cell, args.seeds, args.options, _options(args), args.steps,
-                       args.warmup, "harness " + " ".join(args.argv))
+                       args.warmup, shlex.join(["harness", *args.argv]))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")

@@ -3,14 +3,47 @@
 
 from __future__ import annotations
 
-import sys
+import shlex
 from pathlib import Path
 
 from harness.errors import UserError
 from harness.spec.cells import require_known
 
 
-def add_from(parser) -> None:
+WITHOUT_TRAINING = ("report", "audit", "export", "import", "clean", "ui", "card")
+
+
+def without_training(args, spec, home: Path, tracking_uri: str) -> int:
+    """The commands that read the store (or ledgers), or fill it from ledgers, and train nothing."""
+    if args.command in ("report", "audit"):
+        from harness.tracking.ledger import Ledgers
+
+        source = Ledgers(args.ledgers) if args.ledgers else tracking_uri
+        return (command_report if args.command == "report" else command_audit)(args, spec, source)
+    if args.command in ("export", "import"):
+        from harness.commands import ledgers
+
+        if args.command == "export":
+            return ledgers.command_export(args, spec, tracking_uri)
+        return ledgers.command_import(args, spec, tracking_uri, home)
+    if args.command == "clean":
+        from harness.commands.clean import command_clean
+
+        return command_clean(args, home, tracking_uri)
+    if args.command == "ui":
+        from harness.commands.ui import command_ui
+
+        return command_ui(args, tracking_uri, home)
+    from harness.commands import with_method
+
+    return with_method.command_card(args, spec, home, tracking_uri)
+
+
+def add_reading_options(parser) -> None:
+    """What report and audit read: which epoch's accuracy, smoke runs or not, a store or ledgers."""
+    parser.add_argument("--select", choices=["last", "best-val"], default="last",
+                        help="test accuracy at the last epoch (default) or at the best validation epoch")
+    parser.add_argument("--include-smoke", action="store_true", help="count --smoke runs too")
     parser.add_argument("--from", dest="ledgers", nargs="+", metavar="LEDGER",
                         help="read the runs from run ledgers instead of the store (docs/ledger.md)")
 
@@ -32,8 +65,7 @@ def command_report(args, spec, tracking_uri: str) -> int:
                        args.configs == "all")
     forest = claims_plot(args, spec, tracking_uri)
     if args.out and (args.out.endswith("/") or Path(args.out).is_dir()):
-        command = "harness report " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["report"] else sys.argv[1:])
-        images = render.write_directory(result, Path(args.out), command, forest)
+        images = render.write_directory(result, Path(args.out), shlex.join(["harness", *args.argv]), forest)
         print(f"wrote {Path(args.out)}/report.{{md,html,tex,csv}}, runs.md and {', '.join(images)}")
         return 0
     text = render.render(result, args.format, plots(result) | forest if args.format == "html" else None)
@@ -114,7 +146,7 @@ def command_audit(args, spec, tracking_uri: str) -> int:
     if args.effect is not None and not args.effect > 0:
         raise UserError(f"--effect is a positive difference in accuracy points, got {args.effect}")
     result = audit.audit(spec, tracking_uri, suites, args.select, args.include_smoke, args.departures, args.effect)
-    caption = audit_render.caption(result, args.select, "harness " + " ".join(sys.argv[1:]))
+    caption = audit_render.caption(result, args.select, shlex.join(["harness", *args.argv]))
     if args.seeds_plan:
         text = seeds_plan.plan(result, spec)
     elif out is not None:  # the Markdown and each suite's forest plot beside it

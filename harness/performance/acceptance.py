@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import pickle
+import shlex
 import sys
 import tempfile
 import time
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     compiled = list(runner.spec.methods) if compiled == ["all"] else compiled
     # the CPU: fp32 only (each method's bf16/fp16 step is checked against it in tests/test_gpu_path.py)
     eager_sets = EAGER_SETS if on_gpu else {"fp32": EAGER_SETS["fp32"]}
-    report = {"command": " ".join(["python -m harness.performance.acceptance", *(argv if argv is not None else sys.argv[1:])]),
+    report = {"command": shlex.join(["python", "-m", "harness.performance.acceptance", *(argv if argv is not None else sys.argv[1:])]),
               "budget_s": args.budget, "versions": versions(torch.device("cuda" if on_gpu else "cpu")),
               "sections": {name: "to run" if name in args.sections else "not asked for" for name in SECTIONS},
               "errors": {}}

@@ -1,23 +1,33 @@
 """`harness list --suite S --estimate`: what a suite costs before it is launched.
 
 Its runs (one per cell and seed) and the teachers it would train (those not cached in this runs
-home), and device-hours from a short bench on this device: a few timed training steps of every
-cell, and of every teacher to train, on synthetic batches of the dataset's shape held on the device
-(the engine's own train step, harness/performance/bench.py's timer), times the steps of the recipe's epochs.
-Compute only: data loading, evaluation and checkpoints are not counted, nor torch.compile.
+home), and device-hours per run: the recipe's optimizer steps (every phase's epochs) times a step's
+time. By default the step's time is analytic, for a named target (`--for h100|a100|cpu`,
+harness/performance/flops.py): each network's FLOPs and operations counted once, answered in seconds
+on any machine. With `--measure`, a few training steps of every cell and of every teacher to train
+are timed on this device instead, on synthetic batches of the dataset's shape (the engine's own train
+step, harness/performance/bench.py's timer). Compute only: data loading, evaluation and checkpoints
+are not counted, nor torch.compile.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+import sys
+from dataclasses import astuple, dataclass, replace
+from pathlib import Path
 
 import torch
 
 from harness.data.data import Data, Split
 from harness.models import build_model
 from harness.performance.bench import median_step_seconds, untrained_teachers
-from harness.running.plan import resolve_device
+from harness.performance import flops
+from harness.performance.flops import TARGETS, Cost, Target, model_cost, step_seconds
+from harness.running.cache import digest_of, file_digest, read_json, write_json
+from harness.running.compat import MODEL_CODE, Keys, pair_probe, signatures_in
+from harness.running.plan import cell_overrides, resolve_device
+from harness.running.probe import set_up
 from harness.running.runner import Runner
 from harness.spec.cells import Cell
 from harness.spec.options import RunOptions
@@ -86,34 +96,92 @@ def teacher_row(runner: Runner, dataset: str, model_name: str, opts: RunOptions)
 
 
 def estimate(runner: Runner, cells: list[Cell], opts: RunOptions) -> tuple[list[Row], list[Row], int]:
-    """(a row per cell, a row per teacher to train, how many of the suite's teachers are cached)."""
-    students, needed = [], {}
-    for cell in cells:
+    """Measured: (a row per cell, a row per teacher to train, how many of the suite's teachers are cached)."""
+    students, taught = [], []
+    for i, cell in enumerate(cells):
+        progress(f"timing {cell.id} ({i + 1} of {len(cells)} cells)")
         plan = runner.plan(cell, opts)
         students.append(student_row(runner, plan))
-        if plan.objective.needs_teacher:
-            for name, seed in plan.pair.teacher_members(opts.teacher_seed):
-                member = replace(opts, teacher_seed=seed)
-                needed[(cell.dataset, name, seed)] = (member, runner.teacher_identity(cell.dataset, name, member).path)
+        taught += [cell] if plan.objective.needs_teacher else []
+    to_train, cached = teachers_to_train(runner, taught, opts)
+    return students, [teacher_row(runner, dataset, name, member) for dataset, name, member in to_train], cached
+
+
+def teachers_to_train(runner: Runner, taught: list[Cell], opts: RunOptions) -> tuple[list[tuple], int]:
+    """((dataset, model, options) of each teacher of the `taught` cells that is not cached, how many are)."""
+    needed = {}
+    for cell in taught:
+        for name, seed in runner.spec.pairs[cell.pair].teacher_members(opts.teacher_seed):
+            member = replace(opts, teacher_seed=seed)
+            needed[(cell.dataset, name, seed)] = (member, runner.teacher_identity(cell.dataset, name, member).path)
     to_train = [(dataset, name, member) for (dataset, name, _), (member, path) in needed.items() if not path.exists()]
-    teachers = [teacher_row(runner, dataset, name, member) for dataset, name, member in to_train]
-    return students, teachers, len(needed) - len(to_train)
+    return to_train, len(needed) - len(to_train)
+
+
+def analytic(runner: Runner, cells: list[Cell], opts: RunOptions, target: Target) -> tuple[list[Row], list[Row], int]:
+    """As `estimate`, each step's time from counted FLOPs and operations (harness/performance/flops.py)."""
+    spec, keys = runner.spec, Keys(runner.spec)
+    signatures, cache_path = signatures_in(runner.home), runner.home / "flops.json"
+    costs, code = read_json(cache_path), file_digest([*MODEL_CODE, Path(flops.__file__)])
+
+    def cost(dataset: str, name: str) -> Cost:  # each network counted once, cached in the runs home
+        key = digest_of(code, spec.datasets[dataset].model_dump(mode="json"), spec.models[name].model_dump(mode="json"))
+        if key not in costs:
+            progress(f"counting the FLOPs of {dataset}/{name}")
+            costs[key] = astuple(model_cost(spec.models[name], spec.datasets[dataset]))
+        return Cost(*costs[key])
+
+    students, taught, probes = [], [], {}
+    for cell in cells:
+        pair, dataset = spec.pairs[cell.pair], spec.datasets[cell.dataset]
+        _, recipe = spec.recipe_for(cell.dataset, pair.student, suite=opts.suite)
+        if (cell.dataset, cell.pair) not in probes:
+            probes[(cell.dataset, cell.pair)] = pair_probe(spec, keys, signatures, cell.dataset, cell.pair)
+        objective = set_up(spec, cell.method, cell_overrides(spec, cell, opts), probes[(cell.dataset, cell.pair)])
+        teachers = [cost(cell.dataset, name) for name, _ in pair.teacher_members(0)] if objective.needs_teacher else []
+        _, seconds = step_seconds(recipe.batch_size, cost(cell.dataset, pair.student), teachers, target)
+        epochs = sum(e for _, e in objective.phases(recipe.epochs))  # pre-phases counted as main steps
+        students.append(Row(cell.id, epochs * (train_images(dataset) // recipe.batch_size), seconds))
+        taught += [cell] if objective.needs_teacher else []
+    to_train, cached = teachers_to_train(runner, taught, opts)
+    teachers = []
+    for dataset, name, member in to_train:
+        identity = runner.teacher_identity(dataset, name, member)
+        recipe, data = identity.recipe, spec.datasets[identity.dataset]
+        train = cost(identity.dataset, name)
+        seconds = recipe.batch_size * train.train_flops / target.flops + train.train_ops * target.seconds_per_op
+        teachers.append(Row(f"teacher {identity.dataset}/{name} ({identity.config['recipe_name']})",
+                            recipe.epochs * (train_images(data) // recipe.batch_size), seconds))
+    write_json(cache_path, costs)
+    return students, teachers, cached
+
+
+def progress(line: str) -> None:
+    print(f"harness list --estimate: {line}", file=sys.stderr, flush=True)
 
 
 def command_estimate(args, spec, home, cells: list[Cell]) -> int:
     runner = Runner(spec, home, tracking_uri="")  # nothing is tracked
     opts = RunOptions(suite=args.suite, device=args.device, progress=False)
-    students, teachers, cached = estimate(runner, cells, opts)
-    device = resolve_device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {cpu_name()}"
+    if args.measure:
+        students, teachers, cached = estimate(runner, cells, opts)
+        device = resolve_device(args.device)
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {cpu_name()}"
+        how = f"measured on {where}: {STEPS} steps each after {WARMUP} warm-up, fp32"
+    else:
+        target = TARGETS[args.target]
+        students, teachers, cached = analytic(runner, cells, opts, target)
+        how = (f"analytic, for {target.name} (--for {args.target}): FLOPs and operations counted per network, at "
+               f"{target.flops / 1e12:.3g} TFLOP/s sustained and {target.seconds_per_op * 1e6:.0f} µs per operation "
+               f"({target.source}); --measure times steps on this device instead")
     print(f"{args.suite}: {len(students)} student runs per seed, {len(teachers)} teachers to train ({cached} cached "
-          f"in {home}); timed on {where}: {STEPS} steps each after {WARMUP} warm-up, fp32")
+          f"in {home}); {how}")
     width = max(len(r.name) for r in students + teachers)
     print(f"  {'run':<{width}}  {'steps':>11}  {'ms/step':>9}  {'hours':>8}")
     for row in students + teachers:
         print(f"  {row.name:<{width}}  {row.steps:>11,}  {1000 * row.seconds_per_step:>9.1f}  {row.hours:>8.2f}")
     student_hours, teacher_hours = (math.fsum(r.hours for r in rows) for rows in (students, teachers))
-    print(f"estimated device-hours: {student_hours:.1f} per seed for the students + {teacher_hours:.1f} for the "
-          f"teachers = {student_hours + teacher_hours:.1f} for one seed (compute only: synthetic batches on the "
-          "device; data loading, evaluation, checkpoints and torch.compile are not counted)")
+    print(f"estimated device-hours ({'measured' if args.measure else 'analytic'}): {student_hours:.1f} per seed for "
+          f"the students + {teacher_hours:.1f} for the teachers = {student_hours + teacher_hours:.1f} for one seed "
+          "(compute only: data loading, evaluation, checkpoints and torch.compile are not counted)")
     return 0

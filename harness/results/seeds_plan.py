@@ -11,6 +11,7 @@ says so instead of printing a command. A command two suites share is printed (an
 from __future__ import annotations
 
 import math
+import shlex
 
 import pandas as pd
 
@@ -37,11 +38,12 @@ def suite_bound(spec: Spec, suite: str, cell: str) -> bool:
     return bool(s.recipe or s.teacher_recipe or set(s.overrides) & set(method_parts(cell.split("/")[2])))
 
 
-def flags(frames: list[pd.DataFrame]) -> str:
-    """The runs' departures (their `overrides` tags) as `harness run` flags: --set, --epochs, --teacher-epochs."""
+def flags(frames: list[pd.DataFrame]) -> list[str]:
+    """The runs' departures (their `overrides` tags) as `harness run` arguments: --set, --epochs, --teacher-epochs."""
     items = sorted({i for runs in frames if len(runs) for i in runs["overrides"].iloc[0].split()})
-    recipe = [f"--{k.replace('_', '-')} {v}" for k, v in (i.split("=", 1) for i in items) if k in RECIPE_DEPARTURES]
-    return " ".join([f"--set {i}" for i in items if i.split("=", 1)[0] not in RECIPE_DEPARTURES] + recipe)
+    recipe = [[f"--{k.replace('_', '-')}", v] for k, v in (i.split("=", 1) for i in items) if k in RECIPE_DEPARTURES]
+    sets = [["--set", i] for i in items if i.split("=", 1)[0] not in RECIPE_DEPARTURES]
+    return [arg for pair in sets + recipe for arg in pair]
 
 
 def missing(runs: pd.DataFrame, n: int) -> int:
@@ -80,19 +82,21 @@ def _of(runs: pd.DataFrame, cell: str) -> pd.DataFrame:
     return runs[runs["tags.cell"] == cell] if not runs.empty else runs
 
 
-def command(target: str, seeds: dict[str, int], runs: pd.DataFrame) -> tuple[str, float]:
+def command(target: list[str], seeds: dict[str, int], runs: pd.DataFrame) -> tuple[str, float]:
     """The `harness run` line that brings each cell of `seeds` to its count of seeds, with the number
     of runs it adds and their cost as a comment; and that cost (NaN where a cell has no timed run)."""
     swept = sorted({s for cell in seeds for s in budgets.studies(_of(runs, cell))})
     if swept:
-        return (f"# {target}: retrained from sweep {', '.join(swept)} (train + validation, its best trial), which "
+        return (f"# {' '.join(target)}: retrained from sweep {', '.join(swept)} (train + validation, its best trial), which "
                 f"`harness run` does not reproduce: more seeds come from that sweep's --final-seeds "
                 f"{max(seeds.values())}"), 0.0
     more = {cell: missing(_of(runs, cell), n) for cell, n in seeds.items()}
     if not any(more.values()):
-        return f"# harness run {target}: already has the seeds asked for; the claim stays inconclusive", 0.0
+        return (f"# {shlex.join(['harness', 'run', *target])}: already has the seeds asked for; the claim stays "
+                "inconclusive"), 0.0
     cost = sum(k * epoch_cost(_of(runs, cell)) for cell, k in more.items() if k)
-    line = f"harness run {target} --seeds {max(seeds.values())} {flags([_of(runs, c) for c in seeds])}".rstrip()
+    argv = ["harness", "run", *target, "--seeds", str(max(seeds.values())), *flags([_of(runs, c) for c in seeds])]
+    line = shlex.join(argv)  # pasted into a shell, it runs as printed
     return f"{line}   # {sum(more.values())} more run(s), about {duration(cost)}", cost
 
 
@@ -103,9 +107,9 @@ def plan(result: Audit, spec: Spec) -> str:
     for suite, group in result.table.groupby("suite", sort=False):
         runs, need = result.by_suite[suite], targets(group)
         bound = {cell: n for cell, n in need.items() if suite_bound(spec, suite, cell)}
-        commands = [(f"--cell {cell}", {cell: n}) for cell, n in need.items() if cell not in bound]
+        commands = [(["--cell", cell], {cell: n}) for cell, n in need.items() if cell not in bound]
         if bound:  # the suite's command runs every cell of it, to the most seeds a bound cell needs
-            commands.append((f"--suite {suite}", dict.fromkeys(spec.suites[suite].cells, max(bound.values()))))
+            commands.append((["--suite", suite], dict.fromkeys(spec.suites[suite].cells, max(bound.values()))))
         lines += ["", f"# {suite}"] + _claim_lines(group)
         for target, seeds in commands:
             line, cost = command(target, seeds, runs)

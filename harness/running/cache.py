@@ -19,6 +19,19 @@ def digest(spec: Spec, code: list[Path]) -> str:
     return sha.hexdigest()[:16]
 
 
+def file_digest(code: list[Path]) -> str:
+    """Changes when any of the `code` files changes."""
+    sha = hashlib.sha256()
+    for path in code:
+        sha.update(path.name.encode() + path.read_bytes())
+    return sha.hexdigest()[:16]
+
+
+def digest_of(*parts) -> str:
+    """Changes when any of the JSON-ready `parts` changes."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def read_json(path: Path) -> dict:
     """The cache's content; empty when missing or unreadable (it is then rebuilt)."""
     try:

@@ -1,41 +1,122 @@
 """Which cells can run, for `harness list`: the methods' own set-up checks (harness/running/probe.py)
-on every listed cell, cached in the runs home under a fingerprint of the spec and of the code of
-models and methods. Building a ResNet-1001 or an ImageNet pair takes seconds, so a warm cache
-lists without importing torch at all.
+on every listed cell, cached in the runs home (compat.json) by what decides each answer:
+
+- per model: its features' shapes and signs on the dataset's probe batch at the pair's stage taps
+  (the only thing a set-up check reads of a model), keyed by the dataset's and the model's spec, the
+  taps and the code of the models and the probe; built once per model, not once per pair;
+- per cell: its verdict, keyed by its models' keys, the pair's spec, and each method part's spec
+  and code (its file in methods/ or outside, the files of methods/ it imports, the shared ones).
+
+So adding a method checks only that method's cells, from cached model signatures, without building
+a model; a warm cache lists without importing torch at all.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import re
 from pathlib import Path
 
-from harness.running.cache import digest, read_json, write_json
-from harness.spec.cells import Cell
+from harness.running.cache import digest_of, file_digest, read_json, write_json
+from harness.spec.cells import Cell, method_parts
 from harness.spec.spec import Spec
 
 HERE = Path(__file__).parents[1]  # harness/
-CODE = [HERE / "running" / "probe.py", *sorted((HERE / "models").glob("*.py")),
-        *sorted((HERE.parent / "methods").glob("*.py"))]
+METHODS = HERE.parent / "methods"
+MODEL_CODE = [HERE / "running" / "probe.py", *sorted((HERE / "models").glob("*.py"))]
+SHARED_METHOD_CODE = [METHODS / "__init__.py", METHODS / "base.py", METHODS / "common.py"]
+IMPORT = re.compile(r"^\s*from methods\.(\w+) import", re.M)
 
 
-def fingerprint(spec: Spec) -> str:
-    """Changes when the spec or the code that decides compatibility changes."""
-    return digest(spec, CODE)
+def method_files(class_path: str) -> list[Path]:
+    """The code of a method's class: methods/MODULE.py and the files of methods/ it imports,
+    transitively; a class from outside methods/, its module's file (found without running it)."""
+    module = class_path.rpartition(".")[0]
+    if not module.startswith("methods."):
+        try:
+            found = importlib.util.find_spec(module)
+        except (ImportError, ValueError):  # no such module: the method's validation says so
+            return []
+        return [Path(found.origin)] if found is not None and found.has_location else []
+    files, todo = set(), [module.removeprefix("methods.")]
+    while todo:
+        path = METHODS / f"{todo.pop()}.py"
+        if path not in files and path.exists():
+            files.add(path)
+            todo += IMPORT.findall(path.read_text())
+    return sorted(files)
+
+
+class Keys:
+    """The cache keys of one spec's models and cells, each computed once."""
+
+    def __init__(self, spec: Spec):
+        self.spec = spec
+        self.model_code = file_digest(MODEL_CODE)
+        self.models: dict[tuple, str] = {}
+        self.methods: dict[str, str] = {}
+
+    def members(self, cell: Cell) -> list[tuple[str, list[int]]]:
+        """(model, stage taps) of the cell's teachers, then its student."""
+        pair = self.spec.pairs[cell.pair]
+        return [(name, pair.stages.teacher) for name, _ in pair.teacher_members(0)] + \
+            [(pair.student, pair.stages.student)]
+
+    def model(self, dataset: str, name: str, stages: list[int]) -> str:
+        key = (dataset, name, tuple(stages))
+        if key not in self.models:
+            self.models[key] = digest_of(self.model_code, self.spec.datasets[dataset].model_dump(mode="json"),
+                                         self.spec.models[name].model_dump(mode="json"), stages)
+        return self.models[key]
+
+    def method(self, name: str) -> str:
+        if name not in self.methods:
+            method = self.spec.methods[name]
+            code = file_digest(method_files(method.class_) + SHARED_METHOD_CODE)
+            self.methods[name] = digest_of(method.model_dump(mode="json"), code)
+        return self.methods[name]
+
+    def cell(self, cell: Cell) -> str:
+        return digest_of([self.model(cell.dataset, name, stages) for name, stages in self.members(cell)],
+                         self.spec.pairs[cell.pair].model_dump(mode="json"),
+                         [self.method(name) for name in method_parts(cell.method)])
+
+
+def signatures_in(home: Path) -> dict:
+    """The models' cached signatures (what `harness list` has probed in this runs home)."""
+    return read_json(home / "compat.json").get("models", {})
+
+
+def pair_probe(spec: Spec, keys: Keys, signatures: dict, dataset: str, pair: str):
+    """The pair's probe from its models' signatures, each computed (into `signatures`) only if missing."""
+    from harness.running.probe import model_signature, signature_probe
+
+    members = []
+    for name, stages in keys.members(Cell(dataset, pair, "")):
+        key = keys.model(dataset, name, stages)
+        if key not in signatures:
+            signatures[key] = model_signature(spec, dataset, name, stages)
+        members.append(signatures[key])
+    return signature_probe(spec, pair, members)
 
 
 def mismatches(spec: Spec, cells: list[Cell], home: Path | None) -> dict[str, str | None]:
     """cell id -> why it cannot run (None: it can), cached in HOME/compat.json."""
     cache_path = home / "compat.json" if home is not None else None
-    key = fingerprint(spec)
     stored = read_json(cache_path) if cache_path is not None else {}
-    cached = stored.get("verdicts", {}) if stored.get("fingerprint") == key else {}
-    missing = [cell for cell in cells if cell.id not in cached]
+    signatures, verdicts = stored.get("models", {}), stored.get("verdicts", {})
+    keys = Keys(spec)
+    wanted = {cell.id: keys.cell(cell) for cell in cells}
+    missing = [cell for cell in cells if verdicts.get(cell.id, [None])[0] != wanted[cell.id]]
     if missing:
         from harness.running.probe import cell_mismatch
         from methods import validate_defaults
 
         validate_defaults(spec)
         probes: dict = {}
-        cached = cached | {cell.id: cell_mismatch(spec, cell, probes) for cell in missing}
+        for cell in missing:
+            verdicts[cell.id] = [wanted[cell.id], cell_mismatch(
+                spec, cell, probes, lambda spec, dataset, pair: pair_probe(spec, keys, signatures, dataset, pair))]
         if cache_path is not None:
-            write_json(cache_path, {"fingerprint": key, "verdicts": cached})
-    return {cell.id: cached[cell.id] for cell in cells}
+            write_json(cache_path, {"models": signatures, "verdicts": verdicts})
+    return {cell.id: verdicts[cell.id][1] for cell in cells}

@@ -9,6 +9,7 @@ anything, so a mistake is one line here rather than K failed jobs.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -124,7 +125,7 @@ def launch(args, argv: list[str], home: Path, tracking_uri: str, workers: int) -
     except Exception as e:  # sbatch refused the array, the folder is not writable, ...
         raise UserError(f"--launcher {args.launcher}: could not submit the workers: {e}") from None
     ids = ", ".join(job.job_id for job in jobs)
-    print(f"submitted {workers} {args.launcher} workers (jobs {ids}): harness {' '.join(command)}; "
+    print(f"submitted {workers} {args.launcher} workers (jobs {ids}): {shlex.join(['harness', *command])}; "
           f"logs in {folder}", flush=True)
     if args.launcher == "slurm":
         print("follow them with `squeue`; `harness report` reads the store when they are done")

@@ -105,6 +105,15 @@ class RunPlan:
                        context=context, **engine)
 
 
+def cell_overrides(spec, cell: Cell, opts: RunOptions) -> dict[str, dict]:
+    """The cell's hyperparameters: its suite's for the method, then for the pair, then the user's."""
+    suite = spec.suites[opts.suite] if opts.suite else None
+    by_method, by_pair = (suite.overrides, suite.pair_overrides.get(cell.pair, {})) if suite else ({}, {})
+    suite_overrides = {m: by_method.get(m, {}) | by_pair.get(m, {}) for m in set(by_method) | set(by_pair)}
+    return {m: suite_overrides.get(m, {}) | opts.overrides.get(m, {})
+            for m in set(opts.overrides) | (set(suite_overrides) & set(method_parts(cell.method)))}
+
+
 def make_plan(runner: Provider, cell: Cell, opts: RunOptions) -> RunPlan:
     """Resolve and validate everything a student run needs: no data is read, nothing trains and no
     run is created."""
@@ -127,12 +136,7 @@ def make_plan(runner: Provider, cell: Cell, opts: RunOptions) -> RunPlan:
     seed_everything(opts.seed)
     student = build_model(spec.models[pair.student], dataset_spec)
     probe = make_probe(teacher_archs, student, probe_batch(dataset_spec), pair, cell.pair, recipe.batch_size)
-    suite = spec.suites[opts.suite] if opts.suite else None
-    by_method, by_pair = (suite.overrides, suite.pair_overrides.get(cell.pair, {})) if suite else ({}, {})
-    suite_overrides = {m: by_method.get(m, {}) | by_pair.get(m, {}) for m in set(by_method) | set(by_pair)}
-    overrides = {m: suite_overrides.get(m, {}) | opts.overrides.get(m, {})
-                 for m in set(opts.overrides) | (set(suite_overrides) & set(method_parts(cell.method)))}
-    objective = build_objective(spec, cell.method, overrides, probe)
+    objective = build_objective(spec, cell.method, cell_overrides(spec, cell, opts), probe)
     objective.check_teachers(len(teacher_archs))
     if runner.context.enabled and objective.reads_indices:
         raise UserError(f"{cell.method} keeps state per training image (a memory bank) that the ranks of torchrun "

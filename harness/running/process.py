@@ -27,15 +27,26 @@ def exclusive(path: Path, wait: bool = False):
 
 @contextmanager
 def stop_on_signals(stop: threading.Event):
-    """SIGTERM and SIGINT ask the trainer to checkpoint and stop after the current step."""
+    """SIGTERM and SIGINT ask the trainer to checkpoint and stop after the current step (it then
+    raises Interrupted, which ends the process: monitor.py). Only while a run trains: the handlers
+    there before are put back on leaving, and at once after the first signal, so that a second one
+    does what it would have done without the harness (by default: end the process now)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+    def ask_to_stop(signum, frame) -> None:
+        stop.set()
+        restore()
+
     for s in previous:
-        signal.signal(s, lambda signum, frame: stop.set())
+        signal.signal(s, ask_to_stop)
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        restore()

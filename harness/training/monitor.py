@@ -22,8 +22,11 @@ from harness.training import distributed
 GUARD_EVERY = 25
 
 
-class Interrupted(Exception):
-    """A stop was requested (SIGTERM/SIGINT); a checkpoint of the current step was written."""
+class Interrupted(KeyboardInterrupt):
+    """A stop was requested (SIGTERM/SIGINT); a checkpoint of the current step was written. Like
+    KeyboardInterrupt, not an Exception: code that catches Exception (a test, a notebook cell, a
+    script's retry loop) lets it through, so the signal ends the process that ran the training,
+    not just the run (pytest ends its session at it)."""
 
 
 class NonFiniteLoss(Exception):
