@@ -15,10 +15,10 @@ WITHOUT_TRAINING = ("report", "audit", "export", "import", "clean", "ui", "card"
 
 def without_training(args, spec, home: Path, tracking_uri: str) -> int:
     """The commands that read the store (or ledgers), or fill it from ledgers, and train nothing."""
-    if args.command in ("report", "audit"):
-        from harness.tracking.ledger import Ledgers
+    from harness.tracking.ledger import Ledgers
 
-        source = Ledgers(args.ledgers) if args.ledgers else tracking_uri
+    source = Ledgers(args.ledgers) if getattr(args, "ledgers", None) else tracking_uri
+    if args.command in ("report", "audit"):
         return (command_report if args.command == "report" else command_audit)(args, spec, source)
     if args.command in ("export", "import"):
         from harness.commands import ledgers
@@ -36,7 +36,7 @@ def without_training(args, spec, home: Path, tracking_uri: str) -> int:
         return command_ui(args, tracking_uri, home)
     from harness.commands import with_method
 
-    return with_method.command_card(args, spec, home, tracking_uri)
+    return with_method.command_card(args, spec, home, source)
 
 
 def add_reading_options(parser) -> None:

@@ -2,7 +2,8 @@
 
 On each setting (DATASET/TEACHER-STUDENT) of the suite's cells where M can run (the methods' own
 set-up checks, as `harness list` decides), the suite gains the cell of M and the claim "M > X" for
-every other method X of the suite on that setting. The suite's recipes and conventions apply to
+every other method X of the suite on that setting (on a setting where the suite has M already, only the
+claims). The suite's recipes and conventions apply to
 them, and the audit's Holm correction runs over the suite's claims and these together.
 """
 
@@ -38,9 +39,12 @@ def with_methods(spec, suites: list[str], methods: list[str], home: Path):
         for cell in candidates:
             if verdicts[cell.id] is not None:
                 print(f"harness: --with-method: {cell.id} cannot run ({verdicts[cell.id]}); left out", file=sys.stderr)
-        claims = [Claim(better=cell.method, than=settings[f"{cell.dataset}/{cell.pair}"],
+        # a method the suite already has on a setting gets its claims there too: a card of a suite's own method
+        present = [Cell(*setting.split("/"), method) for method in methods for setting in settings
+                   if method in settings[setting] and len(settings[setting]) > 1]
+        claims = [Claim(better=cell.method, than=[m for m in settings[f"{cell.dataset}/{cell.pair}"] if m != cell.method],
                         setting=f"{cell.dataset}/{cell.pair}", source=f"--with-method {cell.method}")
-                  for cell in added]
+                  for cell in added + present]
         changed[name] = suite.model_copy(update={"cells": suite.cells + [cell.id for cell in added],
                                                  "claims": suite.claims + claims})
     return spec.model_copy(update={"suites": spec.suites | changed})
@@ -55,7 +59,7 @@ def command_card(args, spec, home: Path, tracking_uri: str) -> int:
     """`harness card M --out DIR`: M's report card over --suite's suites, else over the suites M's finished
     runs were made for (`harness run --suite S --with-method M`; harness/results/card.py)."""
     from harness.results import card
-    from harness.tracking.tracking import student_results
+    from harness.tracking.queries import student_results
 
     require_known(args.method, spec.methods, "method")
     suites = args.suite
@@ -78,5 +82,6 @@ def add_card_parser(sub, parents: list) -> None:
     p.add_argument("method", metavar="METHOD")
     p.add_argument("--out", required=True, help="a directory: METHOD.md, METHOD.html, METHOD-cost.png")
     p.add_argument("--suite", nargs="+", help="the suites (default: those METHOD's finished runs were made for)")
-    p.add_argument("--select", choices=["last", "best-val"], default="last")
-    p.add_argument("--include-smoke", action="store_true", help="count --smoke runs too")
+    from harness.commands.store_commands import add_reading_options
+
+    add_reading_options(p)  # --select, --include-smoke, --from LEDGER...

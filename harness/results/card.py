@@ -123,7 +123,7 @@ def tables(card: Card) -> list[tuple[str, pd.DataFrame]]:
         counts = counts.rename(columns={"confirmed": "wins", "refuted": "losses"})
         counts["wins after Holm"] = held.apply(lambda v: int((v == "confirmed").sum())).reindex(counts.index).fillna(0)
         counts["losses after Holm"] = held.apply(lambda v: int((v == "refuted").sum())).reindex(counts.index).fillna(0)
-        counts = counts.astype(int).reset_index()
+        counts = counts.astype(int).rename_axis(columns=None).reset_index()  # no "verdict" header over the suites
     c = c[c["verdict"] != "not run"] if not c.empty else c  # counted above; no figures to show
     claims = pd.DataFrame({"suite": c["suite"], "claim": c["claim"], "pair": c["setting"],
                            "Δ [95% CI]": [_interval(*v) for v in zip(c["diff"], c["ci_low"], c["ci_high"])],
