@@ -210,6 +210,26 @@ def curves(tracking_uri: str, runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
+def protocol_notes(runs: pd.DataFrame) -> list[str]:
+    """How the shown runs trained: on which training set, from which teachers' seeds, and the cells whose
+    method schedule a shortened recipe shortened. A run that recorded no training set trained on train."""
+    def column(name: str, default: str) -> pd.Series:
+        return runs[name].fillna(default) if name in runs else pd.Series(default, index=runs.index)
+
+    train_on = column("params.train_on", "train").value_counts()
+    notes = [f"training set: {', '.join(f'{k} ({n} runs)' for k, n in train_on.items())}; train+val: every training "
+             "image, no validation split (read at the last epoch); train: without the validation images"]
+    per_run = int((column("params.teacher_seeds", "shared") == "per-run").sum())
+    notes.append(f"teachers: {per_run} runs distil from the teacher of their own seed (--teacher-seeds per-run), "
+                 f"{len(runs) - per_run} from one teacher seed shared by every seed")
+    shortened = [c for c in runs.columns if c.startswith("params.schedule_shortened.")]
+    for cell, group in runs.dropna(subset=shortened, how="all").groupby("tags.cell") if shortened else ():
+        changes = {c.removeprefix("params.schedule_shortened."): v for c in shortened for v in group[c].dropna().unique()}
+        notes.append(f"{cell}: shortened schedule ({', '.join(f'{k} {v}' for k, v in changes.items())}), "
+                     "the method's epoch-counted settings scaled to the shortened recipe")
+    return notes
+
+
 def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | None, select: str,
           include_smoke: bool = False, departures: str | None = None, all_configurations: bool = False) -> Report:
     if suite is not None:
@@ -248,7 +268,7 @@ def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | N
                f"at most the core count, + {LOAD_MARGIN}): not a cost figure. "
                f"Hardware: {', '.join(devices)}. Commit(s): {', '.join(sorted(set(commits(runs))))}.")
     by_setting, teacher_found = teacher_runs(tracking_uri, runs)
-    notes = ([f"departure from the paper: {d}" for d in suite_spec.departures] + dirty_note(runs)
+    notes = ([f"departure from the paper: {d}" for d in suite_spec.departures] + protocol_notes(runs) + dirty_note(runs)
              + teacher_notes(by_setting, teacher_found) + notes)
     table = paper_table(detail, teacher_accuracies(by_setting, teacher_found))
     return Report(suite_spec.title, caption, table, detail, runs, curves(tracking_uri, runs), notes)

@@ -23,6 +23,7 @@ from harness.data.data import Data
 from harness.errors import UserError
 from harness.models import build_model
 from harness.running.probe import PROBE_BATCH, make_probe, probe_batch
+from harness.running.protocol import shortened_schedules, with_protocol
 from harness.spec.cells import Cell, method_parts
 from harness.spec.options import RunOptions
 from harness.spec.schema import PairSpec, RecipeSpec
@@ -109,9 +110,10 @@ def make_plan(runner: Provider, cell: Cell, opts: RunOptions) -> RunPlan:
     """Resolve and validate everything a student run needs: no data is read, nothing trains and no
     run is created."""
     spec = runner.spec
+    opts = with_protocol(spec, opts)
     pair = spec.pairs[cell.pair]
-    recipe_name, recipe = spec.recipe_for(cell.dataset, pair.student, suite=opts.suite)
-    recipe = shortened(recipe, opts.epochs, opts.smoke)
+    recipe_name, full_recipe = spec.recipe_for(cell.dataset, pair.student, suite=opts.suite)
+    recipe = shortened(full_recipe, opts.epochs, opts.smoke)
     device = resolve_device(opts.device, runner.context)
     opts = resolved_amp(opts, device)
     check_device_options(opts, device, runner.context)
@@ -132,6 +134,8 @@ def make_plan(runner: Provider, cell: Cell, opts: RunOptions) -> RunPlan:
     suite_overrides = {m: by_method.get(m, {}) | by_pair.get(m, {}) for m in set(by_method) | set(by_pair)}
     overrides = {m: suite_overrides.get(m, {}) | opts.overrides.get(m, {})
                  for m in set(opts.overrides) | (set(suite_overrides) & set(method_parts(cell.method)))}
+    overrides, schedule = shortened_schedules(spec, cell.method, overrides, opts.overrides, full_recipe.epochs,
+                                              recipe.epochs)
     objective = build_objective(spec, cell.method, overrides, probe)
     objective.check_teachers(len(teacher_archs))
     if runner.context.enabled and objective.reads_indices:
@@ -150,7 +154,7 @@ def make_plan(runner: Provider, cell: Cell, opts: RunOptions) -> RunPlan:
             "stages": dump(pair.stages), "hint": pair.hint, "teacher_seed": opts.teacher_seed,
             "deterministic": deterministic(opts, device), "phases": dict(objective.phases(recipe.epochs)),
             "train_on": "train+val" if opts.full_train else "train",
-        } | opts.identity() | device_identity(device) | world_size(runner.context) | {"teacher_key": teacher_info.get("teacher.key", "")}
+        } | ({"schedule_shortened": schedule} if schedule else {}) | opts.identity() | device_identity(device) | world_size(runner.context) | {"teacher_key": teacher_info.get("teacher.key", "")}
 
     cache_bytes = feature_bytes(probe.teachers or (probe.teacher,), objective.teacher_features) // PROBE_BATCH \
         if opts.teacher_cache and objective.needs_teacher else 0

@@ -16,6 +16,7 @@ from harness.data.data import Data
 from harness.data.sources import load_data
 from harness.models import build_model
 from harness.running.lifecycle import Job, Outcome, execute
+from harness.running.narrate import say
 from harness.running.paths import data_root
 from harness.running.plan import (RunPlan, config_key, configuration_key, deterministic, device_identity, flatten, full_dump,
                           identity_dump, make_plan, resolve_device, resolved_amp, run_name, shortened, world_size)
@@ -173,6 +174,9 @@ class Runner:
             if done is not None:
                 return done
         teachers = plan.teachers()  # trained first if needed, each under its own run, before our claim
+        if "schedule_shortened" in plan.config:  # logged as params too; said here because it changes the method
+            say(f"harness: {cell.id}: the recipe shortened to {plan.recipe.epochs} epochs shortens the method's "
+                "schedule: " + ", ".join(f"{k} {v}" for k, v in plan.config["schedule_shortened"].items()))
         # departures from the cell's defaults a user asked for: the report never averages them with the rest
         departures = {f"{m}.{k}": v for m, values in opts.overrides.items() for k, v in values.items()}
         departures |= {k: v for k, v in (("epochs", opts.epochs), ("teacher_epochs", opts.teacher_epochs))
