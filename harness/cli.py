@@ -82,6 +82,8 @@ def build_parser() -> Parser:
     p.add_argument("--suite", help="the teacher of this suite's cells (its teacher recipe applies)")
     p.add_argument("--import", dest="import_file", metavar="FILE", help="a RepDistiller/mdistiller checkpoint, a "
                    "torchvision/timm state dict or a safetensors file to use as this teacher (nothing is downloaded)")
+    p.add_argument("--accept-accuracy", action="store_true", help="cache an imported file whose measured top-1 "
+                   "strays past its published entry's tolerance (refused otherwise); recorded on its teacher run")
     add_flags(p)
 
     p = sub.add_parser("sweep", parents=common, help="tune a cell's hyperparameters with Optuna on the validation split",
