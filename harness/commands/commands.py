@@ -115,7 +115,8 @@ def answer_if_finished(args, spec, home: Path, tracking_uri: str) -> bool:
 
     plans = run_requests(args, spec)
     spec_and_code = noop.fingerprint(spec)
-    found = noop.finished(home, tracking_uri, [noop.request_key(spec_and_code, c.id, o) for c, o in plans])
+    found = noop.finished(home, tracking_uri, [noop.request_key(spec_and_code, c.id, o) for c, o in plans],
+                         [noop.data_of(spec, c.dataset, o) for c, o in plans])
     if found is None:
         return False
     for (cell, opts), (run_id, metrics) in zip(plans, found):
