@@ -138,6 +138,9 @@ def make_plan(runner: Provider, cell: Cell, opts: RunOptions) -> RunPlan:
                                               recipe.epochs)
     objective = build_objective(spec, cell.method, overrides, probe)
     objective.check_teachers(len(teacher_archs))
+    if opts.teacher_cache and objective.teacher_mode == "train":
+        raise UserError(f"--teacher-cache keeps features computed once; {cell.method} reads the teacher in train mode "
+                        "(each batch's batch-norm statistics): run it without --teacher-cache")
     if runner.context.enabled and objective.reads_indices:
         raise UserError(f"{cell.method} keeps state per training image (a memory bank) that the ranks of torchrun "
                         "would each update with their own shard: run it in one process")
