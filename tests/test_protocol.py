@@ -89,3 +89,18 @@ def test_a_report_says_how_its_runs_trained():
     assert "train+val (1 runs)" in notes[0] and "train (2 runs)" in notes[0]  # unrecorded: train, as they trained
     assert notes[1].startswith("teachers: 1 runs distil from the teacher of their own seed")
     assert notes[2].startswith("a/b/dkd: shortened schedule (dkd.warmup_epochs 20 -> 3)") and len(notes) == 3
+
+
+def test_the_dkd_settle_suites_change_one_thing_each(runner, tmp_path):
+    """dkd_mnist_settle is baselines2019_control's cell as it ran (its finished seeds count); beta2 changes
+    DKD's beta only, lr001 every student's lr only; the teacher is the same in all."""
+    def key(method, suite):
+        return plan(runner, f"mnist1k/hinton1200-hinton800/{method}", tmp_path, suite=suite)
+
+    control = {m: key(m, "baselines2019_control") for m in ("baseline", "kd", "dkd")}
+    assert all(key(m, "dkd_mnist_settle").run_key == control[m].run_key for m in control)
+    beta2, lr001 = key("dkd", "dkd_mnist_settle_beta2"), key("dkd", "dkd_mnist_settle_lr001")
+    assert beta2.objective.parts["dkd"].params.beta == 2.0 and beta2.run_key != control["dkd"].run_key
+    assert key("kd", "dkd_mnist_settle_beta2").run_key == control["kd"].run_key
+    assert lr001.recipe.lr == 0.01 and control["dkd"].recipe.lr == 0.02
+    assert lr001.teacher_info["teacher.key"] == beta2.teacher_info["teacher.key"] == control["dkd"].teacher_info["teacher.key"]
