@@ -104,3 +104,29 @@ def test_the_dkd_settle_suites_change_one_thing_each(runner, tmp_path):
     assert key("kd", "dkd_mnist_settle_beta2").run_key == control["kd"].run_key
     assert lr001.recipe.lr == 0.01 and control["dkd"].recipe.lr == 0.02
     assert lr001.teacher_info["teacher.key"] == beta2.teacher_info["teacher.key"] == control["dkd"].teacher_info["teacher.key"]
+
+
+def test_a_report_takes_the_runs_of_the_suites_protocol_and_names_the_others(home):
+    """Runs made before a suite trained on train+val are another configuration: left out (named in a
+    note) even when they have more seeds."""
+    from mlflow.tracking import MlflowClient
+
+    from harness.results.configurations import load_runs
+
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    home.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("kd-harness")
+    cell = "cifar100/resnet56-resnet20/kd"
+    for config, train_on, seeds in (("old", "train", 3), ("new", "train+val", 1)):
+        for seed in range(seeds):
+            run = client.create_run(experiment, tags={"role": "student", "cell": cell, "seed": str(seed), "smoke": "False",
+                                                      "suite": "crd_table1", "config_key": config})
+            client.log_param(run.info.run_id, "train_on", train_on)
+            client.log_metric(run.info.run_id, "test_top1_last", 70.0)
+            client.set_terminated(run.info.run_id, "FINISHED")
+    runs, notes = load_runs(uri, [cell], suite="crd_table1", train_on="train+val")
+    assert set(runs["params.train_on"]) == {"train+val"} and len(runs) == 1
+    assert any("left out: old (3 seeds, suite crd_table1)" in n for n in notes)
+    runs, notes = load_runs(uri, [cell], suite="crd_table1")
+    assert set(runs["params.train_on"]) == {"train"} and any("trained on train+val" in n for n in notes)

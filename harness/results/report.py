@@ -237,7 +237,8 @@ def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | N
         cells = suite_spec.cells
     else:
         suite_spec = SuiteSpec(title="Selected cells", source="kd-harness", cells=cells)
-    runs, notes = load_runs(tracking_uri, cells, include_smoke, departures, suite, all_configurations)
+    runs, notes = load_runs(tracking_uri, cells, include_smoke, departures, suite, all_configurations,
+                            suite_spec.protocol.train_on)
     if runs.empty:
         hint = f" ({notes[0]})" if notes else ""
         raise UserError(f"no finished runs for {'suite ' + suite if suite else 'these cells'} in {tracking_uri}"
