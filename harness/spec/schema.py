@@ -249,9 +249,10 @@ class Protocol(Strict):
     """How a suite's students train, where its papers differ from our default."""
 
     train_on: Literal["train", "train+val"] = Field("train", description=(
-        "train: the training split without the held-out validation images (read at --select last or best-val); "
-        "train+val: every training image, as the papers that report the test set at the last (or best) epoch "
-        "did (no validation split: read at the last epoch)"))
+        "the students' training set. train: without the held-out validation images (read at --select last or "
+        "best-val); train+val: every training image, as the papers that report the test set at the last (or "
+        "best) epoch did (no validation split: read at the last epoch). A teacher trained here keeps the "
+        "training split: the field suites import the papers' own teachers"))
 
 
 class SuiteSpec(Strict):
