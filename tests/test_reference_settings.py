@@ -38,32 +38,33 @@ def test_kd_ls_weighs_the_cross_entropy_as_its_authors_code():
 
 
 def test_crd_draws_distinct_negatives_when_the_other_classes_hold_enough():
-    labels = torch.arange(60) % 3  # 40 images of other classes for every anchor
+    labels = torch.arange(600) % 3  # 400 images of other classes for every anchor
     by_class = torch.argsort(labels, stable=True)
     counts = torch.bincount(labels)
     starts = torch.cumsum(counts, 0) - counts
-    indices = torch.arange(0, 60, 7)
+    indices = torch.arange(0, 600, 70)
     torch.manual_seed(0)
-    for k in (5, 30, 40):  # sparse (redraws), dense (random keys), every negative
+    for k in (5, 30, 400):  # sparse (redraws), dense (a permutation's head), every negative
         sample = sample_contrasts(indices, labels, by_class, starts, counts, k)
         assert torch.equal(sample[:, 0], indices)
         for row, anchor in zip(sample, indices):
             negatives = row[1:]
             assert len(set(negatives.tolist())) == k and (labels[negatives] != labels[anchor]).all()
     # K above the number of negatives: with replacement (RepDistiller's replace = k > len(negatives)), as before
-    sample = sample_contrasts(indices, labels, by_class, starts, counts, 50)
-    assert all(len(set(row[1:].tolist())) < 50 for row in sample)
-    repeats = sample_contrasts(indices, labels, by_class, starts, counts, 30, distinct=False)
-    assert any(len(set(row[1:].tolist())) < 30 for row in repeats)  # the old option repeats (30 of 40: surely)
+    sample = sample_contrasts(indices, labels, by_class, starts, counts, 500)
+    assert all(len(set(row[1:].tolist())) < 500 for row in sample)
+    repeats = sample_contrasts(indices, labels, by_class, starts, counts, 100, distinct=False)
+    assert any(len(set(row[1:].tolist())) < 100 for row in repeats)  # the old option repeats (100 of 400: surely)
     assert SPEC.methods["crd"].defaults["negatives"].value == "distinct"
 
 
-def test_distinct_draws_are_uniform():
+@pytest.mark.parametrize("high, k", [(64, 4), (10, 3)])  # redrawn repeats; a permutation's head
+def test_distinct_draws_are_uniform(high, k):
     torch.manual_seed(0)
-    draws = distinct_below(torch.full((4000,), 10), 3)
-    assert all(len(set(row.tolist())) == 3 for row in draws[:200])
-    frequencies = torch.bincount(draws.flatten(), minlength=10).float() / draws.numel()
-    assert torch.allclose(frequencies, torch.full((10,), 0.1), atol=0.01)
+    draws = distinct_below(torch.full((4000,), high), k)
+    assert all(len(set(row.tolist())) == k for row in draws)
+    frequencies = torch.bincount(draws.flatten(), minlength=high).float() / draws.numel()
+    assert torch.allclose(frequencies, torch.full((high,), 1 / high), atol=0.3 / high)
 
 
 def test_ofd_reads_its_teacher_in_train_mode(home, tmp_path):
