@@ -130,3 +130,13 @@ def test_a_report_takes_the_runs_of_the_suites_protocol_and_names_the_others(hom
     assert any("left out: old (3 seeds, suite crd_table1)" in n for n in notes)
     runs, notes = load_runs(uri, [cell], suite="crd_table1")
     assert set(runs["params.train_on"]) == {"train"} and any("trained on train+val" in n for n in notes)
+
+
+def test_list_says_a_suites_training_set(home, capsys):
+    from harness.cli import main
+
+    assert main(["list", "--suite", "dkd_cifar100_beta2"]) == 0
+    out, err = capsys.readouterr()
+    assert "cifar100/resnet56-resnet20/dkd" in out and "trains its students on train+val" in err
+    assert main(["list", "--suite", "positive_control"]) == 0
+    assert "train+val" not in capsys.readouterr().err

@@ -75,6 +75,9 @@ def command_list(args, spec, home: Path) -> int:
             print(listing.status_line(spec, cell_id, seeds.get(cell_id, []), root, width) if args.status else cell_id)
         elif args.all:
             print(f"{cell_id}  # cannot run: {reason}")
+    if args.suite and spec.suites[args.suite].protocol.train_on == "train+val":
+        print(f"harness: suite {args.suite} trains its students on train+val: every training image, as its papers "
+              "(no validation split; read at the last epoch)", file=sys.stderr)
     dropped = [cell_id for cell_id, reason in verdicts.items() if reason is not None]
     if args.suite and dropped and not args.all:  # a suite's cell that cannot run is the suite's defect: say so
         print(f"harness: {len(dropped)} of suite {args.suite}'s {len(cells)} cells cannot run and are not listed "
