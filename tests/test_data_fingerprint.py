@@ -69,3 +69,15 @@ def test_a_finished_run_is_not_reused_for_another_copy_of_its_data(home, copies,
 
     assert main([*run, str(changed), "--force"]) == 0  # trained again, on this copy
     assert len(students(home)) == 2
+
+
+def test_a_cached_teacher_is_not_used_with_another_copy_of_its_data(home, copies, capsys):
+    a, same, changed = copies
+    run = ["run", "--smoke", "--no-progress", "--data-root"]
+    assert main([*run, str(a), "--cell", "cifar100/resnet56-resnet20/kd"]) == 0  # trains and caches the teacher
+    capsys.readouterr()
+    assert main([*run, str(changed), "--cell", "cifar100/resnet56-resnet20/at"]) == 2  # a new student, other data
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("harness: error: teacher cifar100/resnet56 seed 0") and "another copy" in err
+    assert len(err.splitlines()) == 1
+    assert main([*run, str(same), "--cell", "cifar100/resnet56-resnet20/at"]) == 0  # the same images: the teacher serves
