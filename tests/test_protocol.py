@@ -140,3 +140,11 @@ def test_list_says_a_suites_training_set(home, capsys):
     assert "cifar100/resnet56-resnet20/dkd" in out and "trains its students on train+val" in err
     assert main(["list", "--suite", "positive_control"]) == 0
     assert "train+val" not in capsys.readouterr().err
+
+
+def test_a_train_val_suite_is_not_read_at_the_best_validation_epoch(home, capsys):
+    from harness.cli import main
+
+    assert main(["report", "--suite", "crd_table1", "--select", "best-val"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no validation split" in err and len(err.splitlines()) == 1

@@ -234,6 +234,9 @@ def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | N
           include_smoke: bool = False, departures: str | None = None, all_configurations: bool = False) -> Report:
     if suite is not None:
         suite_spec = spec.suites[suite]
+        if select == "best-val" and suite_spec.protocol.train_on == "train+val":
+            raise UserError(f"suite {suite} trains on train+val: its runs have no validation split to select an "
+                            "epoch by; use --select last")
         cells = suite_spec.cells
     else:
         suite_spec = SuiteSpec(title="Selected cells", source="kd-harness", cells=cells)
