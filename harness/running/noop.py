@@ -47,9 +47,9 @@ def remember(home: Path, keys: dict[str, str]) -> None:
         write_json(home / "plans.json", known | keys)
 
 
-def data_of(spec: Spec, dataset: str, opts: RunOptions) -> str | None:
-    """The fingerprint of the data a request would train on (harness/data/fingerprint.py)."""
-    return data_fingerprint(spec.datasets[dataset], data_root(opts.data_root))
+def data_of(spec: Spec, dataset: str, root: str | None) -> str | None:
+    """The fingerprint of the data a request would train on (`root`: its --data-root; harness/data/fingerprint.py)."""
+    return data_fingerprint(spec.datasets[dataset], data_root(root))
 
 
 def finished(home: Path, tracking_uri: str, requests: list[str], data: list[str | None]) -> list[tuple[str, dict]] | None:

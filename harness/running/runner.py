@@ -65,6 +65,7 @@ class Runner:
         self.spec, self.home, self.tracking_uri, self.context = spec, Path(home), tracking_uri, context
         self._tracker: Tracker | None = None
         self._data: dict[tuple, Data] = {}
+        self._fingerprints: dict[tuple, dict] = {}
 
     @property
     def tracker(self) -> Tracker:
@@ -178,9 +179,12 @@ class Runner:
 
     def data_fingerprint(self, dataset: str, opts: RunOptions) -> dict:
         """{'data.fingerprint': sha256 prefix} of the dataset's files under the run's data root ({} for
-        embedded data; harness/data/fingerprint.py)."""
-        found = data_fingerprint(self.spec.datasets[dataset], data_root(opts.data_root))
-        return {} if found is None else {"data.fingerprint": found}
+        embedded data; harness/data/fingerprint.py), listed once per Runner (ImageNet's take seconds)."""
+        key = (dataset, opts.data_root)
+        if key not in self._fingerprints:
+            found = data_fingerprint(self.spec.datasets[dataset], data_root(opts.data_root))
+            self._fingerprints[key] = {} if found is None else {"data.fingerprint": found}
+        return self._fingerprints[key]
 
     def check_same_data(self, what: str, run: str, recorded: str | None, dataset: str, opts: RunOptions) -> None:
         """A finished run (or cached teacher) answers only for the data it trained on."""
