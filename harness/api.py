@@ -32,9 +32,9 @@ def open_runner(home: str | Path | None = None, tracking_uri: str | None = None,
     from harness.running.runner import Runner
     from harness.spec.spec import load_spec
     from harness.tracking.tracking import default_tracking_uri
-    from methods import validate_defaults
+    from methods import method_class, validate_defaults
 
-    spec = load_spec(spec_path)
+    spec = load_spec(spec_path, check=method_class)
     validate_defaults(spec)
     home = runs_home(str(home) if home is not None else None)
     return spec, Runner(spec, home, tracking_uri or default_tracking_uri(home))

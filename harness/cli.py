@@ -7,7 +7,7 @@ import os
 import sys
 import warnings
 
-from harness.commands import commands, store_commands
+from harness.commands import commands, ledgers, new_method, store_commands, with_method
 from harness.errors import UserError
 from harness.running import launch
 from harness.running.paths import runs_home
@@ -27,6 +27,9 @@ def global_options(default) -> argparse.ArgumentParser:
     given there, it wins)."""
     parser = argparse.ArgumentParser(add_help=False, argument_default=default)
     parser.add_argument("--spec", help="benchmarks yaml (default: $KD_HARNESS_SPEC or the repository's benchmarks.yaml)")
+    parser.add_argument("--spec-extra", action="append", metavar="FILE", help="an overlay: datasets, models, pairs, "
+                        "methods, recipes, suites added to the spec (repeatable; also $KD_HARNESS_SPEC_EXTRA, "
+                        "path-separated); its folder is importable for its methods' class:")
     parser.add_argument("--home", help="runs home: MLflow store, teachers, checkpoints "
                         "(default: $KD_HARNESS_HOME or a user data dir)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
@@ -68,6 +71,8 @@ def build_parser() -> Parser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="[METHOD.]NAME=VALUE",
                    help="override a method hyperparameter (repeatable)")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs (logged)")
+    p.add_argument("--with-method", action="append", metavar="METHOD", help="with --suite: also METHOD on every "
+                   "pair of the suite where it can run, beside the suite's methods (repeatable)")
     p.add_argument("--register", metavar="NAME", help="register each trained student in MLflow's model registry")
     add_flags(p)
     launch.add_arguments(p)
@@ -82,8 +87,7 @@ def build_parser() -> Parser:
     p.add_argument("--suite", help="the teacher of this suite's cells (its teacher recipe applies)")
     p.add_argument("--import", dest="import_file", metavar="FILE", help="a RepDistiller/mdistiller checkpoint, a "
                    "torchvision/timm state dict or a safetensors file to use as this teacher (nothing is downloaded)")
-    p.add_argument("--accept-accuracy", action="store_true", help="cache an imported file whose measured top-1 "
-                   "strays past its published entry's tolerance (refused otherwise); recorded on its teacher run")
+    p.add_argument("--accept-accuracy", action="store_true", help="cache an import off its stated top-1 (else refused)")
     add_flags(p)
 
     p = sub.add_parser("sweep", parents=common, help="tune a cell's hyperparameters with Optuna on the validation split",
@@ -159,6 +163,9 @@ def build_parser() -> Parser:
     p.add_argument("--departures", metavar="'none'|'epochs=N teacher_epochs=M'",
                    help="the recipe setting to show (cells are only compared at one; default: the one that "
                    "covers the most cells, then the recipe as stated)")
+    store_commands.add_from(p)
+    p.add_argument("--with-method", action="append", metavar="METHOD", help="with --suite: METHOD's rows beside "
+                   "the suite's, on every pair where it can run (repeatable)")
     p.add_argument("--configs", choices=["one", "all"], default="one",
                    help="per cell, one configuration (default: the suite's, else its defaults) or all of them side "
                    "by side, each --set variant a row of its own ('kd [kd.tau=3]')")
@@ -177,11 +184,19 @@ def build_parser() -> Parser:
     p.add_argument("--select", choices=["last", "best-val"], default="last",
                    help="test accuracy at the last epoch (default) or at the best validation epoch")
     p.add_argument("--out", help="write the Markdown audit to this file (each suite's forest plot beside it)")
+    store_commands.add_from(p)
+    p.add_argument("--with-method", action="append", metavar="METHOD", help="with --suite: the claims 'METHOD > X' "
+                   "for every method X of the suite on each of its pairs where METHOD can run, Holm-corrected with "
+                   "the suite's (repeatable)")
+    p.add_argument("--effect", type=float, metavar="D", help="the difference (accuracy points) that 'seeds needed' "
+                   "and --seeds-plan size seeds for where a claim has no paper difference (ad-hoc, --with-method)")
     p.add_argument("--seeds-plan", action="store_true", help="with --suite: print the `harness run` commands "
                    "that would give each inconclusive claim the seeds its power figure needs, with their cost")
     p.add_argument("--include-smoke", action="store_true", help="count --smoke runs too")
     p.add_argument("--departures", metavar="'none'|'epochs=N teacher_epochs=M'",
                    help="with --suite: audit the runs at this recipe setting (default: per suite, the report's rule)")
+
+    ledgers.add_parsers(sub, common)
 
     p = sub.add_parser("clean", parents=common, help="remove the checkpoints of finished runs (disk only)",
                        description="A finished run keeps its last checkpoints until this removes them: it is "
@@ -189,10 +204,20 @@ def build_parser() -> Parser:
                        "theirs; cached teachers and the MLflow store are not touched.")
     p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
 
+    with_method.add_card_parser(sub, common)
+    new_method.add_parser(sub, common)
+
     p = sub.add_parser("ui", parents=common, help="start the MLflow UI on the runs store (127.0.0.1)")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
     return parser
+
+
+def import_method(name, method):
+    """An overlay's method class, imported to check it (torch loads only when an overlay adds a method)."""
+    from methods import method_class
+
+    return method_class(name, method)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,8 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from harness.spec.spec import load_spec
 
-        spec = load_spec(args.spec)
+        spec = load_spec(args.spec, args.spec_extra, check=import_method)
         home = runs_home(args.home)
+        if getattr(args, "with_method", None):
+            spec = with_method.with_methods(spec, with_method.suites_of(args), args.with_method, home)
+        if args.command == "new-method":
+            return new_method.command_new_method(args, spec)
         if args.command == "list":  # validates the methods' defaults unless its cache knows this spec
             return commands.command_list(args, spec, home)
         from harness.tracking.tracking import default_tracking_uri
@@ -218,8 +247,16 @@ def main(argv: list[str] | None = None) -> int:
         validate_defaults(spec)
         from harness.running.runner import Runner
 
-        if args.command == "report":
-            return store_commands.command_report(args, spec, tracking_uri)
+        if args.command in ("report", "audit"):
+            from harness.tracking.ledger import Ledgers
+
+            source = Ledgers(args.ledgers) if args.ledgers else tracking_uri
+            command = store_commands.command_report if args.command == "report" else store_commands.command_audit
+            return command(args, spec, source)
+        if args.command == "export":
+            return ledgers.command_export(args, spec, tracking_uri)
+        if args.command == "import":
+            return ledgers.command_import(args, spec, tracking_uri, home)
         if args.command == "clean":
             from harness.commands.clean import command_clean
 
@@ -228,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             from harness.commands.ui import command_ui
 
             return command_ui(args, tracking_uri, home)
-        if args.command == "audit":
-            return store_commands.command_audit(args, spec, tracking_uri)
+        if args.command == "card":
+            return with_method.command_card(args, spec, home, tracking_uri)
         from harness.training import distributed
 
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command not in ("run", "teacher"):

@@ -25,8 +25,8 @@ def method_class(name: str, method: MethodSpec) -> type[Distiller]:
     module_name, _, class_name = method.class_.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError):
-        raise UserError(f"methods.{name}.class: cannot import {method.class_!r}") from None
+    except (ImportError, AttributeError, ValueError) as e:  # the reason: an outside method's own import may fail
+        raise UserError(f"methods.{name}.class: cannot import {method.class_!r} ({type(e).__name__}: {e})") from None
     if not (isinstance(cls, type) and issubclass(cls, Distiller)):
         raise UserError(f"methods.{name}.class: {method.class_!r} is not a Distiller")
     return cls

@@ -164,9 +164,10 @@ def test_modules_stay_small():
 
 def test_mlflow_and_the_engine_internals_have_one_owner():
     pattern = re.compile(r"tracker\.client|_autocast|_train_step|import mlflow|from mlflow")
-    # MLflow: the tracking module; the engine's internals: the parts of the Trainer (harness/training/)
-    owners = {"harness/tracking/tracking.py"} | {str(p.relative_to(ROOT))
-                                                 for p in (ROOT / "harness" / "training").glob("*.py")}
+    # MLflow: the tracking package (the store, its queries, the ledger transfer); the engine's internals:
+    # the parts of the Trainer (harness/training/)
+    owners = {str(p.relative_to(ROOT)) for folder in ("tracking", "training")
+              for p in (ROOT / "harness" / folder).glob("*.py")}
     offenders = [f"{p.relative_to(ROOT)}:{i}" for p in sorted((ROOT / "harness").rglob("*.py"))
                  if str(p.relative_to(ROOT)) not in owners
                  for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]

@@ -211,3 +211,48 @@ def test_seeds_plan_reproduces_a_cells_configuration():
     runs = pd.DataFrame({"overrides": ["kd.tau=2.0 epochs=2 teacher_epochs=1"]})
     assert seeds_plan.flags([runs]) == "--set kd.tau=2.0 --epochs 2 --teacher-epochs 1"
     assert seeds_plan.missing(pd.DataFrame({"tags.seed": ["0", "2"]}), 4) == 2  # seeds 1 and 3
+
+
+def test_the_paired_test_gains_power_when_seeds_are_correlated_and_keeps_its_level():
+    """Seeds of one pair share the split, the teacher and the student's start: a per-seed effect common
+    to both methods. Simulated so, the paired test finds a 0.5-point difference far more often than
+    Welch's, and under no difference it rejects about ALPHA of the time."""
+    rng = np.random.default_rng(0)
+    found = {"welch": 0, "paired": 0, "paired_null": 0}
+    trials, seeds = 400, 5
+    for _ in range(trials):
+        shared = rng.normal(0, 1.0, seeds)  # what the seed does to both methods alike
+        better = pd.Series(70.5 + shared + rng.normal(0, 0.2, seeds))
+        worse = pd.Series(70.0 + shared + rng.normal(0, 0.2, seeds))
+        null = pd.Series(70.0 + shared + rng.normal(0, 0.2, seeds))
+        found["welch"] += stats.welch(better, worse).verdict == "confirmed"
+        found["paired"] += stats.paired(better, worse).verdict == "confirmed"
+        found["paired_null"] += stats.paired(null, worse).verdict != "inconclusive"
+    assert found["paired"] / trials > 0.6 and found["welch"] / trials < 0.2, found
+    assert found["paired_null"] / trials < 2 * stats.ALPHA, found
+
+
+def test_the_paired_test_takes_the_seeds_both_sides_ran():
+    better = pd.Series([71.0, 72.0, 73.5, 99.0], index=[0, 1, 2, 7])  # seed 7 has no partner
+    worse = pd.Series([70.0, 71.5, 72.0], index=[0, 1, 2])
+    test = stats.paired(better, worse)
+    assert test.ci[0] < 1.0 < test.ci[1] and abs(sum(test.ci) / 2 - 1.0) < 1e-9  # mean of 1.0, 0.5, 1.5
+    assert stats.paired(better[:1], worse[:1]).verdict == "inconclusive"
+    assert stats.paired(better[[7]], worse).verdict == "not run"
+
+
+def test_the_paired_test_sits_beside_welch_and_effect_sizes_seeds_where_no_paper_difference_is(store):
+    from harness.spec.schema import Claim
+
+    uri, path = store
+    spec = load_spec(path)
+    claim = Claim(better="kd", than=["at"], setting=SETTING, source="--with-method kd")  # AT has no paper number
+    plain = spec.suites["plain"].model_copy(update={"claims": [claim]})
+    spec = spec.model_copy(update={"suites": spec.suites | {"plain": plain}})
+    row = aud.audit(spec, uri, ["plain"]).table.iloc[0]
+    assert row["verdict"] == "inconclusive" and math.isnan(row["paper_diff"]) and pd.isna(row["seeds_needed"])
+    planned = aud.audit(spec, uri, ["plain"], effect=1.0).table.iloc[0]
+    assert planned["seeds_needed"] == stats.seeds_needed(1.0, planned["pooled_std"]) > 2
+    assert planned["n_paired"] == 3
+    assert planned["p_paired"] == pytest.approx(sp.ttest_rel(LAST[KD], LAST[AT]).pvalue)
+    assert planned["p"] == row["p"] and planned["verdict"] == row["verdict"]  # the verdict is Welch's either way

@@ -29,7 +29,7 @@ def test_the_guides_worked_example_trains_a_step(monkeypatch):
     module = types.ModuleType("cosine_example")
     monkeypatch.setitem(sys.modules, module.__name__, module)  # pydantic resolves annotations through it
     exec(compile(blocks("python")[0], "cosine.py", "exec"), module.__dict__)
-    spec = MethodSpec.model_validate(next(iter(yaml.safe_load(blocks("yaml")[0]).values())))
+    spec = MethodSpec.model_validate(yaml.safe_load(blocks("yaml")[0])["methods"]["cosine"])
     params = module.Cosine.Params.model_validate({k: d.value for k, d in spec.defaults.items()})
     objective = Objective({"cosine": module.Cosine(params, PROBE)})
     logits = torch.randn(4, 10, requires_grad=True)

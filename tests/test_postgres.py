@@ -1,5 +1,6 @@
-"""Sweeps across machines share an Optuna study through PostgreSQL: a real server on 127.0.0.1,
-two worker processes, one study. Skips, saying why, where no PostgreSQL server can be started."""
+"""PostgreSQL, a real server on 127.0.0.1: sweeps across machines share an Optuna study (two worker
+processes, one study), and run ledgers import into a PostgreSQL-backed MLflow store. Skips, saying
+why, where no PostgreSQL server can be started."""
 
 import os
 import shutil
@@ -45,8 +46,9 @@ def postgres():
     if start.returncode != 0:
         pytest.skip(f"PostgreSQL did not start: {start.stderr.strip()[:200]}")
     try:
-        subprocess.run(as_postgres + [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
-                                      "optuna"], check=True, capture_output=True)
+        for database in ("optuna", "mlflow"):  # the two keep an alembic_version table each: one database each
+            subprocess.run(as_postgres + [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U",
+                                          "postgres", database], check=True, capture_output=True)
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
     finally:
         subprocess.run(as_postgres + [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
@@ -69,3 +71,21 @@ def test_two_workers_share_a_postgresql_study(home, postgres):
     assert [p.returncode for p in procs] == [0, 0], outputs
     study = optuna.load_study(study_name="pg", storage=postgres)
     assert len(study.trials) == 6 and all(t.state.name == "COMPLETE" for t in study.trials)
+
+
+@pytest.mark.long
+def test_a_ledger_imports_into_a_postgresql_store_and_reports_the_same(home, postgres, tmp_path, monkeypatch, capsys):
+    """The deploy setup's store (docker-compose.yml: MLflow on PostgreSQL) takes a committed ledger,
+    twice without adding a run, and reports from it what the ledger reports."""
+    from harness.cli import main
+
+    ledger = Path(__file__).resolve().parent.parent / "results" / "digits" / "runs.jsonl"
+    uri = postgres.rsplit("/", 1)[0] + "/mlflow"
+    monkeypatch.chdir(tmp_path)
+    assert main(["--tracking-uri", uri, "import", str(ledger)]) == 0
+    assert main(["--tracking-uri", uri, "import", str(ledger)]) == 0
+    out = capsys.readouterr().out
+    assert "imported 22 runs" in out and "imported 0 runs" in out and "22 already there" in out
+    assert main(["--tracking-uri", uri, "report", "--suite", "digits", "--out", "store.md"]) == 0
+    assert main(["report", "--from", str(ledger), "--suite", "digits", "--out", "ledger.md"]) == 0
+    assert (tmp_path / "store.md").read_text() == (tmp_path / "ledger.md").read_text()

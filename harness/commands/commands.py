@@ -72,7 +72,8 @@ def command_list(args, spec, home: Path) -> int:
     width, root = max((len(c.id) for c in cells), default=0), data_root(args.data_root)
     for cell_id, reason in verdicts.items():
         if reason is None:
-            print(listing.status_line(spec, cell_id, seeds.get(cell_id, []), root, width) if args.status else cell_id)
+            line = listing.status_line(spec, cell_id, seeds.get(cell_id, []), root, width) if args.status else cell_id
+            print(line + listing.method_origin(spec, cell_id))
         elif args.all:
             print(f"{cell_id}  # cannot run: {reason}")
     if args.suite and spec.suites[args.suite].protocol.train_on == "train+val":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from harness.spec.cells import method_parts
 from harness.spec.schema import DatasetSpec
 from harness.spec.spec import Spec
 
@@ -37,7 +38,7 @@ def finished_seeds(tracking_uri: str) -> dict[str, list[int]]:
     from harness.tracking.tracking import EXPERIMENT
 
     if not tracking_uri.startswith("sqlite:///"):
-        from harness.tracking.tracking import student_results
+        from harness.tracking.queries import student_results
 
         runs = student_results(tracking_uri)
         runs = runs[~runs["diverged"] & (runs["tags.smoke"] != "True")]
@@ -67,3 +68,11 @@ def status_line(spec: Spec, cell_id: str, seeds: list[int], root: Path, width: i
     path = data_file(spec.datasets[cell_id.split("/")[0]], root)
     data = "embedded" if path is None else "present" if path.exists() else f"missing (no {path})"
     return f"{cell_id:<{width}}  seeds finished: {done:<12}  data: {data}"
+
+
+def method_origin(spec, cell_id: str) -> str:
+    """'  # METHOD from WHERE' for a cell whose method (or a part of it) an overlay or a package added,
+    or replaced; nothing for built-in methods, so that their lines are as before."""
+    added = [f"{part} from {where}" for part in method_parts(cell_id.split("/")[2])
+             if (where := spec.origin("methods", part))]
+    return f"  # {'; '.join(added)}" if added else ""

@@ -10,6 +10,11 @@ from harness.errors import UserError
 from harness.spec.cells import require_known
 
 
+def add_from(parser) -> None:
+    parser.add_argument("--from", dest="ledgers", nargs="+", metavar="LEDGER",
+                        help="read the runs from run ledgers instead of the store (docs/ledger.md)")
+
+
 def command_report(args, spec, tracking_uri: str) -> int:
     from harness.results import render
     from harness.results import report as rep
@@ -106,7 +111,9 @@ def command_audit(args, spec, tracking_uri: str) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and not out.parent.is_dir():
         raise UserError(f"cannot write {out}: {out.parent} is not a directory")
-    result = audit.audit(spec, tracking_uri, suites, args.select, args.include_smoke, args.departures)
+    if args.effect is not None and not args.effect > 0:
+        raise UserError(f"--effect is a positive difference in accuracy points, got {args.effect}")
+    result = audit.audit(spec, tracking_uri, suites, args.select, args.include_smoke, args.departures, args.effect)
     caption = audit_render.caption(result, args.select, "harness " + " ".join(sys.argv[1:]))
     if args.seeds_plan:
         text = seeds_plan.plan(result, spec)

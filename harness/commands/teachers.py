@@ -14,7 +14,6 @@ checksum: `harness run` then reuses the teacher instead of training one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from dataclasses import replace
@@ -29,17 +28,10 @@ from harness.running.process import exclusive
 from harness.spec.cells import require_known
 from harness.spec.options import from_flags
 from harness.spec.schema import PublishedWeights
+from harness.tracking.ledger import sha256_of
 from harness.training.evaluation import evaluate
 
 WRAPPERS = ("model", "net", "state_dict")  # the keys checkpoints keep their state dict under
-
-
-def sha256_of(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

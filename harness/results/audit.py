@@ -5,14 +5,15 @@ another. For each comparison the audit takes the two cells' runs exactly as the 
 configuration per cell, the latest run per seed), and compares them at the paper's convention
 (harness/results/conventions.py: the epoch the paper's selection names, the median where it reports a
 median; an unknown selection at ours), with our own figure (--select: last or best-val) beside it.
-Statistics (harness/results/stats.py): our difference, Welch's 95% interval and two-sided p-value, the TOST
+Statistics (harness/results/stats.py): our difference, Welch's 95% interval and two-sided p-value (the
+paired test's on the seeds both sides ran beside it; the verdict is Welch's), the TOST
 p-value at the suite's equivalence margin m, Hedges' g, and a verdict:
 
 - confirmed: ours agrees with the claim's direction and p < ALPHA;
 - refuted: ours goes the other way and p < ALPHA;
 - equivalent: not either, and TOST finds our difference within ±m (p < ALPHA);
 - inconclusive: none of these, or fewer than two seeds on a side (no variance to test with); then
-  "seeds needed": the seeds a side that would detect the paper's difference at 80% power;
+  "seeds needed": the seeds a side that would detect the paper's difference (else --effect's) at 80% power;
 - diverged: every run of a side diverged (a non-finite loss ended it): that method did not train
   on this recipe, and there is no accuracy to test;
 - not run: a side has no finished or diverged run;
@@ -35,10 +36,10 @@ from harness.results import budgets
 from harness.results.configurations import load_runs
 from harness.results.conventions import aggregate, convention_of, describe, metric_key, same_as_ours, with_max_test
 from harness.results.report import fmt, references
-from harness.results.stats import ALPHA, hedges_g, holm, pooled_std, seeds_needed, tost, welch
+from harness.results.stats import ALPHA, hedges_g, holm, paired, pooled_std, seeds_needed, tost, welch
 from harness.spec.schema import Claim, Convention, SuiteSpec
 from harness.spec.spec import Spec
-from harness.tracking.tracking import sweep_trials
+from harness.tracking.queries import sweep_trials
 
 VERDICTS = ("confirmed", "refuted", "equivalent", "inconclusive", "diverged", "not run", "n/a")
 
@@ -84,14 +85,15 @@ def compare(better: pd.Series, worse: pd.Series, margin: float, diverged: bool) 
 
 
 def _values(side: pd.DataFrame, key: str) -> pd.Series:
-    """The finished runs' figures (a run without one, such as no best test epoch to read, has none)."""
+    """The finished runs' figures by seed (a run without one, such as no best test epoch to read, has none)."""
     if side.empty:
         return pd.Series(dtype=float)
-    return side.loc[~side["diverged"], f"metrics.{key}"].astype(float).dropna()
+    finished = side.loc[~side["diverged"]]
+    return finished[f"metrics.{key}"].astype(float).set_axis(finished["tags.seed"].astype(int)).dropna()
 
 
 def _row(suite: SuiteSpec, name: str, claim: Claim, better: str, worse: str, runs: pd.DataFrame, select: str,
-         trials: dict[str, int]) -> dict:
+         trials: dict[str, int], effect: float | None) -> dict:
     refs = references(suite)
     side = {cell: runs[runs["tags.cell"] == cell] if not runs.empty else runs for cell in (better, worse)}
     conv = {cell: convention_of(suite, cell, claim.metric) for cell in side}
@@ -102,6 +104,8 @@ def _row(suite: SuiteSpec, name: str, claim: Claim, better: str, worse: str, run
     paper_diff = paper[better] - paper[worse]
     margin = suite.equivalence_margin
     result = compare(values[better], values[worse], margin, diverged)
+    pairs = paired(values[better], values[worse])
+    target = effect if math.isnan(paper_diff) and effect is not None else paper_diff  # what seeds are planned for
     summaries = {cell: _summary(values[cell], side[cell], conv[cell]) for cell in side}
     if "n/a" in summaries.values():
         result["verdict"] = "n/a"
@@ -122,7 +126,9 @@ def _row(suite: SuiteSpec, name: str, claim: Claim, better: str, worse: str, run
         "paper_diff_in_ci": "" if math.isnan(paper_diff) or math.isnan(result["ci_low"])
         else "yes" if result["ci_low"] <= paper_diff <= result["ci_high"] else "no",
         "g": hedges_g(values[better], values[worse]), "pooled_std": spread,
-        "seeds_needed": seeds_needed(paper_diff, spread) if result["verdict"] == "inconclusive" else None,
+        "seeds_needed": seeds_needed(target, spread) if result["verdict"] == "inconclusive" else None,
+        "planned_for": target, "p_paired": pairs.p, "paired_ci_low": pairs.ci[0], "paired_ci_high": pairs.ci[1],
+        "n_paired": len(values[better].index.intersection(values[worse].index)),
         "convention_is_ours": same_as_ours(conv[better], select) and same_as_ours(conv[worse], select),
         "ours_diff": own[better].mean() - own[worse].mean() if len(own[better]) and len(own[worse]) else math.nan,
         "ours_ci_low": ours["ci_low"], "ours_ci_high": ours["ci_high"], "ours_verdict": ours["verdict"],
@@ -145,7 +151,9 @@ def _load(spec: Spec, uri: str, name: str, cells: list[str], include_smoke: bool
 
 
 def audit(spec: Spec, tracking_uri: str, suites: list[str], select: str = "last",
-          include_smoke: bool = False, departures: str | None = None) -> Audit:
+          include_smoke: bool = False, departures: str | None = None, effect: float | None = None) -> Audit:
+    """`effect`: the difference (accuracy points) that seeds are planned for where a claim has no paper
+    difference (ad-hoc and --with-method claims)."""
     comparisons = [(name, claim, better, worse) for name in suites for claim in spec.suites[name].claims
                    for better, worse in claim.pairs()]
     loaded, notes = {}, []
@@ -157,7 +165,7 @@ def audit(spec: Spec, tracking_uri: str, suites: list[str], select: str = "last"
     runs = pd.concat(used).drop_duplicates("run_id") if used else pd.DataFrame()
     swept = budgets.studies(runs)
     trials = sweep_trials(tracking_uri, swept) if swept else {}
-    table = pd.DataFrame([_row(spec.suites[suite], suite, claim, better, worse, loaded[suite], select, trials)
+    table = pd.DataFrame([_row(spec.suites[suite], suite, claim, better, worse, loaded[suite], select, trials, effect)
                           for suite, claim, better, worse in comparisons])
     if not table.empty:
         table["p_holm"] = table.groupby("suite", sort=False)["p"].transform(holm)

@@ -15,7 +15,7 @@ from harness.results.conventions import SELECTIONS
 from harness.results.stats import ALPHA, MAX_SEEDS, POWER
 
 COLUMNS = ("claim", "setting", "source", "ours (better)", "ours (than)", "Δ ours [95% CI]", "Δ paper",
-           "paper Δ in CI", "g", "p (Welch)", "p (Holm)", "p (TOST ±m)", "verdict", "seeds needed",
+           "paper Δ in CI", "g", "p (Welch)", "paired: Δ [95% CI], p (seeds)", "p (Holm)", "p (TOST ±m)", "verdict", "seeds needed",
            "at our own figure: Δ [95% CI], verdict", "tuning", "paper within ±2σ (better/than)")
 
 
@@ -34,13 +34,20 @@ def _seeds(r: pd.Series) -> str:
     return str(int(r.seeds_needed)) if not pd.isna(r.seeds_needed) else "n/a"
 
 
+def _paired(r: pd.Series) -> str:
+    if r.n_paired < 2:
+        return ""
+    diff = (r.paired_ci_low + r.paired_ci_high) / 2  # the interval is symmetric about the mean difference
+    return f"{_interval(diff, r.paired_ci_low, r.paired_ci_high)}, {_num(r.p_paired, '.3g')} ({r.n_paired})"
+
+
 def _line(r: pd.Series) -> str:
     lost = " (not after Holm)" if r.verdict in ("confirmed", "refuted") and r.p_holm >= ALPHA else ""
     ours = "same" if r.convention_is_ours else \
         f"{_interval(r.ours_diff, r.ours_ci_low, r.ours_ci_high)} {r.ours_verdict}"
     cells = (f"{r.claim} ({r.metric})", r.setting, r.source, r.ours_better, r.ours_than,
              _interval(r['diff'], r.ci_low, r.ci_high), _num(r.paper_diff, "+.2f"), r.paper_diff_in_ci or "-",
-             _num(r.g, "+.2f"), _num(r.p, ".3g"), _num(r.p_holm, ".3g"), _num(r.tost_p, ".3g"),
+             _num(r.g, "+.2f"), _num(r.p, ".3g"), _paired(r), _num(r.p_holm, ".3g"), _num(r.tost_p, ".3g"),
              f"**{r.verdict}**{lost}", _seeds(r), ours, r.tuning or "-", r.paper_within_2sd)
     return "| " + " | ".join(cells) + " |"
 
@@ -88,13 +95,16 @@ def caption(result: Audit, select: str, command: str) -> str:
                  f"{', '.join(sorted(set(commits(runs))))}; hardware "
                  f"{', '.join(sorted(set(runs['params.env.device_name'])))}."
                  + "".join(f" {note}." for note in dirty_note(runs)))
-    return (f"Regenerated from the MLflow store by `{command}`. Accuracy: test top-1 (%), mean ± sample std over "
+    return (f"Regenerated from the runs listed below by `{command}`. Accuracy: test top-1 (%), mean ± sample std over "
             "seeds (n), one configuration per cell and one recipe setting per suite (the report's rules), taken "
             "at each paper's convention (benchmarks.yaml: the epoch it selected, the last, the best validation "
             "or the best test epoch, which is test-selected and optimistic; the median where it reports a "
             f"median of runs; an unknown selection at ours, {SELECTIONS[select][2]}); 'at our own figure' "
             f"repeats Δ and the verdict at {SELECTIONS[select][2]} with the mean ('same' where that is the "
-            f"convention's). Verdict: Welch's two-sided t-test, α = {ALPHA}: confirmed / refuted when p < α in "
+            f"convention's). Verdict: Welch's two-sided t-test, α = {ALPHA} (the paired t-test on the seeds both "
+            "sides ran, per-seed differences, is shown beside it and does not decide: seeds of one pair share the "
+            "split, the teacher and mostly the student's initialisation, so it has more power when they are "
+            "correlated): confirmed / refuted when p < α in "
             "the claim's / the opposite direction; equivalent when not, and TOST (two one-sided Welch t-tests "
             "against -m and +m, p = the larger) finds the difference within ±m; inconclusive otherwise "
             "or with fewer than 2 seeds a side; diverged when every run of a side diverged (a non-finite loss; "
@@ -104,8 +114,8 @@ def caption(result: Audit, select: str, command: str) -> str:
             "the paper's own difference lies in that interval (\"no\" where the interval excludes the paper's "
             "effect size). g: Hedges' g (pooled std, exact small-sample correction). Seeds needed (inconclusive "
             f"claims): seeds a side for {POWER:.0%} power to detect the paper's Δ with a two-sided two-sample "
-            f"t-test at α = {ALPHA}, given our pooled std (noncentral t, scipy.stats.nct; n/a without a paper "
-            f"Δ or a spread, or beyond {MAX_SEEDS}). Tuning: sides tuned by `harness sweep` with unequal trial "
+            f"t-test at α = {ALPHA}, given our pooled std (noncentral t, scipy.stats.nct; --effect's difference "
+            f"where a claim has no paper Δ; n/a without either or a spread, or beyond {MAX_SEEDS}). Tuning: sides tuned by `harness sweep` with unequal trial "
             "budgets (a swept side against an untuned one, or fewer trials). p (Holm): Holm's step-down "
             "adjustment over the tested claims of the same suite; a verdict marked \"not after Holm\" does not "
             "survive it. Δ paper = the paper's own difference (its numbers are labelled references, converted "

@@ -10,7 +10,7 @@ import json
 import pandas as pd
 
 from harness.errors import UserError
-from harness.tracking.tracking import student_results
+from harness.tracking.queries import student_results
 
 
 RECIPE_DEPARTURES = ("epochs", "teacher_epochs")  # departures that change every cell's recipe, not one method's

@@ -9,7 +9,7 @@ import math
 import pandas as pd
 
 from harness.spec.schema import Convention, SuiteSpec
-from harness.tracking.tracking import metric_histories
+from harness.tracking.queries import metric_histories
 
 # --select: our own figure, never chosen on the test set
 SELECTIONS = {"last": ("test_top1_last", "test_top5_last", "last epoch"),

@@ -24,7 +24,7 @@ from harness.results.conventions import (SELECTIONS, aggregate, convention_of, d
 from harness.results.report_teachers import teacher_accuracies, teacher_notes, teacher_runs
 from harness.spec.schema import SuiteSpec
 from harness.spec.spec import Spec
-from harness.tracking.tracking import metric_histories
+from harness.tracking.queries import metric_histories
 
 FORMATS = ("md", "html", "latex", "csv")
 

@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from harness.tracking.tracking import finished_teacher_runs
+from harness.tracking.queries import finished_teacher_runs
 
 
 def teacher_runs(tracking_uri: str, runs: pd.DataFrame) -> tuple[dict[tuple[str, str], list[str]], dict]:

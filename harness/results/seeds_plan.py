@@ -69,8 +69,9 @@ def _claim_lines(group: pd.DataFrame) -> list[str]:
     lines = []
     for _, r in group[group["verdict"] == "inconclusive"].iterrows():
         need = f"{int(r.seeds_needed)} seeds a side" if not pd.isna(r.seeds_needed) else \
-            f"not planned (no paper Δ or no spread to size it, or more than {MAX_SEEDS} seeds a side)"
-        lines.append(f"#   {r.claim} ({r.metric}) {r.setting}: paper Δ {r.paper_diff:+.2f}, our pooled std "
+            f"not planned (no paper Δ nor --effect, or no spread to size it, or more than {MAX_SEEDS} seeds a side)"
+        target = f"paper Δ {r.paper_diff:+.2f}" if not pd.isna(r.paper_diff) else f"--effect {r.planned_for:+.2f}"
+        lines.append(f"#   {r.claim} ({r.metric}) {r.setting}: {target}, our pooled std "
                      f"{r.pooled_std:.3f}, now {r.n_better}/{r.n_than} seeds: {need}")
     return lines
 

@@ -1,6 +1,9 @@
 """The statistics of the claims audit, on two samples of seeds (pandas Series of accuracies in %).
 
 - welch: Welch's two-sided t-test of mean(better) - mean(worse), its verdict and (1 - ALPHA) interval;
+- paired: the paired t-test on the seeds both sides ran (per-seed differences): seeds of one pair share
+  the split, the teacher and, where a method leaves it, the student's initialisation, so their
+  accuracies are correlated and the paired test has more power; the audit's verdict stays Welch's;
 - tost: the equivalence test, two one-sided Welch t-tests against the margins -m and +m (Schuirmann's
   TOST): p < ALPHA means the difference lies within ±m;
 - hedges_g: the standardised difference (pooled sample std) with Hedges' exact small-sample correction
@@ -24,6 +27,8 @@ MAX_SEEDS = 100  # beyond this many seeds a side, seeds_needed answers None (not
 
 @dataclass
 class Welch:
+    """A test's two-sided p-value, verdict and interval (Welch's, or the paired test's)."""
+
     p: float
     verdict: str
     ci: tuple[float, float]  # (1 - ALPHA) confidence interval of mean(better) - mean(worse)
@@ -43,6 +48,26 @@ def welch(better: pd.Series, worse: pd.Series) -> Welch:
         return Welch(math.nan, "inconclusive", (diff, diff)) if diff == 0 else \
             Welch(0.0, "confirmed" if diff > 0 else "refuted", (diff, diff))
     test = ttest_ind(better, worse, equal_var=False)
+    ci = test.confidence_interval(1 - ALPHA)
+    p = float(test.pvalue)
+    verdict = "inconclusive" if p >= ALPHA else "confirmed" if diff > 0 else "refuted"
+    return Welch(p, verdict, (float(ci.low), float(ci.high)))
+
+
+def paired(better: pd.Series, worse: pd.Series) -> Welch:
+    """The paired t-test of the claim on the seeds both sides ran (Series indexed by seed): the mean
+    per-seed difference, its (1 - ALPHA) interval and two-sided p-value."""
+    common = better.index.intersection(worse.index)
+    if len(common) < 2:
+        return Welch(math.nan, "not run" if len(common) == 0 else "inconclusive", (math.nan, math.nan))
+    differences = better[common] - worse[common]
+    diff = differences.mean()
+    if differences.std(ddof=1) == 0:  # the same difference at every seed: the t statistic is undefined
+        return Welch(math.nan, "inconclusive", (diff, diff)) if diff == 0 else \
+            Welch(0.0, "confirmed" if diff > 0 else "refuted", (diff, diff))
+    from scipy.stats import ttest_rel
+
+    test = ttest_rel(better[common], worse[common])
     ci = test.confidence_interval(1 - ALPHA)
     p = float(test.pvalue)
     verdict = "inconclusive" if p >= ALPHA else "confirmed" if diff > 0 else "refuted"

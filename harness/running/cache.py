@@ -11,9 +11,10 @@ from harness.spec.spec import Spec
 
 
 def digest(spec: Spec, code: list[Path]) -> str:
-    """Changes when the spec or any of the `code` files changes."""
+    """Changes when the spec or any of the `code` files changes, or the file of a method from outside
+    the repository (part of what the spec means)."""
     sha = hashlib.sha256(spec.model_dump_json().encode())
-    for path in code:
+    for path in [*code, *spec.outside_sources()]:
         sha.update(path.name.encode() + path.read_bytes())
     return sha.hexdigest()[:16]
 

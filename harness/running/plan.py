@@ -145,6 +145,7 @@ def make_plan(runner: Provider, cell: Cell, opts: RunOptions) -> RunPlan:
         raise UserError(f"{cell.method} keeps state per training image (a memory bank) that the ranks of torchrun "
                         "would each update with their own shard: run it in one process")
     teacher_info = runner.teacher_keys(cell.dataset, pair, opts) if objective.needs_teacher else {}
+    code, recorded = spec.outside(list(objective.parts))  # outside methods' code names the run
 
     def describe(dump):
         return {
@@ -157,12 +158,14 @@ def make_plan(runner: Provider, cell: Cell, opts: RunOptions) -> RunPlan:
             "stages": dump(pair.stages), "hint": pair.hint, "teacher_seed": opts.teacher_seed,
             "deterministic": deterministic(opts, device), "phases": dict(objective.phases(recipe.epochs)),
             "train_on": "train+val" if opts.full_train else "train",
-        } | ({"schedule_shortened": schedule} if schedule else {}) | opts.identity() | device_identity(device) | world_size(runner.context) | {"teacher_key": teacher_info.get("teacher.key", "")}
+        } | ({"schedule_shortened": schedule} if schedule else {}) | opts.identity() | device_identity(device) \
+            | world_size(runner.context) | {"teacher_key": teacher_info.get("teacher.key", "")} \
+            | ({"method_code": code} if code else {})
 
     cache_bytes = feature_bytes(probe.teachers or (probe.teacher,), objective.teacher_features) // PROBE_BATCH \
         if opts.teacher_cache and objective.needs_teacher else 0
-    return RunPlan(runner, cell, opts, recipe_name, recipe, device, student, objective, describe(full_dump),
-                   describe(identity_dump), teacher_info, cache_bytes)
+    return RunPlan(runner, cell, opts, recipe_name, recipe, device, student, objective,
+                   describe(full_dump) | recorded, describe(identity_dump), teacher_info, cache_bytes)
 
 
 def feature_bytes(teachers: tuple[dict, ...], kinds: frozenset[str]) -> int:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from harness.errors import UserError
+from harness.spec import overlays
 from harness.spec.cells import Cell, method_parts, require_known
 from harness.spec.schema import DatasetSpec, GridSpec, MethodSpec, ModelSpec, PairSpec, RecipeSpec, Strict, SuiteSpec
 
@@ -31,6 +33,28 @@ class Spec(Strict):
     recipes: dict[str, RecipeSpec]
     suites: dict[str, SuiteSpec] = {}
     grids: dict[str, GridSpec] = Field({}, description="named grids for `harness sweep --grid`")
+    # set by load_spec: SECTION.NAME -> the overlay that added it (built-in names are absent), and
+    # SECTION.NAME -> the overlay that replaced a name on purpose (harness/spec/overlays.py)
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+    _replaced: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def origin(self, section: str, name: str) -> str | None:
+        """Where SECTION.NAME comes from: an overlay file or package, or None when built in."""
+        return self._origins.get(f"{section}.{name}")
+
+    def outside_sources(self) -> list[Path]:
+        """The files of the methods whose code lives outside the repository (for caches keyed on code)."""
+        return [path for method in self.methods.values() if (path := overlays.method_source(method.class_))]
+
+    def outside(self, methods: list[str]) -> tuple[dict, dict]:
+        """For a run of these methods: the fingerprints of those whose code lives outside the repository
+        (the git commit does not cover it, so it enters the run key; empty for built-in methods, whose
+        keys stay as they were), and what the run records of the overlays (recorded, not keyed: their
+        content is in the run's config already)."""
+        code = {name: found for name in methods if (found := overlays.code_fingerprint(self.methods[name].class_))}
+        origins = {f"methods.{name}": where for name in methods if (where := self.origin("methods", name))}
+        recorded = {"spec_origins": origins} if origins else {}
+        return code, recorded | ({"spec_replaced": dict(self._replaced)} if self._replaced else {})
 
     @model_validator(mode="after")
     def _cross_references(self):
@@ -163,22 +187,49 @@ def _format_validation_error(err: ValidationError) -> str:
     return f"{loc}: {message}{more}" if loc else f"{message}{more}"
 
 
-def load_spec(path: str | os.PathLike | None = None) -> Spec:
-    """Read and validate benchmarks.yaml (path, else $KD_HARNESS_SPEC, else the repo's file)."""
+def load_spec(path: str | os.PathLike | None = None, extra: list[str] | None = None,
+              check: Callable[[str, MethodSpec], object] | None = None) -> Spec:
+    """Read and validate benchmarks.yaml (path, else $KD_HARNESS_SPEC, else the repo's file), with the
+    installed packages' overlays, then the overlay files (`extra`, then $KD_HARNESS_SPEC_EXTRA's;
+    harness/spec/overlays.py). `check(name, method)` imports an added method's class (raising UserError):
+    a package whose overlay fails it, or fails validation, is left out with a warning on stderr."""
     path = Path(path or os.environ.get("KD_HARNESS_SPEC") or DEFAULT_SPEC)
+    raw, origins, replaced = overlays.read_yaml(path), {}, {}
+    spec = _validated(raw, origins, path)
+    for found in overlays.entry_point_overlays():  # someone else's package: never fatal
+        try:
+            if isinstance(found, str):
+                raise UserError(found)
+            merged = overlays.merge(raw, origins, replaced, found, str(path))
+            candidate = _validated(merged[0], merged[1], path, found, check)
+        except UserError as e:
+            print(f"harness: warning: {e}; its methods are left out", file=sys.stderr)
+            continue
+        (raw, origins, replaced), spec = merged, candidate
+    for file in overlays.extra_paths(extra):
+        overlay = overlays.file_overlay(file)
+        if str(overlay.folder) not in sys.path:  # its methods' class: may name a module beside it
+            sys.path.insert(0, str(overlay.folder))
+        raw, origins, replaced = overlays.merge(raw, origins, replaced, overlay, str(path))
+        spec = _validated(raw, origins, path, overlay, check)
+    spec._origins, spec._replaced = origins, replaced
+    return spec
+
+
+def _validated(raw: dict, origins: dict[str, str], path: Path, overlay: overlays.Overlay | None = None,
+               check: Callable[[str, MethodSpec], object] | None = None) -> Spec:
+    """The Spec of `raw`; an error names the file that defined the entry at fault (an overlay's, or
+    the built-in spec's), and the overlay's methods' classes are checked."""
     try:
-        text = path.read_text()
-    except OSError as e:
-        raise UserError(f"cannot read benchmarks file {path}: {e.strerror}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: the top level must be a mapping with datasets, models, pairs, methods, recipes")
-    try:
-        return Spec.model_validate(raw)
+        spec = Spec.model_validate(raw)
     except ValidationError as e:
-        raise UserError(f"{path}: {_format_validation_error(e)}") from None
+        message = _format_validation_error(e)
+        key = ".".join(message.split(":")[0].split(".")[:2])
+        raise UserError(f"{origins.get(key, path)}: {message}") from None
+    added = [name for name in spec.methods if overlay is not None and origins.get(f"methods.{name}") == overlay.where]
+    for name in added if check is not None else ():
+        try:
+            check(name, spec.methods[name])
+        except UserError as e:
+            raise UserError(f"{overlay.where}: {e}") from None
+    return spec

@@ -12,7 +12,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import pandas as pd
 
 from harness.errors import UserError
 
@@ -35,45 +34,6 @@ def default_tracking_uri(home: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
 
 
-# a finished run's summary metrics, which readers of student_results may ask of every row (a diverged
-# run logged none of them: its columns are NaN, and exist even when no shown run finished)
-SUMMARY_METRICS = ("test_top1_last", "test_top5_last", "test_top1_best_val", "test_top5_best_val",
-                   "test_top1_max_test", "test_top5_max_test", "wall_seconds",
-                   "mean_epoch_seconds", "peak_memory_mb", "extra_parameters", "student_parameters")
-
-
-def student_results(uri: str):
-    """Every FINISHED student run of the store, and every one that diverged (FAILED with a non-finite
-    loss: a result of its recipe too), as mlflow.search_runs' DataFrame (read only); the column
-    `diverged` tells them apart."""
-    import mlflow
-
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        raise UserError(f"no MLflow store at {uri}; run some cells first, or pass --tracking-uri/--home")
-    with tracking_uri_scope(uri):  # mlflow.search_runs reads the process-wide URI
-        found = mlflow.get_experiment_by_name(EXPERIMENT)
-        if found is None:
-            raise UserError(f"the store {uri} has no kd-harness runs")
-        finished, diverged = (mlflow.search_runs([found.experiment_id], output_format="pandas", filter_string=f)
-                              for f in ("tags.role = 'student' and attributes.status = 'FINISHED'",
-                                        "tags.role = 'student' and attributes.status = 'FAILED' "
-                                        "and tags.failure = 'non_finite_loss'"))
-    frames = [frame.assign(diverged=flag) for frame, flag in ((finished, False), (diverged, True)) if not frame.empty]
-    runs = pd.concat(frames, ignore_index=True) if frames else finished.assign(diverged=False)
-    return runs.assign(**{f"metrics.{m}": float("nan") for m in SUMMARY_METRICS if f"metrics.{m}" not in runs})
-
-
-def finished_teacher_runs(uri: str, keys: list[str]) -> dict:
-    """run key -> the FINISHED teacher run (mlflow Run) of each of `keys` this store has."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(EXPERIMENT)
-    runs = client.search_runs([found.experiment_id], max_results=5000,
-                              filter_string="tags.role = 'teacher' and attributes.status = 'FINISHED'")
-    return {r.data.tags["run_key"]: r for r in runs if r.data.tags.get("run_key") in keys}
-
-
 def finished_run_keys(uri: str) -> set[str]:
     """The run keys whose newest run in the store is FINISHED (teachers, students, retrainings)."""
     from mlflow.tracking import MlflowClient
@@ -86,30 +46,6 @@ def finished_run_keys(uri: str) -> set[str]:
     for run in client.search_runs([found.experiment_id], max_results=50000, order_by=["attributes.start_time DESC"]):
         newest.setdefault(run.data.tags.get("run_key"), run.info.status)
     return {key for key, status in newest.items() if key and status == "FINISHED"}
-
-
-def sweep_trials(uri: str, studies: list[str]) -> dict[str, int]:
-    """study -> the trials its sweep parent run counted (complete + pruned + failed), for each of
-    `studies` whose parent run in this store logged them (harness/tuning/sweep.py, when a sweep ends)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(EXPERIMENT)
-    runs = client.search_runs([found.experiment_id], max_results=5000, filter_string="tags.role = 'sweep'")
-    counts = {}
-    for run in runs:
-        study, metrics = run.data.tags.get("study"), run.data.metrics
-        if study in studies and "trials_complete" in metrics:
-            counts[study] = int(sum(metrics.get(f"trials_{s}", 0) for s in ("complete", "pruned", "fail")))
-    return counts
-
-
-def metric_histories(uri: str, run_ids: list[str], key: str) -> dict[str, list]:
-    """Each run's logged values of metric `key`, by run id."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    return {run_id: client.get_metric_history(run_id, key) for run_id in run_ids}
 
 
 def share_view(uri: str, name: str, state: dict) -> str | None:
