@@ -89,6 +89,8 @@ def test_a_report_says_how_its_runs_trained():
     assert "train+val (1 runs)" in notes[0] and "train (2 runs)" in notes[0]  # unrecorded: train, as they trained
     assert notes[1].startswith("teachers: 1 runs distil from the teacher of their own seed")
     assert notes[2].startswith("a/b/dkd: shortened schedule (dkd.warmup_epochs 20 -> 3)") and len(notes) == 3
+    # runs at our defaults: nothing to say (the committed reports of the seed suites stay as they are)
+    assert protocol_notes(runs.assign(**{"params.train_on": "train", "params.teacher_seeds": None}).iloc[2:]) == []
 
 
 def test_the_dkd_settle_suites_change_one_thing_each(runner, tmp_path):

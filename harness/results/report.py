@@ -211,17 +211,21 @@ def curves(tracking_uri: str, runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def protocol_notes(runs: pd.DataFrame) -> list[str]:
-    """How the shown runs trained: on which training set, from which teachers' seeds, and the cells whose
-    method schedule a shortened recipe shortened. A run that recorded no training set trained on train."""
+    """How the shown runs trained where it is not our default: on train+val, from the teacher of their
+    own seed, with a method schedule that a shortened recipe shortened. A run that recorded no training
+    set trained on train (the default says nothing, so reports of default runs are unchanged)."""
     def column(name: str, default: str) -> pd.Series:
         return runs[name].fillna(default) if name in runs else pd.Series(default, index=runs.index)
 
+    notes = []
     train_on = column("params.train_on", "train").value_counts()
-    notes = [f"training set: {', '.join(f'{k} ({n} runs)' for k, n in train_on.items())}; train+val: every training "
-             "image, no validation split (read at the last epoch); train: without the validation images"]
+    if "train+val" in train_on:
+        notes.append(f"training set: {', '.join(f'{k} ({n} runs)' for k, n in train_on.items())}; train+val: every "
+                     "training image, no validation split (read at the last epoch); train: without the validation images")
     per_run = int((column("params.teacher_seeds", "shared") == "per-run").sum())
-    notes.append(f"teachers: {per_run} runs distil from the teacher of their own seed (--teacher-seeds per-run), "
-                 f"{len(runs) - per_run} from one teacher seed shared by every seed")
+    if per_run:
+        notes.append(f"teachers: {per_run} runs distil from the teacher of their own seed (--teacher-seeds per-run), "
+                     f"{len(runs) - per_run} from one teacher seed shared by every seed")
     shortened = [c for c in runs.columns if c.startswith("params.schedule_shortened.")]
     for cell, group in runs.dropna(subset=shortened, how="all").groupby("tags.cell") if shortened else ():
         changes = {c.removeprefix("params.schedule_shortened."): v for c in shortened for v in group[c].dropna().unique()}
