@@ -53,8 +53,9 @@ class SparseRecode(torch.autograd.Function):
         p_low, enhance = ctx.shape
         magnitude = grad.abs()
         mean_magnitude = magnitude.mean()
-        if theta.item() <= 0:  # not yet initialised: start at the mean gradient magnitude
-            theta.data.fill_(mean_magnitude.item())
+        # not yet initialised (0): start at the mean gradient magnitude; chosen on the device, since
+        # reading theta on the host would wait for the GPU at every step
+        theta.data.copy_(torch.where(theta > 0, theta, mean_magnitude.to(theta.dtype)))
         below = magnitude < theta
         gain = power_(magnitude.div_(theta.clamp_min(1e-12)), p_low).masked_fill_(~below, enhance)
         return gain.mul_(grad), (theta - mean_magnitude).reshape(theta.shape), None, None

@@ -160,7 +160,11 @@ def mls_project(points: torch.Tensor, dim: int, neighbours: int = 16, iterations
     fit = weighted.transpose(-1, -2) @ phi + ridge * torch.eye(phi.shape[-1], **like)
     # the fit's constant term is e_0^T G^-1 Phi^T W offsets = a^T offsets, a = W Phi G^-1 e_0 (G symmetric)
     first = torch.eye(phi.shape[-1], 1, **like).expand(*fit.shape[:-1], 1)
-    a = (weighted @ torch.linalg.solve(fit, first)).squeeze(-1)  # n x k
+    # solve_ex without its error check: linalg.solve reads the solver's status on the host (a GPU
+    # sync every step); a system it could not solve gives NaN instead, which the loop's guard reports
+    solution, info = torch.linalg.solve_ex(fit, first, check_errors=False)
+    solution = torch.where((info == 0)[..., None, None], solution, torch.nan)
+    a = (weighted @ solution).squeeze(-1)  # n x k
     # projection = origin + a^T (p_neighbours - origin)
     keep = 1 - a.sum(-1, keepdim=True)
     on_points = keep * mean + torch.cat([torch.zeros_like(a[..., :1]), a], dim=-1)

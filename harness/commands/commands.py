@@ -227,7 +227,7 @@ def command_bench(args, spec, runner) -> int:
         from harness.performance.bench import folder_throughput
 
         _positive("--folder-images", args.folder_images)
-        folder = folder_throughput(spec, table.attrs["device"], args.folder_images, min(256, args.folder_images // 2))
+        folder = folder_throughput(spec, table.attrs["device"], args.folder_images)
         print(f"image-folder input: {folder['images_per_s']:.0f} images/s ({folder['image']}; bound: {folder['bound']})")
     if args.log:
         from harness.performance.bench import log_bench

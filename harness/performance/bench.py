@@ -11,6 +11,7 @@ Ratios: the harness's kd step over the bare loop's; every method's step over the
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import statistics
 import tempfile
@@ -41,7 +42,8 @@ def sync(device: torch.device) -> None:
 
 
 def median_step_seconds(step, plan, steps: int, warmup: int, device: torch.device) -> float:
-    """Median seconds per step(plan, i) (batch fetch and augmentation included)."""
+    """Median seconds per step(plan, i) (batch fetch and augmentation included), each step alone
+    between two waits for the device: a host sync inside a step costs it nothing here."""
     times = []
     n = Batches.steps(plan)
     for i in range(warmup + steps):
@@ -52,6 +54,26 @@ def median_step_seconds(step, plan, steps: int, warmup: int, device: torch.devic
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def block_step_seconds(step, plan, steps: int, device: torch.device, first: int = 0) -> float:
+    """Seconds per step of `steps` steps run back to back (from batch `first`), with one wait for
+    the device at the end, between two CUDA events on a GPU: the pace an epoch sees, the host's
+    syncs inside the steps included, which the per-step median hides."""
+    n = Batches.steps(plan)
+    sync(device)
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for i in range(first, first + steps):
+            step(plan, i % n)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000 / steps
+    started = time.perf_counter()
+    for i in range(first, first + steps):
+        step(plan, i % n)
+    return (time.perf_counter() - started) / steps
 
 
 def profile_steps(step, plan, steps: int) -> str:
@@ -86,9 +108,10 @@ def bench(runner: Runner, dataset: str, pair: str, methods: list[str], opts: Run
         batches = trainer.batches
         epoch = batches.epoch_plan(recipe.batch_size, torch.Generator().manual_seed(0))
         seconds = median_step_seconds(trainer.step_on, epoch, steps, warmup, device)
+        block = block_step_seconds(trainer.step_on, epoch, steps, device)
         if profile:
             profiles[method] = profile_steps(trainer.step_on, epoch, min(steps, 5))
-        rows.append({"method": method, "path": "harness", "ms_per_step": 1000 * seconds,
+        rows.append({"method": method, "path": "harness", "ms_per_step": 1000 * seconds, "block_ms_per_step": 1000 * block,
                      "images_per_s": recipe.batch_size / seconds, "extra_parameters": objective.extra_parameters()})
         if method == "kd":
             rows.append(_bare_kd_row(runner, cell, plan.opts, teacher[0], batches, epoch, steps, warmup, device, recipe,
@@ -133,7 +156,8 @@ def _bare_kd_row(runner, cell: Cell, opts, teacher, batches, plan, steps, warmup
         optimizer.step()
 
     seconds = median_step_seconds(step, plan, steps, warmup, device)
-    return {"method": "kd", "path": "bare loop", "ms_per_step": 1000 * seconds,
+    block = block_step_seconds(step, plan, steps, device)
+    return {"method": "kd", "path": "bare loop", "ms_per_step": 1000 * seconds, "block_ms_per_step": 1000 * block,
             "images_per_s": recipe.batch_size / seconds, "extra_parameters": 0}
 
 
@@ -153,34 +177,67 @@ def log_bench(runner: Runner, table: pd.DataFrame, dataset: str, pair: str, para
     return run_id
 
 
-def folder_throughput(spec, device: str, images: int, batch_size: int) -> dict:
+# a loader's workers decode `prefetch_factor` batches each ahead of the consumer (DataLoader's default 2);
+# the clock starts once as many batches as they hold were drawn, and times STEADY_FACTOR times as many
+PREFETCH_FACTOR, STEADY_FACTOR = 2, 4
+
+
+def steady_window(workers: int) -> tuple[int, int]:
+    """(warm-up, timed) batches for a loader of `workers` processes: the warm-up drains what they
+    decoded before the first draw (start-up included), and the timed batches are decoded under the
+    clock, not before it."""
+    ahead = max(1, workers) * PREFETCH_FACTOR
+    return ahead, STEADY_FACTOR * ahead
+
+
+def steady_images_per_s(next_batch, batch_size: int, warmup: int, timed: int, device: torch.device) -> float:
+    """images/s of `timed` calls of next_batch() after `warmup` untimed ones."""
+    for _ in range(warmup):
+        next_batch()
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(timed):
+        next_batch()
+    sync(device)
+    return timed * batch_size / (time.perf_counter() - started)
+
+
+def folder_throughput(spec, device: str, images: int) -> dict:
     """images/s of the image-folder training path (decode, random-resized crop, flip, to the device) on
-    `images` synthetic 400x350 JPEGs (ImageNet's typical size): the loader's bound, not a model's."""
+    `images` synthetic 400x350 JPEGs (ImageNet's typical size), in batches of the size that gives the
+    loader's workers a steady window (steady_window): the loader's bound, not a model's."""
     from PIL import Image
 
     from harness.data.folder_data import default_workers, load_folder_data
 
+    workers = default_workers()
+    warmup, timed = steady_window(workers)
     root = Path(tempfile.mkdtemp(prefix="acceptance-folder-"))
     rng = np.random.default_rng(0)
+    jpegs = []  # a few distinct files' bytes, written under many names: decoding costs the same
+    for _ in range(16):
+        pixels = (rng.random((8, 8, 3)) * 255).astype(np.uint8)  # smooth content: ImageNet-like JPEG sizes
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).resize((400, 350), Image.BILINEAR).save(buffer, "JPEG", quality=90)
+        jpegs.append(buffer.getvalue())
     for split, count in (("train", images), ("val", 20)):
         for i in range(count):
             folder = root / "synthetic" / split / f"n{i % 10:08d}"
             folder.mkdir(parents=True, exist_ok=True)
-            pixels = (rng.random((8, 8, 3)) * 255).astype(np.uint8)  # smooth content: ImageNet-like JPEG sizes
-            Image.fromarray(pixels).resize((400, 350), Image.BILINEAR).save(folder / f"{i}.JPEG", quality=90)
+            (folder / f"{i}.JPEG").write_bytes(jpegs[i % len(jpegs)])
     dataset = spec.datasets["imagenet"].model_copy(update={"folder": "synthetic", "num_classes": 10, "val_size": 10})
     data = load_folder_data("synthetic", dataset, root)
+    batch_size = min(256, len(data.train) // (warmup + timed))
+    if batch_size < 1:
+        raise ValueError(f"the folder timing needs over {warmup + timed} training images for {workers} loader workers")
     batches = data.batches(torch.device(device), ("train",))
     plan = batches.epoch_plan(batch_size, torch.Generator().manual_seed(0))
-    batches.train_batch(plan, 0)  # the workers start
-    sync(torch.device(device))
-    started, steps = time.perf_counter(), len(data.train) // batch_size
-    for step in range(1, steps):
-        batches.train_batch(plan, step)
-    sync(torch.device(device))
-    per_s = (steps - 1) * batch_size / (time.perf_counter() - started)
-    return {"images_per_s": per_s, "workers": default_workers(), "cpu_count": os.cpu_count(),
-            "image": "400x350 JPEG -> 224 crop", "bound": f"JPEG decode on {default_workers()} loader workers"}
+    steps = iter(range(Batches.steps(plan)))
+    per_s = steady_images_per_s(lambda: batches.train_batch(plan, next(steps)), batch_size, warmup, timed,
+                                torch.device(device))
+    return {"images_per_s": per_s, "workers": workers, "cpu_count": os.cpu_count(), "batch_size": batch_size,
+            "batches_warmup_timed": [warmup, timed], "image": "400x350 JPEG -> 224 crop",
+            "bound": f"JPEG decode on {workers} loader workers"}
 
 
 def untrained_teachers(runner: Runner, plan) -> list | None:

@@ -27,7 +27,15 @@ def cpu_name() -> str:
 def _git_state(repo: Path = Path(__file__).resolve().parents[2]) -> tuple[str, bool]:
     """HEAD's commit, and whether the code differs from it: a changed tracked file, or a new file (not
     ignored) among the code a run executes (harness/, methods/, benchmarks.yaml; a new methods/x.py
-    runs without being committed). New results or docs do not count."""
+    runs without being committed). New results or docs do not count.
+    A copied tree without .git (the lent GPU machine) states it instead: $KD_HARNESS_COMMIT, else the
+    COMMIT file scripts/gpu_carry.sh writes ("<sha>" or "<sha>+dirty")."""
+    stated = os.environ.get("KD_HARNESS_COMMIT", "").strip()
+    if not stated and not (repo / ".git").exists() and (repo / "COMMIT").is_file():
+        stated = (repo / "COMMIT").read_text().strip()
+    if stated:
+        return stated.removesuffix("+dirty"), stated.endswith("+dirty")
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
 

@@ -23,8 +23,6 @@ def seed_everything(seed: int) -> None:
 def configure_determinism(enabled: bool, device: torch.device, tf32: bool = False) -> None:
     """The numerics switches a run (and `harness bench`) trains under. TF32 is off unless asked for
     (`--tf32`): PyTorch's own defaults differ between matmuls (off) and cuDNN convolutions (on)."""
-    if enabled and device.type == "cuda":  # cuBLAS needs this for deterministic matmuls
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(enabled, warn_only=device.type == "cuda")
     torch.backends.cudnn.benchmark = not enabled
     torch.backends.cudnn.deterministic = enabled
