@@ -30,8 +30,7 @@ def global_options(default) -> argparse.ArgumentParser:
     parser.add_argument("--spec-extra", action="append", metavar="FILE", help="an overlay: datasets, models, pairs, "
                         "methods, recipes, suites added to the spec (repeatable; also $KD_HARNESS_SPEC_EXTRA, "
                         "path-separated); its folder is importable for its methods' class:")
-    parser.add_argument("--home", help="runs home: MLflow store, teachers, checkpoints "
-                        "(default: $KD_HARNESS_HOME or a user data dir)")
+    parser.add_argument("--home", help="runs home: MLflow store, teachers, checkpoints (default: $KD_HARNESS_HOME or a user data dir)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
                         "sqlite:///HOME/mlflow.db)")
     return parser
