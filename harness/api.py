@@ -5,7 +5,7 @@
     table = results(suite="positive_control")      # the report's per-cell DataFrame
 
 `run_cell` takes the same run options as `harness run` (as keywords: epochs, smoke, data_root,
-device, amp, channels_last, compile, teacher_cache, teacher_seed, teacher_epochs, force,
+device, amp, channels_last, compile, teacher_cache, teacher_seed, teacher_seeds, teacher_epochs, force,
 progress (default False here), ...); any other keyword is a hyperparameter of the cell's method
 (`--set NAME=VALUE`; write `params={"kd.tau": 4.0}` for one part of a combined method). Mistakes
 (an unknown name, a hyperparameter given twice) raise `harness.UserError`.

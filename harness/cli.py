@@ -31,8 +31,7 @@ def global_options(default) -> argparse.ArgumentParser:
     parser.add_argument("--spec-extra", action="append", metavar="FILE", help="an overlay: datasets, models, pairs, "
                         "methods, recipes, suites added to the spec (repeatable; also $KD_HARNESS_SPEC_EXTRA, "
                         "path-separated); its folder is importable for its methods' class:")
-    parser.add_argument("--home", help="runs home: MLflow store, teachers, checkpoints "
-                        "(default: $KD_HARNESS_HOME or a user data dir)")
+    parser.add_argument("--home", help="runs home: MLflow store, teachers, checkpoints (default: $KD_HARNESS_HOME or a user data dir)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
                         "sqlite:///HOME/mlflow.db)")
     return parser
@@ -92,6 +91,7 @@ def build_parser() -> Parser:
     p.add_argument("--suite", help="the teacher of this suite's cells (its teacher recipe applies)")
     p.add_argument("--import", dest="import_file", metavar="FILE", help="a RepDistiller/mdistiller checkpoint, a "
                    "torchvision/timm state dict or a safetensors file to use as this teacher (nothing is downloaded)")
+    p.add_argument("--accept-accuracy", action="store_true", help="cache an import off its stated top-1 (else refused)")
     add_flags(p)
 
     p = sub.add_parser("sweep", parents=common, help="tune a cell's hyperparameters with Optuna on the validation split",

@@ -90,8 +90,9 @@ class Features(dict):
 
 
 class Objective(nn.Module):
-    """CE on the student's logits plus the loss terms of each Distiller; and the phases:
-    every part's pre-phases in order, then MAIN_PHASE."""
+    """CE on the student's logits (weighted as the parts' code weighs it: `Distiller.ce_weight`) plus the
+    loss terms of each Distiller; the teacher's mode (`Distiller.teacher_mode`); and the phases: every
+    part's pre-phases in order, then MAIN_PHASE."""
 
     def __init__(self, distillers: dict[str, Distiller]):
         super().__init__()
@@ -103,9 +104,23 @@ class Objective(nn.Module):
                                     "drop one of them from the combination")
                 seen[term] = name
         self.parts = nn.ModuleDict(distillers)
+        self.ce_weight = self._agreed("ce_weight", {name: d.ce_weight() for name, d in distillers.items()}, 1.0)
+        self.teacher_mode = self._agreed("teacher_mode", {name: d.teacher_mode() for name, d in distillers.items()},
+                                         "eval")
         self.phase_owner = {p.name: part for part in distillers.values() for p in part.pre_phases(1)}
         self.teacher_features = frozenset().union(*(d.teacher_features for d in distillers.values()))
         self.student_features = frozenset({"logits"}).union(*(d.student_features for d in distillers.values()))
+
+    @staticmethod
+    def _agreed(what: str, values: dict, default):
+        """The one value the parts that set one give (the student's CE and the teacher's forward are
+        shared), else `default`."""
+        values = {name: value for name, value in values.items() if value is not None}
+        if len(set(values.values())) > 1:
+            raise UserError(f"the parts of this combination disagree on {what} ("
+                            + ", ".join(f"{name}: {value}" for name, value in values.items())
+                            + "): set them alike with --set, or run the parts alone")
+        return next(iter(values.values()), default)
 
     @property
     def needs_teacher(self) -> bool:
@@ -155,7 +170,7 @@ class Objective(nn.Module):
         if phase != MAIN_PHASE:
             owner = self.phase_owner[phase]
             return owner.phase_losses(phase, student, self._for(owner, teachers), targets)
-        losses = {"ce": F.cross_entropy(student["logits"], targets)}
+        losses = {"ce": self.ce_weight * F.cross_entropy(student["logits"], targets)}
         for part in self.parts.values():
             losses.update(part(student, self._for(part, teachers), targets))
         return losses

@@ -100,6 +100,16 @@ class Distiller(nn.Module):
     def pre_phases(self, main_epochs: int) -> list[PrePhase]:
         return []
 
+    def ce_weight(self) -> float | None:
+        """The weight of the student's cross-entropy where the method's own code sets one (kd_ls: 0.1);
+        None: no say (the Objective's default, 1)."""
+        return None
+
+    def teacher_mode(self) -> str | None:
+        """'eval' (running batch-norm statistics) or 'train' (the batch's: OFD's authors read the teacher
+        so) where the method's code sets one; None: no say (the Objective's default, eval)."""
+        return None
+
     def bind_training_set(self, labels: torch.Tensor) -> None:
         """Told the training split's labels (on the device) before training starts and before a
         checkpoint is restored: for state sized by the training set (CRD's memory bank). Such a

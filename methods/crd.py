@@ -3,8 +3,9 @@
 Both penultimate vectors go through a linear embedding head and L2 normalisation (d = feat_dim).
 Two memory banks hold one embedding per training image: the student's (bank_s) and the teacher's
 (bank_t). For a batch image i (its index in the training split), the positive is bank entry i and
-the `nce_k` negatives are images of other classes, drawn uniformly with replacement (RepDistiller's
-'exact' mode). With the teacher as anchor, scores against the student's bank, and vice versa:
+the `nce_k` negatives are images of other classes, drawn uniformly, distinct when the other classes
+hold at least `nce_k` images and with replacement otherwise (RepDistiller's 'exact' mode and its
+`replace = k > len(negatives)`). With the teacher as anchor, scores against the student's bank, and vice versa:
 
     P = exp(bank[j] . v / nce_t) / Z,   Z = n * mean of exp(...) at the first batch (then fixed)
     NCE (CRD Eq. 18): -(1/b) sum_i [ log(P_i0 / (P_i0 + K/n)) + sum_k log((K/n) / (P_ik + K/n)) ]
@@ -17,7 +18,7 @@ The banks and Z are buffers: they checkpoint and resume with the objective's sta
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ from torch import nn
 from methods.base import Distiller, Params, Probe
 
 EPS = 1e-7  # RepDistiller's ContrastLoss
+SPARSE = 16  # distinct negatives by redrawing repeats where K is at most 1/16 of the candidates
 
 
 def contrast_scores(bank: torch.Tensor, anchors: torch.Tensor, sample: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -43,13 +45,38 @@ def nce_loss(probabilities: torch.Tensor, n_data: int) -> torch.Tensor:
     return -(log_positive.sum() + log_negatives.sum()) / probabilities.shape[0]
 
 
+def distinct_below(high: torch.Tensor, k: int) -> torch.Tensor:
+    """len(high) x k integers, row i k distinct ones drawn uniformly from [0, high[i]) (high >= k).
+    Where k is a small part of the range (ImageNet's 16,384 of 1.28 million) the repeats of a draw
+    with replacement are redrawn until none is left (a few rounds; every k-subset stays equally likely:
+    the redraw treats all values alike); otherwise (CIFAR's 16,384 of 49,500, where redraws would
+    collide a third of the time) each row takes the head of a random permutation."""
+    if k * SPARSE > int(high.min()):
+        return torch.stack([torch.randperm(h, device=high.device)[:k] for h in high.tolist()])
+    draw = (torch.rand(len(high), k, device=high.device) * high[:, None]).long()
+    while True:
+        ordered, order = draw.sort(dim=1)
+        repeat = torch.zeros_like(draw, dtype=torch.bool)
+        repeat.scatter_(1, order[:, 1:], ordered[:, 1:] == ordered[:, :-1])
+        if not repeat.any():
+            return draw
+        fresh = (torch.rand(draw.shape, device=high.device) * high[:, None]).long()
+        draw = torch.where(repeat, fresh, draw)
+
+
 def sample_contrasts(indices: torch.Tensor, labels: torch.Tensor, by_class: torch.Tensor, starts: torch.Tensor,
-                     counts: torch.Tensor, k: int) -> torch.Tensor:
-    """b x (K + 1): each image's own index, then K images of other classes, uniform with replacement.
-    by_class: the training indices sorted by label; starts/counts: each class's slice of it."""
+                     counts: torch.Tensor, k: int, distinct: bool = True) -> torch.Tensor:
+    """b x (K + 1): each image's own index, then K images of other classes, uniform: with `distinct`,
+    distinct where the other classes hold at least K images, else with replacement (RepDistiller's
+    CIFAR100InstanceSample: replace = K > the number of negatives). by_class: the training indices sorted by label;
+    starts/counts: each class's slice of it."""
     classes = labels[indices]
     start, count = starts[classes, None], counts[classes, None]
-    draw = (torch.rand(len(indices), k, device=indices.device) * (len(labels) - count)).long()
+    negatives = len(labels) - count[:, 0]
+    draw = (torch.rand(len(indices), k, device=indices.device) * negatives[:, None]).long()
+    enough = (negatives >= k) & distinct
+    if enough.any():
+        draw[enough] = distinct_below(negatives[enough], k)
     position = torch.where(draw < start, draw, draw + count)  # skip the anchor's own class
     return torch.cat([indices[:, None], by_class[position]], dim=1)
 
@@ -65,6 +92,10 @@ class CRDParams(Params):
     nce_k: Annotated[int, Field(ge=1, description="negatives per positive")]
     nce_t: Annotated[float, Field(gt=0, description="temperature")]
     nce_m: Annotated[float, Field(ge=0, lt=1, description="momentum of the memory banks")]
+    # a default, so that runs made before the option existed keep their keys (plan.identity_dump)
+    negatives: Literal["with_replacement", "distinct"] = Field("with_replacement", description=(
+        "distinct: K different images where the other classes hold K or more (RepDistiller), else with "
+        "replacement; with_replacement: always (this harness before the option)"))
 
 
 class CRD(Distiller):
@@ -98,7 +129,8 @@ class CRD(Distiller):
         p, idx = self.params, student["indices"]
         v_s = F.normalize(self.embed_s(student["pre_logits"]), dim=1)
         v_t = F.normalize(self.embed_t(teacher["pre_logits"]), dim=1)
-        sample = sample_contrasts(idx, self.labels, self.by_class, self.starts, self.counts, p.nce_k)
+        sample = sample_contrasts(idx, self.labels, self.by_class, self.starts, self.counts, p.nce_k,
+                                  p.negatives == "distinct")
         on_student = contrast_scores(self.bank_t.detach(), v_s, sample, p.nce_t)  # student anchor, teacher bank
         on_teacher = contrast_scores(self.bank_s.detach(), v_t, sample, p.nce_t)
         n = len(self.labels)

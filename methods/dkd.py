@@ -51,9 +51,10 @@ def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target:
     return tau**2 * (alpha * tckd + beta * nckd).mean()
 
 
-def dkd_warmup(epoch: int, warmup_epochs: int) -> float:
-    """mdistiller's ramp, min(epoch / warmup, 1) for its 1-based epoch, at our 0-based `epoch`."""
-    return min((epoch + 1) / warmup_epochs, 1.0) if warmup_epochs else 1.0
+def dkd_warmup(epoch: int, warmup_epochs: int, first: int = 1) -> float:
+    """mdistiller's ramp, min(epoch / warmup, 1) for its 1-based epoch (`first` 1), at our 0-based
+    `epoch`; `first` 0 counts from 0 (ReviewKD's own train.py: weight 0 in the first epoch)."""
+    return min((epoch + first) / warmup_epochs, 1.0) if warmup_epochs else 1.0
 
 
 class DKDParams(Params):

@@ -2,7 +2,8 @@
 
 loss = CE(y, s) + lam * tau^2 * KL(softmax(t / tau) || softmax(s / tau)), KL summed over
 classes and averaged over the batch. Convention: `lam` weights the soft term and CE keeps
-weight 1 (as in the NST, NMT and LPL papers' Eq. 2); the tau^2 factor is explicit, so the
+weight 1 (as in the NST, NMT and LPL papers' Eq. 2) unless `ce_weight` sets another (the logit-
+standardisation authors' and RepDistiller's/mdistiller's KD weigh CE 0.1); the tau^2 factor is explicit, so the
 papers' "tau = 4, lambda = 16" (which is tau^2) is lam = 1 here.
 
 `standardize` (default off) first applies the logit standardisation of Sun et al. (CVPR 2024,
@@ -41,6 +42,7 @@ class KDParams(Params):
     lam: Annotated[float, Field(ge=0, description="weight of the soft-target term")]
     # a default, so that runs made before the option existed keep their keys (plan.identity_dump)
     standardize: bool = Field(False, description="Z-score both logits first (Sun et al. 2024)")
+    ce_weight: float = Field(1.0, ge=0, description="weight of the student's cross-entropy (kd_ls's code: 0.1)")
 
 
 class KD(Distiller):
@@ -54,3 +56,6 @@ class KD(Distiller):
         if self.params.standardize:
             s, t = standardize_logits(s), standardize_logits(t)
         return {"kd": self.params.lam * kd_loss(s, t, self.params.tau)}
+
+    def ce_weight(self) -> float:
+        return self.params.ce_weight

@@ -48,6 +48,10 @@ def ofd_loss(source: torch.Tensor, target: torch.Tensor, margin: torch.Tensor) -
 class OFDParams(Params):
     lam: Annotated[float, Field(ge=0, description="weight of the distillation term (the paper's alpha)")]
     layers: Literal["all", "last", "hint"]
+    # a default, so that runs made before the option existed keep their keys (plan.identity_dump)
+    teacher_mode: Literal["eval", "train"] = Field("eval", description=(
+        "the teacher's batch norm: eval (running statistics) or train (the batch's, as the authors' "
+        "train_with_distillation.py and mdistiller run it)"))
 
 
 class OFD(Distiller):
@@ -67,6 +71,9 @@ class OFD(Distiller):
         self.connectors = nn.ModuleList(conv_bn_connector(probe.student["stages"][i].shape[1],
                                                           probe.teacher["stages"][i].shape[1]) for i in self.indices)
         self.weights = halving_weights(len(self.indices))
+
+    def teacher_mode(self) -> str:
+        return self.params.teacher_mode
 
     def forward(self, student, teacher, targets):
         total = 0.0

@@ -13,12 +13,13 @@ the teacher's level (pre-ReLU stages, then the penultimate vector) by the hierar
 
 over the pooling sizes l in (4, 2, 1) smaller than the map's H, w_j = 1/2, 1/4, 1/8 for the first,
 second, third size used; reviewkd = lam * warm-up(epoch) * sum over levels of hcl, with mdistiller's
-linear ramp min(epoch / warmup_epochs, 1) (1-based epoch; `methods.dkd.dkd_warmup`).
+linear ramp min(epoch / warmup_epochs, 1) (1-based epoch; `methods.dkd.dkd_warmup`), or the authors'
+ramp from a 0-based epoch (`warmup_from` 0: weight 0 in the first epoch; reviewkd_cifar100 uses it).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +75,10 @@ def levels(features: dict, stages_key: str, indices: list[int]) -> list[torch.Te
 class ReviewKDParams(Params):
     lam: Annotated[float, Field(ge=0, description="weight of the summed HCL")]
     warmup_epochs: Annotated[int, Field(ge=0, description="epochs of the linear warm-up of the weight (0: none)")]
+    # a default, so that runs made before the option existed keep their keys (plan.identity_dump)
+    warmup_from: Literal[0, 1] = Field(1, description=(
+        "the first epoch's count in min(epoch / warmup_epochs, 1): 1 (mdistiller) or 0 (the authors' "
+        "train.py: weight 0 in the first epoch)"))
 
 
 class ReviewKD(Distiller):
@@ -103,5 +108,5 @@ class ReviewKD(Distiller):
         for x, fusion, size in zip(levels(student, "stages", self.indices)[::-1], self.fusions, self.out_sizes):
             out, fused = fusion(x, fused, size)
             outputs.insert(0, out)
-        weight = self.params.lam * dkd_warmup(self.epoch, self.params.warmup_epochs)
+        weight = self.params.lam * dkd_warmup(self.epoch, self.params.warmup_epochs, self.params.warmup_from)
         return {"reviewkd": weight * hcl_loss(outputs, levels(teacher, "stages_pre_relu", self.indices))}

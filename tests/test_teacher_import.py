@@ -41,10 +41,16 @@ def test_imported_repdistiller_teacher_is_the_replica_and_a_student_reuses_it(ho
                                                                               capsys):
     path, replica = repdistiller_checkpoint
     common = ["--smoke", "--no-progress", "--data-root", str(cifar_root)]
-    assert main(["teacher", "cifar100/wrn40_2", "--import", str(path), *common]) == 0
+    # random weights: far from the stated 75.61%, refused in one line, nothing cached or recorded
+    assert main(["teacher", "cifar100/wrn40_2", "--import", str(path), *common]) == 2
+    err = capsys.readouterr().err
+    assert "refused, off:" in err and "--accept-accuracy" in err and len(err.strip().splitlines()) == 1
+    assert not (home / "teachers").exists() and not store(home)[1]
+
+    assert main(["teacher", "cifar100/wrn40_2", "--import", str(path), "--accept-accuracy", *common]) == 0
     out, err = capsys.readouterr()
     assert "imported" in out and "stated 75.61%" in out
-    assert "warning: imported teacher cifar100/wrn40_2 is off" in err  # random weights: far from the stated 75.61%
+    assert "warning: imported teacher cifar100/wrn40_2 is off" in err and "--accept-accuracy" in err
 
     client, runs = store(home)
     (teacher,) = runs
@@ -52,6 +58,7 @@ def test_imported_repdistiller_teacher_is_the_replica_and_a_student_reuses_it(ho
     assert teacher.info.status == "FINISHED" and tags["role"] == "teacher" and tags["imported"] == "true"
     assert tags["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert "RepDistiller" in tags["import_source"] and tags["reference_check"].startswith("off")
+    assert tags["accepted_accuracy"] == "true"
     assert "test_top1_last" in teacher.data.metrics
 
     cached = timm.create_model("cifar_wrn40_2", num_classes=100).eval()
@@ -70,10 +77,10 @@ def test_imported_repdistiller_teacher_is_the_replica_and_a_student_reuses_it(ho
     assert main(["teacher", "cifar100/wrn40_2", "--seed", "1", "--import", tags["teacher_file"], *common]) == 0
     assert "no stated accuracy" in capsys.readouterr().out
     # the cached teacher is not replaced without --force
-    assert main(["teacher", "cifar100/wrn40_2", "--import", str(path), *common]) == 2
+    assert main(["teacher", "cifar100/wrn40_2", "--import", str(path), "--accept-accuracy", *common]) == 2
     assert "already cached" in capsys.readouterr().err
     # --force replaces it, and says which finished students distilled from the one it replaced
-    assert main(["teacher", "cifar100/wrn40_2", "--import", str(path), "--force", *common]) == 0
+    assert main(["teacher", "cifar100/wrn40_2", "--import", str(path), "--force", "--accept-accuracy", *common]) == 0
     assert "1 finished student runs distilled from the teacher this replaced" in capsys.readouterr().err
 
 
@@ -84,7 +91,8 @@ def test_a_suites_teacher_lands_where_the_suites_cells_look(home, cifar_root, tm
     path = tmp_path / "ckpt_epoch_240.pth"
     torch.save({"model": ResNet(32, [32, 64, 128, 256]).state_dict()}, path)
     common = ["--smoke", "--no-progress", "--data-root", str(cifar_root)]
-    assert main(["teacher", "cifar100/resnet32x4", "--suite", "crd_table1", "--import", str(path), *common]) == 0
+    assert main(["teacher", "cifar100/resnet32x4", "--suite", "crd_table1", "--import", str(path), "--accept-accuracy",
+                 *common]) == 0
     _, (teacher,) = store(home)
     assert teacher.data.params["recipe_name"] == "cifar_repdistiller"
 

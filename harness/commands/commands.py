@@ -77,6 +77,9 @@ def command_list(args, spec, home: Path) -> int:
             print(line + listing.method_origin(spec, cell_id))
         elif args.all:
             print(f"{cell_id}  # cannot run: {reason}")
+    if args.suite and spec.suites[args.suite].protocol.train_on == "train+val":
+        print(f"harness: suite {args.suite} trains its students on train+val: every training image, as its papers "
+              "(no validation split; read at the last epoch)", file=sys.stderr)
     dropped = [cell_id for cell_id, reason in verdicts.items() if reason is not None]
     if args.suite and dropped and not args.all:  # a suite's cell that cannot run is the suite's defect: say so
         print(f"harness: {len(dropped)} of suite {args.suite}'s {len(cells)} cells cannot run and are not listed "
@@ -118,7 +121,10 @@ def answer_if_finished(args, spec, home: Path, tracking_uri: str) -> bool:
 
     plans = run_requests(args, spec)
     spec_and_code = noop.fingerprint(spec)
-    found = noop.finished(home, tracking_uri, [noop.request_key(spec_and_code, c.id, o) for c, o in plans])
+    data = {(c.dataset, o.data_root): None for c, o in plans}  # each dataset's files listed once (ImageNet's: seconds)
+    data = {(d, root): noop.data_of(spec, d, root) for d, root in data}
+    found = noop.finished(home, tracking_uri, [noop.request_key(spec_and_code, c.id, o) for c, o in plans],
+                         [data[c.dataset, o.data_root] for c, o in plans])
     if found is None:
         return False
     for (cell, opts), (run_id, metrics) in zip(plans, found):

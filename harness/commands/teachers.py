@@ -67,8 +67,9 @@ def published_entry(entries: list[PublishedWeights], path: Path, digest: str, wh
     return None
 
 
-def import_teacher(runner, dataset: str, model_name: str, path: Path, opts) -> dict:
-    """Check, evaluate and record FILE as the teacher (dataset, model, opts' recipe and teacher seed)."""
+def import_teacher(runner, dataset: str, model_name: str, path: Path, opts, accept_accuracy: bool = False) -> dict:
+    """Check, evaluate and record FILE as the teacher (dataset, model, opts' recipe and teacher seed); a file
+    whose measured top-1 strays past its published entry's tolerance is refused unless `accept_accuracy`."""
     if runner.context.enabled:
         raise UserError("harness teacher --import runs in one process, not under torchrun")
     identity = runner.teacher_identity(dataset, model_name, opts)
@@ -86,13 +87,17 @@ def import_teacher(runner, dataset: str, model_name: str, path: Path, opts) -> d
     top1, top5 = evaluate(net, data.batches(identity.device, ("test",)), "test", identity.recipe.eval_batch_size,
                           identity.opts.amp)
     check = reference_check(entry, top1)
+    if check.startswith("off") and not accept_accuracy:
+        raise UserError(f"{label}: refused, {check} ({entry.source}); check the file, the model and the data, "
+                        "or pass --accept-accuracy to cache it anyway (recorded on its teacher run)")
     with exclusive(runner.home / "runs" / identity.key / "lock") as held:
         if not held:
             raise UserError(f"another process is training or importing this teacher ({identity.key})")
         if identity.path.exists() and not opts.force:  # cached while this file was being evaluated
             raise UserError(f"a teacher is already cached at {identity.path}; --force replaces it")
         run_id = record(runner, identity, net, data, path, digest, entry, check, {"test_top1_last": top1,
-                                                                                  "test_top5_last": top5})
+                                                                                  "test_top5_last": top5},
+                        accepted=check.startswith("off"))
     stale = len(runner.tracker.students_of(identity.key)) if opts.force else 0
     return {"path": identity.path, "run_id": run_id, "sha256": digest, "top1": top1, "entry": entry, "check": check,
             "stale_students": stale}
@@ -108,14 +113,17 @@ def reference_check(entry: PublishedWeights | None, top1: float) -> str:
     return f"off: {top1:.2f}% measured, {entry.top1:.2f}% stated ({off:+.2f} points, tolerance {entry.tolerance:g})"
 
 
-def record(runner, identity, net, data, path: Path, digest: str, entry, check: str, metrics: dict) -> str:
-    """The weights where the Runner looks for this teacher, and its FINISHED MLflow run (tagged imported)."""
+def record(runner, identity, net, data, path: Path, digest: str, entry, check: str, metrics: dict,
+           accepted: bool) -> str:
+    """The weights where the Runner looks for this teacher, and its FINISHED MLflow run (tagged imported;
+    `accepted`: an accuracy outside the tolerance that --accept-accuracy let through)."""
     tracker = runner.tracker
     source = entry.source if entry is not None else "not a published file of benchmarks.yaml"
     tags = {"role": "teacher", "dataset": identity.dataset, "teacher": identity.config["model"],
             "model": identity.config["model"], "seed": identity.config["seed"], "smoke": identity.config["smoke"],
             "run_key": identity.key, "imported": "true", "import_file": str(path.resolve()), "import_source": source,
-            "sha256": digest, "reference_check": check, "teacher_file": str(identity.path)}
+            "sha256": digest, "reference_check": check, "teacher_file": str(identity.path)} \
+        | ({"accepted_accuracy": "true"} if accepted else {})
     run_id = tracker.create(f"teacher {identity.dataset}/{identity.config['model']} seed {identity.config['seed']} "
                             "(imported)", tags)
     tracker.log_params(run_id, flatten(identity.config) | data.params()
@@ -161,7 +169,7 @@ def command_import(args, runner, dataset: str, model: str, opts) -> int:
     """`harness teacher DATASET/MODEL --import FILE`: one line on stdout; a flagged accuracy also on stderr."""
     if opts.teacher_epochs is not None:
         raise UserError("--import takes a trained file: --epochs and --teacher-epochs do not apply")
-    out = import_teacher(runner, dataset, model, Path(args.import_file), opts)
+    out = import_teacher(runner, dataset, model, Path(args.import_file), opts, args.accept_accuracy)
     stated = f", stated {out['entry'].top1:.2f}%" if out["entry"] is not None else ", no stated accuracy in benchmarks.yaml"
     print(f"teacher {dataset}/{model} seed {opts.teacher_seed}: imported {args.import_file} (sha256 {out['sha256'][:16]}...), "
           f"test top-1 {out['top1']:.2f}%{stated}; cached at {out['path']}; MLflow run {out['run_id']}")
@@ -170,5 +178,5 @@ def command_import(args, runner, dataset: str, model: str, opts) -> int:
               "replaced; they keep their results (`harness run --force` trains them again)", file=sys.stderr)
     if out["check"].startswith("off"):
         print(f"harness: warning: imported teacher {dataset}/{model} is {out['check']} ({out['entry'].source}): "
-              "check the file, the model and the data", file=sys.stderr)
+              "cached under --accept-accuracy (tagged accepted_accuracy on its teacher run)", file=sys.stderr)
     return 0

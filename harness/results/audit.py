@@ -142,8 +142,8 @@ def _load(spec: Spec, uri: str, name: str, cells: list[str], include_smoke: bool
     """The suite's runs (the report's rules), with the best test epoch's accuracy where a convention needs it."""
     if not cells:
         return pd.DataFrame(), []
-    runs, notes = load_runs(uri, cells, include_smoke, departures, name)
     suite = spec.suites[name]
+    runs, notes = load_runs(uri, cells, include_smoke, departures, name, train_on=suite.protocol.train_on)
     needs = {metric_key(convention_of(suite, c, m), select, m) for c in cells for m in ("top1", "top5")}
     if not runs.empty and needs & {"test_top1_max_test", "test_top5_max_test"}:
         runs = with_max_test(uri, runs)

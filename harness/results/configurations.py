@@ -36,7 +36,7 @@ def parse_setting(text: str) -> str:
 
 def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False,
               departures: str | None = None, suite: str | None = None,
-              all_configurations: bool = False) -> tuple[pd.DataFrame, list[str]]:
+              all_configurations: bool = False, train_on: str = "train") -> tuple[pd.DataFrame, list[str]]:
     """FINISHED student runs of `cells` at one recipe setting, one configuration per cell, the latest
     run per seed; and a note for each group of runs left out.
 
@@ -45,8 +45,9 @@ def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False,
     each other only at one recipe setting (RECIPE_DEPARTURES): `departures` ('none' for the recipe as
     stated) or else the setting that covers the most cells, then the recipe as stated, then the most
     runs. Per cell the report takes the configuration run under `suite` (whose overrides may set the
-    cell apart from its defaults), then one run under no suite, then one without user overrides, then
-    the one with the most seeds, then the most recent. With `all_configurations` the others are kept
+    cell apart from its defaults), then one run under no suite, then one trained on `train_on` (the
+    suite's protocol: runs made before a suite changed its training set are another configuration),
+    then one without user overrides, then the one with the most seeds, then the most recent. With `all_configurations` the others are kept
     too, side by side: their runs' cell reads 'CELL [their overrides]' (variant_label)."""
     runs = student_results(tracking_uri)
     if runs.empty:
@@ -83,7 +84,8 @@ def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False,
     chosen = []
     for cell, group in runs.groupby("tags.cell", sort=False):
         ranked = sorted(group.groupby("configuration"), key=lambda item: (
-            suite_rank(item[1], suite), item[1]["overrides"].iloc[0] != "", -item[1]["tags.seed"].nunique(),
+            suite_rank(item[1], suite), train_on not in trained_on(item[1]), item[1]["overrides"].iloc[0] != "",
+            -item[1]["tags.seed"].nunique(),
             -item[1]["start_time"].max().value))
         keep = ranked[0][1]
         chosen.append(keep.sort_values("start_time").groupby("tags.seed").tail(1))
@@ -100,11 +102,17 @@ def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False,
     return pd.concat(chosen), notes
 
 
+def trained_on(runs: pd.DataFrame) -> set[str]:
+    """The training sets the runs logged (train+val, train); a run that logged none trained on train."""
+    return set(runs["params.train_on"].fillna("train")) if "params.train_on" in runs else {"train"}
+
+
 def describe_configuration(key: str, runs: pd.DataFrame) -> str:
     """'1814d8f1 (2 seeds, suite lpl_table3_sigma10)': the key, its seeds, its overrides and suites."""
     suites = sorted(set(runs["tags.suite"].fillna("")) - {""}) if "tags.suite" in runs else []
     overrides = runs["overrides"].iloc[0]
-    extra = ([overrides] if overrides else []) + [f"suite {s}" for s in suites]
+    extra = ([overrides] if overrides else []) + [f"suite {s}" for s in suites] \
+        + [f"trained on {t}" for t in sorted(trained_on(runs) - {"train"})]
     seeds = f"{runs['tags.seed'].nunique()} seeds"
     return f"{key[:8]} ({', '.join([seeds] + extra)})"
 

@@ -210,14 +210,42 @@ def curves(tracking_uri: str, runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
+def protocol_notes(runs: pd.DataFrame) -> list[str]:
+    """How the shown runs trained where it is not our default: on train+val, from the teacher of their
+    own seed, with a method schedule that a shortened recipe shortened. A run that recorded no training
+    set trained on train (the default says nothing, so reports of default runs are unchanged)."""
+    def column(name: str, default: str) -> pd.Series:
+        return runs[name].fillna(default) if name in runs else pd.Series(default, index=runs.index)
+
+    notes = []
+    train_on = column("params.train_on", "train").value_counts()
+    if "train+val" in train_on:
+        notes.append(f"training set: {', '.join(f'{k} ({n} runs)' for k, n in train_on.items())}; train+val: every "
+                     "training image, no validation split (read at the last epoch); train: without the validation images")
+    per_run = int((column("params.teacher_seeds", "shared") == "per-run").sum())
+    if per_run:
+        notes.append(f"teachers: {per_run} runs distil from the teacher of their own seed (--teacher-seeds per-run), "
+                     f"{len(runs) - per_run} from one teacher seed shared by every seed")
+    shortened = [c for c in runs.columns if c.startswith("params.schedule_shortened.")]
+    for cell, group in runs.dropna(subset=shortened, how="all").groupby("tags.cell") if shortened else ():
+        changes = {c.removeprefix("params.schedule_shortened."): v for c in shortened for v in group[c].dropna().unique()}
+        notes.append(f"{cell}: shortened schedule ({', '.join(f'{k} {v}' for k, v in changes.items())}), "
+                     "the method's epoch-counted settings scaled to the shortened recipe")
+    return notes
+
+
 def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | None, select: str,
           include_smoke: bool = False, departures: str | None = None, all_configurations: bool = False) -> Report:
     if suite is not None:
         suite_spec = spec.suites[suite]
+        if select == "best-val" and suite_spec.protocol.train_on == "train+val":
+            raise UserError(f"suite {suite} trains on train+val: its runs have no validation split to select an "
+                            "epoch by; use --select last")
         cells = suite_spec.cells
     else:
         suite_spec = SuiteSpec(title="Selected cells", source="kd-harness", cells=cells)
-    runs, notes = load_runs(tracking_uri, cells, include_smoke, departures, suite, all_configurations)
+    runs, notes = load_runs(tracking_uri, cells, include_smoke, departures, suite, all_configurations,
+                            suite_spec.protocol.train_on)
     if runs.empty:
         hint = f" ({notes[0]})" if notes else ""
         raise UserError(f"no finished runs for {'suite ' + suite if suite else 'these cells'} in {tracking_uri}"
@@ -248,7 +276,7 @@ def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | N
                f"at most the core count, + {LOAD_MARGIN}): not a cost figure. "
                f"Hardware: {', '.join(devices)}. Commit(s): {', '.join(sorted(set(commits(runs))))}.")
     by_setting, teacher_found = teacher_runs(tracking_uri, runs)
-    notes = ([f"departure from the paper: {d}" for d in suite_spec.departures] + dirty_note(runs)
+    notes = ([f"departure from the paper: {d}" for d in suite_spec.departures] + protocol_notes(runs) + dirty_note(runs)
              + teacher_notes(by_setting, teacher_found) + notes)
     table = paper_table(detail, teacher_accuracies(by_setting, teacher_found))
     return Report(suite_spec.title, caption, table, detail, runs, curves(tracking_uri, runs), notes)

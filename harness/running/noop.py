@@ -5,8 +5,8 @@ its store's start-up: about 12 s on 2 cores before the answer "already finished"
 run key is remembered in HOME/plans.json under a request key: the cell, the run options, this
 machine, and a fingerprint of the spec and of the harness's code (any change, and the plan is
 resolved again). On a SQLite store, the newest active run with that key is read from MLflow's own
-tables (runs, tags, latest_metrics) with sqlite3. Only when every requested run is found FINISHED
-is the answer given here; anything else falls through to the normal path, which decides.
+tables (runs, tags, latest_metrics, params) with sqlite3. Only when every requested run is found
+FINISHED, on the data the request would train on, is the answer given here; anything else falls through to the normal path, which decides.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import sqlite3
 from dataclasses import asdict
 from pathlib import Path
 
+from harness.data.fingerprint import data_fingerprint
 from harness.running.cache import digest, read_json, write_json
+from harness.running.paths import data_root
 from harness.spec.options import RunOptions
 from harness.spec.spec import Spec
 
@@ -45,9 +47,15 @@ def remember(home: Path, keys: dict[str, str]) -> None:
         write_json(home / "plans.json", known | keys)
 
 
-def finished(home: Path, tracking_uri: str, requests: list[str]) -> list[tuple[str, dict]] | None:
+def data_of(spec: Spec, dataset: str, root: str | None) -> str | None:
+    """The fingerprint of the data a request would train on (`root`: its --data-root; harness/data/fingerprint.py)."""
+    return data_fingerprint(spec.datasets[dataset], data_root(root))
+
+
+def finished(home: Path, tracking_uri: str, requests: list[str], data: list[str | None]) -> list[tuple[str, dict]] | None:
     """(run id, latest metrics) of each request's FINISHED run, or None unless all are known and
-    FINISHED in a SQLite store."""
+    FINISHED in a SQLite store, each on the data of the request (`data`: their fingerprints; a run
+    that recorded none predates them)."""
     from harness.tracking.tracking import EXPERIMENT
 
     known = read_json(home / "plans.json") if tracking_uri.startswith("sqlite:///") else {}
@@ -59,13 +67,17 @@ def finished(home: Path, tracking_uri: str, requests: list[str]) -> list[tuple[s
     answers = []
     try:
         with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as db:
-            for request in requests:
+            for request, fingerprint in zip(requests, data):
                 row = db.execute(
                     "SELECT r.run_uuid, r.status FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
                     "JOIN experiments e ON e.experiment_id = r.experiment_id "
                     "WHERE t.key = 'run_key' AND t.value = ? AND r.lifecycle_stage = 'active' AND e.name = ? "
                     "ORDER BY r.start_time DESC LIMIT 1", (known[request], EXPERIMENT)).fetchone()
                 if row is None or row[1] != "FINISHED":
+                    return None
+                recorded = db.execute("SELECT value FROM params WHERE run_uuid = ? AND key = 'data.fingerprint'",
+                                      (row[0],)).fetchone()
+                if recorded is not None and recorded[0] != fingerprint:  # the normal path says why
                     return None
                 metrics = dict(db.execute("SELECT key, value FROM latest_metrics WHERE run_uuid = ?",
                                           (row[0],)).fetchall())

@@ -23,6 +23,7 @@ from harness.data.data import Data
 from harness.errors import UserError
 from harness.models import build_model
 from harness.running.probe import PROBE_BATCH, make_probe, probe_batch
+from harness.running.protocol import shortened_schedules, with_protocol
 from harness.spec.cells import Cell, method_parts
 from harness.spec.options import RunOptions
 from harness.spec.schema import PairSpec, RecipeSpec
@@ -118,9 +119,10 @@ def make_plan(runner: Provider, cell: Cell, opts: RunOptions) -> RunPlan:
     """Resolve and validate everything a student run needs: no data is read, nothing trains and no
     run is created."""
     spec = runner.spec
+    opts = with_protocol(spec, opts)
     pair = spec.pairs[cell.pair]
-    recipe_name, recipe = spec.recipe_for(cell.dataset, pair.student, suite=opts.suite)
-    recipe = shortened(recipe, opts.epochs, opts.smoke)
+    recipe_name, full_recipe = spec.recipe_for(cell.dataset, pair.student, suite=opts.suite)
+    recipe = shortened(full_recipe, opts.epochs, opts.smoke)
     device = resolve_device(opts.device, runner.context)
     opts = resolved_amp(opts, device)
     check_device_options(opts, device, runner.context)
@@ -136,8 +138,13 @@ def make_plan(runner: Provider, cell: Cell, opts: RunOptions) -> RunPlan:
     seed_everything(opts.seed)
     student = build_model(spec.models[pair.student], dataset_spec)
     probe = make_probe(teacher_archs, student, probe_batch(dataset_spec), pair, cell.pair, recipe.batch_size)
-    objective = build_objective(spec, cell.method, cell_overrides(spec, cell, opts), probe)
+    overrides, schedule = shortened_schedules(spec, cell.method, cell_overrides(spec, cell, opts), opts.overrides,
+                                              full_recipe.epochs, recipe.epochs)
+    objective = build_objective(spec, cell.method, overrides, probe)
     objective.check_teachers(len(teacher_archs))
+    if opts.teacher_cache and objective.teacher_mode == "train":
+        raise UserError(f"--teacher-cache keeps features computed once; {cell.method} reads the teacher in train mode "
+                        "(each batch's batch-norm statistics): run it without --teacher-cache")
     if runner.context.enabled and objective.reads_indices:
         raise UserError(f"{cell.method} keeps state per training image (a memory bank) that the ranks of torchrun "
                         "would each update with their own shard: run it in one process")
@@ -155,7 +162,8 @@ def make_plan(runner: Provider, cell: Cell, opts: RunOptions) -> RunPlan:
             "stages": dump(pair.stages), "hint": pair.hint, "teacher_seed": opts.teacher_seed,
             "deterministic": deterministic(opts, device), "phases": dict(objective.phases(recipe.epochs)),
             "train_on": "train+val" if opts.full_train else "train",
-        } | opts.identity() | device_identity(device) | world_size(runner.context) | {"teacher_key": teacher_info.get("teacher.key", "")} \
+        } | ({"schedule_shortened": schedule} if schedule else {}) | opts.identity() | device_identity(device) \
+            | world_size(runner.context) | {"teacher_key": teacher_info.get("teacher.key", "")} \
             | ({"method_code": code} if code else {})
 
     cache_bytes = feature_bytes(probe.teachers or (probe.teacher,), objective.teacher_features) // PROBE_BATCH \

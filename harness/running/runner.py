@@ -10,12 +10,16 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from harness.data.data import Data
+from harness.data.fingerprint import data_fingerprint
 from harness.data.sources import load_data
+from harness.errors import UserError
 from harness.models import build_model
 from harness.running.lifecycle import Job, Outcome, execute
+from harness.running.narrate import say
 from harness.running.paths import data_root
 from harness.running.plan import (RunPlan, config_key, configuration_key, deterministic, device_identity, flatten, full_dump,
                           identity_dump, make_plan, resolve_device, resolved_amp, run_name, shortened, world_size)
@@ -61,6 +65,7 @@ class Runner:
         self.spec, self.home, self.tracking_uri, self.context = spec, Path(home), tracking_uri, context
         self._tracker: Tracker | None = None
         self._data: dict[tuple, Data] = {}
+        self._fingerprints: dict[tuple, dict] = {}
 
     @property
     def tracker(self) -> Tracker:
@@ -105,6 +110,10 @@ class Runner:
         seed_everything(opts.teacher_seed)
         model = build_model(self.spec.models[model_name], self.spec.datasets[dataset]).to(device)
         if path.exists():
+            with safe_open(path, "pt") as f:  # a teacher we trained records its data; an imported one does not
+                self.check_same_data(f"teacher {dataset}/{model_name} seed {opts.teacher_seed}",
+                                     (f.metadata() or {}).get("run_id", ""),
+                                     (f.metadata() or {}).get("data_fingerprint"), dataset, opts)
             model.load_state_dict(load_file(path, device=str(device)))
             return _frozen(model)
 
@@ -114,7 +123,8 @@ class Runner:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp")
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
-                      metadata={"run_id": run_id, "config": json.dumps(config, default=str)})
+                      metadata={"run_id": run_id, "config": json.dumps(config, default=str)}
+                      | {"data_fingerprint": v for v in self.data_fingerprint(dataset, opts).values()})
             tmp.replace(path)
             self.tracker.log_model(run_id, model, data.probe_images(2).to(device))
             self.tracker.set_tags(run_id, {"teacher_file": str(path)})
@@ -126,7 +136,8 @@ class Runner:
             run_key=key, run_name=f"teacher {dataset}/{model_name} seed {opts.teacher_seed}",
             tags={"role": "teacher", "dataset": dataset, "teacher": model_name, "model": model_name,
                   "seed": opts.teacher_seed, "smoke": opts.smoke} | determinism_tags(config, device),
-            params=lambda: flatten(config) | data.params() | environment_params(device) | self.context.params(),
+            params=lambda: flatten(config) | data.params() | self.data_fingerprint(dataset, opts)
+            | environment_params(device) | self.context.params(),
             config=config,
             make_trainer=lambda ckpts, log, stop: Trainer(
                 model, Objective({}),
@@ -155,13 +166,33 @@ class Runner:
         return make_plan(self, cell, opts)
 
     def finished(self, plan: RunPlan) -> Outcome | None:
-        """The plan's FINISHED run, if there is one (and --force was not given)."""
+        """The plan's FINISHED run, if there is one (and --force was not given), when it trained on the
+        data under this run's data root (a run that recorded no fingerprint predates them: taken as is)."""
         if plan.opts.force:
             return None
         runs = self.tracker.find(plan.run_key)
         if runs and runs[0].info.status == "FINISHED":
+            self.check_same_data(f"{plan.cell.id} seed {plan.opts.seed}", runs[0].info.run_id,
+                                 runs[0].data.params.get("data.fingerprint"), plan.cell.dataset, plan.opts)
             return Outcome(runs[0].info.run_id, "SKIPPED", runs[0].data.metrics)
         return None
+
+    def data_fingerprint(self, dataset: str, opts: RunOptions) -> dict:
+        """{'data.fingerprint': sha256 prefix} of the dataset's files under the run's data root ({} for
+        embedded data; harness/data/fingerprint.py), listed once per Runner (ImageNet's take seconds)."""
+        key = (dataset, opts.data_root)
+        if key not in self._fingerprints:
+            found = data_fingerprint(self.spec.datasets[dataset], data_root(opts.data_root))
+            self._fingerprints[key] = {} if found is None else {"data.fingerprint": found}
+        return self._fingerprints[key]
+
+    def check_same_data(self, what: str, run: str, recorded: str | None, dataset: str, opts: RunOptions) -> None:
+        """A finished run (or cached teacher) answers only for the data it trained on."""
+        current = self.data_fingerprint(dataset, opts).get("data.fingerprint")
+        if recorded is not None and recorded != current:
+            raise UserError(f"{what}: its finished run {run} trained on {dataset} files with fingerprint {recorded}; "
+                            f"under {data_root(opts.data_root)} they are {current} (another copy, or none): "
+                            "pass the data root it trained on, or --force to train it again on this one")
 
     def run_cell(self, cell: Cell, opts: RunOptions) -> Outcome:
         return self.run_plan(self.plan(cell, opts))
@@ -173,6 +204,9 @@ class Runner:
             if done is not None:
                 return done
         teachers = plan.teachers()  # trained first if needed, each under its own run, before our claim
+        if "schedule_shortened" in plan.config:  # logged as params too; said here because it changes the method
+            say(f"harness: {cell.id}: the recipe shortened to {plan.recipe.epochs} epochs shortens the method's "
+                "schedule: " + ", ".join(f"{k} {v}" for k, v in plan.config["schedule_shortened"].items()))
         # departures from the cell's defaults a user asked for: the report never averages them with the rest
         departures = {f"{m}.{k}": v for m, values in opts.overrides.items() for k, v in values.items()}
         departures |= {k: v for k, v in (("epochs", opts.epochs), ("teacher_epochs", opts.teacher_epochs))
@@ -185,7 +219,8 @@ class Runner:
                   "smoke": opts.smoke, "config_key": configuration_key(plan.identity),
                   "overrides": " ".join(f"{k}={v}" for k, v in sorted(departures.items()))}
             | determinism_tags(plan.config, device) | opts.tags,
-            params=lambda: flatten(plan.config) | plan.data.params() | plan.teacher_info
+            params=lambda: flatten(plan.config) | plan.data.params() | self.data_fingerprint(cell.dataset, opts)
+            | plan.teacher_info
             | environment_params(device) | self.context.params(),
             config=plan.config,
             make_trainer=lambda ckpts, log, stop: plan.trainer(teachers, log=log, checkpoints=ckpts, stop=stop),

@@ -20,8 +20,8 @@ SPEED_OPTION_SETS = {
     "amp-auto": {"amp": "auto"},
 }
 
-# How an option enters a run's identity (its key): "always", "when_set" (only when truthy, so that
-# adding an option orphans no finished run) or not at all (None: it changes no result).
+# How an option enters a run's identity (its key): "always", "when_set" (only when not its default, so
+# that adding an option orphans no finished run) or not at all (None: it changes no result).
 Identity = Literal["always", "when_set", None]
 
 
@@ -34,6 +34,9 @@ def option(default, help: str, identity: Identity = None, flag: str | None = Non
 class RunOptions:
     seed: int = 0  # each command declares its own --seed
     teacher_seed: int = option(0, "the teacher's seed")
+    teacher_seeds: Literal["shared", "per-run"] = option(
+        "shared", "shared: every student seed distils from the teacher of --teacher-seed; per-run: student seed k "
+        "distils from teacher seed k (teacher variance enters the seeds' spread)", identity="when_set")
     smoke: bool = option(False, "tiny subset, 1 epoch (or --epochs): for CI and quick checks", identity="always")
     data_root: str | None = option(None, "dataset directory (default: $KD_HARNESS_DATA or a user cache dir)")
     download: bool = option(False, "let torchvision download missing datasets")
@@ -65,7 +68,7 @@ class RunOptions:
         out = {}
         for f in fields(self):
             value, rule = getattr(self, f.name), f.metadata.get("identity")
-            if rule == "always" or (rule == "when_set" and value):
+            if rule == "always" or (rule == "when_set" and value != f.default):
                 out[f.name] = value
         return out
 

@@ -245,6 +245,16 @@ class Claim(Strict):
         return [(self.cell_id(self.better), self.cell_id(other)) for other in self.than]
 
 
+class Protocol(Strict):
+    """How a suite's students train, where its papers differ from our default."""
+
+    train_on: Literal["train", "train+val"] = Field("train", description=(
+        "the students' training set. train: without the held-out validation images (read at --select last or "
+        "best-val); train+val: every training image, as the papers that report the test set at the last (or "
+        "best) epoch did (no validation split: read at the last epoch). A teacher trained here keeps the "
+        "training split: the field suites import the papers' own teachers"))
+
+
 class SuiteSpec(Strict):
     title: str
     source: str
@@ -259,6 +269,7 @@ class SuiteSpec(Strict):
     cells: list[str]
     references: list[Reference] = []
     claims: list[Claim] = Field([], description="the paper's ordering claims, audited by `harness audit`")
+    protocol: Protocol = Field(Protocol(), description="how its students train (default: ours)")
     departures: list[str] = Field([], description="where this suite cannot follow the paper as printed, and why")
     convention: Convention = Field(Convention(), description="the paper's convention for every reference "
                                    "that declares none of its own")

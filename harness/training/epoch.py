@@ -66,7 +66,7 @@ class Epochs:
         correct = torch.tensor(partial.get("correct", 0), device=self.device)
         self.student.train()
         for teacher in self.teachers:
-            teacher.eval()
+            teacher.train(self.objective.teacher_mode == "train")
         n_steps = Batches.steps(plan)
         stop = False
         for step in range(self.step, n_steps):

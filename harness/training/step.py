@@ -71,8 +71,8 @@ class Stepping:
 
     def _teacher_features(self, x: torch.Tensor) -> list[dict]:
         """Every teacher's requested features for one batch, in the pair's teacher order."""
-        for teacher in self.teachers:
-            teacher.eval()
+        for teacher in self.teachers:  # eval, or the batch's statistics where the method's authors used them
+            teacher.train(self.objective.teacher_mode == "train")
         return [self.extract(teacher, x, self.objective.teacher_features, self.config.teacher_stages)
                 for teacher in self.teachers]
 
