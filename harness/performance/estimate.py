@@ -26,7 +26,8 @@ from harness.performance import flops
 from harness.performance.flops import TARGETS, Cost, Target, model_cost, step_seconds
 from harness.running.cache import digest_of, file_digest, read_json, write_json
 from harness.running.compat import MODEL_CODE, Keys, pair_probe, signatures_in
-from harness.running.plan import cell_overrides, resolve_device
+from harness.running.plan import resolve_device
+from harness.running.protocol import cell_overrides
 from harness.running.probe import set_up
 from harness.running.runner import Runner
 from harness.spec.cells import Cell

@@ -23,8 +23,8 @@ from harness.data.data import Data
 from harness.errors import UserError
 from harness.models import build_model
 from harness.running.probe import PROBE_BATCH, make_probe, probe_batch
-from harness.running.protocol import shortened_schedules, with_protocol
-from harness.spec.cells import Cell, method_parts
+from harness.running.protocol import cell_overrides, shortened_schedules, with_protocol
+from harness.spec.cells import Cell
 from harness.spec.options import RunOptions
 from harness.spec.schema import PairSpec, RecipeSpec
 from harness.spec.spec import Spec
@@ -104,15 +104,6 @@ class RunPlan:
                              self.opts, label=label or self.cell.id, eval_splits=eval_splits)
         return Trainer(self.student, self.objective, batches, config, self.device, teacher=teachers,
                        context=context, **engine)
-
-
-def cell_overrides(spec, cell: Cell, opts: RunOptions) -> dict[str, dict]:
-    """The cell's hyperparameters: its suite's for the method, then for the pair, then the user's."""
-    suite = spec.suites[opts.suite] if opts.suite else None
-    by_method, by_pair = (suite.overrides, suite.pair_overrides.get(cell.pair, {})) if suite else ({}, {})
-    suite_overrides = {m: by_method.get(m, {}) | by_pair.get(m, {}) for m in set(by_method) | set(by_pair)}
-    return {m: suite_overrides.get(m, {}) | opts.overrides.get(m, {})
-            for m in set(opts.overrides) | (set(suite_overrides) & set(method_parts(cell.method)))}
 
 
 def make_plan(runner: Provider, cell: Cell, opts: RunOptions) -> RunPlan:

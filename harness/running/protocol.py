@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from harness.errors import UserError
-from harness.spec.cells import method_parts
+from harness.spec.cells import Cell, method_parts
 from harness.spec.options import RunOptions
 from harness.spec.spec import Spec
 from methods import resolve_params
@@ -45,3 +45,12 @@ def shortened_schedules(spec: Spec, method_id: str, overrides: dict[str, dict], 
                     out[name] = out.get(name, {}) | {key: scaled}
                     changes[f"{name}.{key}"] = f"{value} -> {scaled}"
     return out, changes
+
+
+def cell_overrides(spec, cell: Cell, opts: RunOptions) -> dict[str, dict]:
+    """The cell's hyperparameters: its suite's for the method, then for the pair, then the user's."""
+    suite = spec.suites[opts.suite] if opts.suite else None
+    by_method, by_pair = (suite.overrides, suite.pair_overrides.get(cell.pair, {})) if suite else ({}, {})
+    suite_overrides = {m: by_method.get(m, {}) | by_pair.get(m, {}) for m in set(by_method) | set(by_pair)}
+    return {m: suite_overrides.get(m, {}) | opts.overrides.get(m, {})
+            for m in set(opts.overrides) | (set(suite_overrides) & set(method_parts(cell.method)))}
