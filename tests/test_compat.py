@@ -58,6 +58,16 @@ def test_verdicts_are_cached_per_cell_and_adding_a_method_checks_only_its_cells(
     assert checked == [new.id] and verdicts[cells[0].id] == "a verdict only the cache holds"
 
 
+def test_a_runs_home_of_an_older_harness_is_checked_afresh(home):
+    """compat.json as the harness wrote it before the per-cell cache ({fingerprint, verdicts: cell ->
+    None}): `harness list` on such a home crashed; now its cache is set aside."""
+    cells = [Cell("digits", "resnet20-resnet8", "kd")]
+    home.mkdir(parents=True)
+    (home / "compat.json").write_text(json.dumps({"fingerprint": "0" * 16, "verdicts": {cells[0].id: None}}))
+    assert mismatches(SPEC, cells, home) == {cells[0].id: None}
+    assert json.loads((home / "compat.json").read_text())["verdicts"][cells[0].id][1] is None
+
+
 def test_a_cell_is_checked_again_when_its_pair_changes(home):
     cells = [c for c in SPEC.cells(dataset="digits") if c.pair == "resnet20-resnet8"][:2]
     mismatches(SPEC, cells, home)

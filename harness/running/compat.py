@@ -82,9 +82,13 @@ class Keys:
                          [self.method(name) for name in method_parts(cell.method)])
 
 
+CACHE_FORMAT = 2  # HOME/compat.json's shape: models' signatures and per-cell [key, verdict]
+
+
 def signatures_in(home: Path) -> dict:
     """The models' cached signatures (what `harness list` has probed in this runs home)."""
-    return read_json(home / "compat.json").get("models", {})
+    stored = read_json(home / "compat.json")
+    return stored.get("models", {}) if stored.get("format") == CACHE_FORMAT else {}
 
 
 def pair_probe(spec: Spec, keys: Keys, signatures: dict, dataset: str, pair: str):
@@ -104,6 +108,8 @@ def mismatches(spec: Spec, cells: list[Cell], home: Path | None) -> dict[str, st
     """cell id -> why it cannot run (None: it can), cached in HOME/compat.json."""
     cache_path = home / "compat.json" if home is not None else None
     stored = read_json(cache_path) if cache_path is not None else {}
+    if stored.get("format") != CACHE_FORMAT:  # a runs home from an older harness: its cache is another shape
+        stored = {}
     signatures, verdicts = stored.get("models", {}), stored.get("verdicts", {})
     keys = Keys(spec)
     wanted = {cell.id: keys.cell(cell) for cell in cells}
@@ -118,5 +124,5 @@ def mismatches(spec: Spec, cells: list[Cell], home: Path | None) -> dict[str, st
             verdicts[cell.id] = [wanted[cell.id], cell_mismatch(
                 spec, cell, probes, lambda spec, dataset, pair: pair_probe(spec, keys, signatures, dataset, pair))]
         if cache_path is not None:
-            write_json(cache_path, {"models": signatures, "verdicts": verdicts})
+            write_json(cache_path, {"format": CACHE_FORMAT, "models": signatures, "verdicts": verdicts})
     return {cell.id: verdicts[cell.id][1] for cell in cells}
