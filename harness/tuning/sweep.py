@@ -33,6 +33,7 @@ from harness.running.workshare import until_free
 from harness.spec.cells import Cell
 from harness.spec.options import RunOptions
 from harness.tracking.provenance import environment_params
+from harness.training.monitor import Interrupted
 from harness.tuning.options import SweepOptions
 from harness.tuning.study import (check_objective, default_study_name, describe_objective, make_pruner, make_sampler,
                            open_storage, search_space)
@@ -140,8 +141,9 @@ class Sweep:
             self.tracker.set_tags(run_id, {"state": "pruned", "reason": str(e)})
             self.tracker.finish(run_id, "KILLED")
             raise
-        except Exception as e:  # a diverged loss (NonFiniteLoss) or anything else: the study goes on
-            self.tracker.set_tags(run_id, {"state": "failed"})
+        except (Exception, Interrupted) as e:  # a diverged loss or anything else: the study goes on; a stop
+            # (SIGTERM) ends the trial's run KILLED and the sweep
+            self.tracker.set_tags(run_id, {"state": "stopped" if isinstance(e, Interrupted) else "failed"})
             end_failed(self.tracker, run_id, f"{self.opts.study} trial {trial.number}", e)
         self.tracker.set_tags(run_id, {"state": "complete"})
         end_finished(self.tracker, run_id, summary, epochs=len(trainer.history))
@@ -171,6 +173,9 @@ class Sweep:
                     self.study.tell(trial, value)
                 except optuna.TrialPruned:
                     self.study.tell(trial, state=TrialState.PRUNED)
+                except Interrupted:  # SIGTERM/SIGINT: the trial is told, the sweep ends (run it again to go on)
+                    self.study.tell(trial, state=TrialState.FAIL)
+                    raise
                 except Exception as e:
                     warnings.warn(f"trial {trial.number} failed: {type(e).__name__}: {e}", stacklevel=2)
                     self.study.tell(trial, state=TrialState.FAIL)
