@@ -8,7 +8,7 @@ import signal
 import sys
 import warnings
 
-from harness.commands import commands, ledgers, new_method, store_commands, with_method
+from harness.commands import commands, ledgers, new_method, reading, store_commands, with_method
 from harness.errors import UserError
 from harness.running import launch
 from harness.running.paths import runs_home
@@ -165,7 +165,7 @@ def build_parser() -> Parser:
     p.add_argument("--departures", metavar="'none'|'epochs=N teacher_epochs=M'",
                    help="the recipe setting to show (cells are only compared at one; default: the one that "
                    "covers the most cells, then the recipe as stated)")
-    store_commands.add_reading_options(p)
+    reading.add_reading_options(p)
     p.add_argument("--with-method", action="append", metavar="METHOD", help="with --suite: METHOD's rows beside "
                    "the suite's, on every pair where it can run (repeatable)")
     p.add_argument("--configs", choices=["one", "all"], default="one",
@@ -184,7 +184,7 @@ def build_parser() -> Parser:
                    "pair, or cell ids; repeatable)")
     p.add_argument("--cells", nargs="+", metavar="CELL", help="with --claim: the cells its methods name")
     p.add_argument("--out", help="write the Markdown audit to this file (each suite's forest plot beside it)")
-    store_commands.add_reading_options(p)
+    reading.add_reading_options(p)
     p.add_argument("--with-method", action="append", metavar="METHOD", help="with --suite: the claims 'METHOD > X' "
                    "for every method X of the suite on each of its pairs where METHOD can run, Holm-corrected with "
                    "the suite's (repeatable)")
@@ -258,6 +258,8 @@ def _main(argv: list[str] | None) -> int:
         validate_defaults(spec)
         if args.command in store_commands.WITHOUT_TRAINING:
             return store_commands.without_training(args, spec, home, tracking_uri)
+        if args.command == "card":
+            return with_method.command_card(args, spec, home, reading.runs_source(args, tracking_uri))
         from harness.training import distributed
 
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command not in ("run", "teacher"):

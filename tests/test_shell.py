@@ -40,7 +40,7 @@ def test_the_audits_header_pastes_as_the_command_that_made_it(home, tmp_path, ca
     MlflowClient(f"sqlite:///{home / 'mlflow.db'}").create_experiment("kd-harness")  # no runs: sides "not run"
     argv = ["audit", "--claim", "digits/resnet20-resnet8/kd > digits/resnet20-resnet8/baseline", "--select", "last"]
     assert main(argv) == 0
-    command = re.search(r"Regenerated from the MLflow store by `([^`]*)`", capsys.readouterr().out).group(1)
+    command = re.search(r"Regenerated from the runs listed below by `([^`]*)`", capsys.readouterr().out).group(1)
     shell = tmp_path / "shell"
     shell.mkdir()
     assert pasted(command, shell) == argv

@@ -6,18 +6,17 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from harness.commands.reading import runs_source
 from harness.errors import UserError
 from harness.spec.cells import require_known
 
 
-WITHOUT_TRAINING = ("report", "audit", "export", "import", "clean", "ui", "card")
+WITHOUT_TRAINING = ("report", "audit", "export", "import", "clean", "ui")
 
 
 def without_training(args, spec, home: Path, tracking_uri: str) -> int:
     """The commands that read the store (or ledgers), or fill it from ledgers, and train nothing."""
-    from harness.tracking.ledger import Ledgers
-
-    source = Ledgers(args.ledgers) if getattr(args, "ledgers", None) else tracking_uri
+    source = runs_source(args, tracking_uri)
     if args.command in ("report", "audit"):
         return (command_report if args.command == "report" else command_audit)(args, spec, source)
     if args.command in ("export", "import"):
@@ -30,22 +29,9 @@ def without_training(args, spec, home: Path, tracking_uri: str) -> int:
         from harness.commands.clean import command_clean
 
         return command_clean(args, home, tracking_uri)
-    if args.command == "ui":
-        from harness.commands.ui import command_ui
+    from harness.commands.ui import command_ui
 
-        return command_ui(args, tracking_uri, home)
-    from harness.commands import with_method
-
-    return with_method.command_card(args, spec, home, source)
-
-
-def add_reading_options(parser) -> None:
-    """What report and audit read: which epoch's accuracy, smoke runs or not, a store or ledgers."""
-    parser.add_argument("--select", choices=["last", "best-val"], default="last",
-                        help="test accuracy at the last epoch (default) or at the best validation epoch")
-    parser.add_argument("--include-smoke", action="store_true", help="count --smoke runs too")
-    parser.add_argument("--from", dest="ledgers", nargs="+", metavar="LEDGER",
-                        help="read the runs from run ledgers instead of the store (docs/ledger.md)")
+    return command_ui(args, tracking_uri, home)
 
 
 def command_report(args, spec, tracking_uri: str) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from harness.commands.reading import add_reading_options
 from harness.errors import UserError
 from harness.spec.cells import Cell, require_known
 from harness.spec.schema import Claim
@@ -82,6 +83,4 @@ def add_card_parser(sub, parents: list) -> None:
     p.add_argument("method", metavar="METHOD")
     p.add_argument("--out", required=True, help="a directory: METHOD.md, METHOD.html, METHOD-cost.png")
     p.add_argument("--suite", nargs="+", help="the suites (default: those METHOD's finished runs were made for)")
-    from harness.commands.store_commands import add_reading_options
-
     add_reading_options(p)  # --select, --include-smoke, --from LEDGER...
