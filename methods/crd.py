@@ -45,38 +45,53 @@ def nce_loss(probabilities: torch.Tensor, n_data: int) -> torch.Tensor:
     return -(log_positive.sum() + log_negatives.sum()) / probabilities.shape[0]
 
 
-def distinct_below(high: torch.Tensor, k: int) -> torch.Tensor:
+REDRAWS = 12  # rounds of redrawing repeats: one survives all with probability below (1/SPARSE)^12, 4e-15
+
+
+def distinct_below(high: torch.Tensor, k: int, bounds: tuple[int, int] | None = None) -> torch.Tensor:
     """len(high) x k integers, row i k distinct ones drawn uniformly from [0, high[i]) (high >= k).
-    Where k is a small part of the range (ImageNet's 16,384 of 1.28 million) the repeats of a draw
-    with replacement are redrawn until none is left (a few rounds; every k-subset stays equally likely:
-    the redraw treats all values alike); otherwise (CIFAR's 16,384 of 49,500, where redraws would
-    collide a third of the time) each row takes the head of a random permutation."""
-    if k * SPARSE > int(high.min()):
-        return torch.stack([torch.randperm(h, device=high.device)[:k] for h in high.tolist()])
+    `bounds`: the smallest and largest of `high`, known on the host (no value is then read back from
+    the device: a training step never waits for it). Where k is a small part of the range (ImageNet's
+    16,384 of 1.28 million) the repeats of a draw with replacement are redrawn, REDRAWS rounds (every
+    k-subset stays equally likely: the redraw treats all values alike); otherwise (CIFAR's 16,384 of
+    49,500, where redraws would collide a third of the time) each row takes the k smallest of random
+    keys over its range, the head of a random permutation."""
+    lowest, highest = bounds if bounds is not None else (int(high.min()), int(high.max()))
+    if k * SPARSE > lowest:
+        keys = torch.rand(len(high), highest, device=high.device)
+        inside = torch.arange(highest, device=high.device)[None, :] < high[:, None]
+        return torch.where(inside, keys, 2.0).topk(k, dim=1, largest=False, sorted=False).indices
     draw = (torch.rand(len(high), k, device=high.device) * high[:, None]).long()
-    while True:
+    for _ in range(REDRAWS):
         ordered, order = draw.sort(dim=1)
         repeat = torch.zeros_like(draw, dtype=torch.bool)
         repeat.scatter_(1, order[:, 1:], ordered[:, 1:] == ordered[:, :-1])
-        if not repeat.any():
-            return draw
         fresh = (torch.rand(draw.shape, device=high.device) * high[:, None]).long()
         draw = torch.where(repeat, fresh, draw)
+    return draw
 
 
 def sample_contrasts(indices: torch.Tensor, labels: torch.Tensor, by_class: torch.Tensor, starts: torch.Tensor,
-                     counts: torch.Tensor, k: int, distinct: bool = True) -> torch.Tensor:
+                     counts: torch.Tensor, k: int, distinct: bool = True,
+                     negatives_range: tuple[int, int] | None = None) -> torch.Tensor:
     """b x (K + 1): each image's own index, then K images of other classes, uniform: with `distinct`,
     distinct where the other classes hold at least K images, else with replacement (RepDistiller's
     CIFAR100InstanceSample: replace = K > the number of negatives). by_class: the training indices sorted by label;
-    starts/counts: each class's slice of it."""
+    starts/counts: each class's slice of it; negatives_range: the fewest and most images of other classes
+    any anchor has, known on the host (CRD keeps them from binding its training set), so that the step
+    reads nothing back from the device, except where K lies between them (some anchors distinct, some not)."""
     classes = labels[indices]
     start, count = starts[classes, None], counts[classes, None]
     negatives = len(labels) - count[:, 0]
-    draw = (torch.rand(len(indices), k, device=indices.device) * negatives[:, None]).long()
-    enough = (negatives >= k) & distinct
-    if enough.any():
-        draw[enough] = distinct_below(negatives[enough], k)
+    fewest, most = negatives_range if negatives_range is not None else (
+        len(labels) - int(counts.max()), len(labels) - int(counts.min()))
+    if distinct and fewest >= k:
+        draw = distinct_below(negatives, k, (fewest, most))
+    else:
+        draw = (torch.rand(len(indices), k, device=indices.device) * negatives[:, None]).long()
+        if distinct and most >= k:  # K between the classes' sizes: a masked draw (it reads the mask back)
+            enough = negatives >= k
+            draw[enough] = distinct_below(negatives[enough], k, (k, most))
     position = torch.where(draw < start, draw, draw + count)  # skip the anchor's own class
     return torch.cat([indices[:, None], by_class[position]], dim=1)
 
@@ -124,13 +139,14 @@ class CRD(Distiller):
         self.register_buffer("by_class", by_class, persistent=False)
         self.register_buffer("counts", counts, persistent=False)
         self.register_buffer("starts", torch.cumsum(counts, 0) - counts, persistent=False)
+        self.negatives_range = (n - int(counts.max()), n - int(counts.min()))  # on the host, once
 
     def forward(self, student, teacher, targets):
         p, idx = self.params, student["indices"]
         v_s = F.normalize(self.embed_s(student["pre_logits"]), dim=1)
         v_t = F.normalize(self.embed_t(teacher["pre_logits"]), dim=1)
         sample = sample_contrasts(idx, self.labels, self.by_class, self.starts, self.counts, p.nce_k,
-                                  p.negatives == "distinct")
+                                  p.negatives == "distinct", self.negatives_range)
         on_student = contrast_scores(self.bank_t.detach(), v_s, sample, p.nce_t)  # student anchor, teacher bank
         on_teacher = contrast_scores(self.bank_s.detach(), v_t, sample, p.nce_t)
         n = len(self.labels)

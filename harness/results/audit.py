@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from harness.results import budgets
-from harness.results.configurations import load_runs
+from harness.results.configurations import load_runs, suite_recipes
 from harness.results.conventions import aggregate, convention_of, describe, metric_key, same_as_ours, with_max_test
 from harness.results.report import fmt, references
 from harness.results.stats import ALPHA, hedges_g, holm, paired, pooled_std, seeds_needed, tost, welch
@@ -143,7 +143,8 @@ def _load(spec: Spec, uri: str, name: str, cells: list[str], include_smoke: bool
     if not cells:
         return pd.DataFrame(), []
     suite = spec.suites[name]
-    runs, notes = load_runs(uri, cells, include_smoke, departures, name, train_on=suite.protocol.train_on)
+    runs, notes = load_runs(uri, cells, include_smoke, departures, name, train_on=suite.protocol.train_on,
+                            recipes=suite_recipes(spec, name, cells))
     needs = {metric_key(convention_of(suite, c, m), select, m) for c in cells for m in ("top1", "top5")}
     if not runs.empty and needs & {"test_top1_max_test", "test_top5_max_test"}:
         runs = with_max_test(uri, runs)

@@ -36,7 +36,8 @@ def parse_setting(text: str) -> str:
 
 def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False,
               departures: str | None = None, suite: str | None = None,
-              all_configurations: bool = False, train_on: str = "train") -> tuple[pd.DataFrame, list[str]]:
+              all_configurations: bool = False, train_on: str = "train",
+              recipes: dict[str, str] | None = None) -> tuple[pd.DataFrame, list[str]]:
     """FINISHED student runs of `cells` at one recipe setting, one configuration per cell, the latest
     run per seed; and a note for each group of runs left out.
 
@@ -45,7 +46,9 @@ def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False,
     each other only at one recipe setting (RECIPE_DEPARTURES): `departures` ('none' for the recipe as
     stated) or else the setting that covers the most cells, then the recipe as stated, then the most
     runs. Per cell the report takes the configuration run under `suite` (whose overrides may set the
-    cell apart from its defaults), then one run under no suite, then one trained on `train_on` (the
+    cell apart from its defaults), then one run under no suite, then one at the cell's recipe in
+    `recipes` (the suite's: a run reused from a suite that trains the cell at another recipe must not
+    stand in for it), then one trained on `train_on` (the
     suite's protocol: runs made before a suite changed its training set are another configuration),
     then one without user overrides, then the one with the most seeds, then the most recent. With `all_configurations` the others are kept
     too, side by side: their runs' cell reads 'CELL [their overrides]' (variant_label)."""
@@ -84,7 +87,8 @@ def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False,
     chosen = []
     for cell, group in runs.groupby("tags.cell", sort=False):
         ranked = sorted(group.groupby("configuration"), key=lambda item: (
-            suite_rank(item[1], suite), train_on not in trained_on(item[1]), item[1]["overrides"].iloc[0] != "",
+            suite_rank(item[1], suite), bool(recipes) and recipe_of(item[1]) != recipes.get(cell),
+            train_on not in trained_on(item[1]), item[1]["overrides"].iloc[0] != "",
             -item[1]["tags.seed"].nunique(),
             -item[1]["start_time"].max().value))
         keep = ranked[0][1]
@@ -100,6 +104,21 @@ def load_runs(tracking_uri: str, cells: list[str], include_smoke: bool = False,
             notes.append(f"{cell}: {len(ranked)} configurations in the store; shown "
                          f"{describe_configuration(ranked[0][0], keep)}; left out: {others}")
     return pd.concat(chosen), notes
+
+
+def recipe_of(runs: pd.DataFrame) -> str:
+    """The recipe a configuration's runs logged (one per configuration)."""
+    return runs["params.recipe_name"].iloc[0] if "params.recipe_name" in runs else ""
+
+
+def suite_recipes(spec, suite: str, cells: list[str]) -> dict[str, str]:
+    """cell -> the recipe `suite` trains it with (its student's recipe under the suite)."""
+    out = {}
+    for cell in cells:
+        dataset, pair, _ = cell.split("/")
+        if pair in spec.pairs:
+            out[cell] = spec.recipe_for(dataset, spec.pairs[pair].student, suite=suite)[0]
+    return out
 
 
 def trained_on(runs: pd.DataFrame) -> set[str]:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from harness.errors import UserError
 from harness.results.commits import commits, dirty_note
-from harness.results.configurations import load_runs
+from harness.results.configurations import load_runs, suite_recipes
 from harness.results.conventions import (SELECTIONS, aggregate, convention_of, describe, metric_key, same_as_ours,
                                  with_max_test)
 from harness.results.report_teachers import teacher_accuracies, teacher_notes, teacher_runs
@@ -245,7 +245,7 @@ def build(spec: Spec, tracking_uri: str, suite: str | None, cells: list[str] | N
     else:
         suite_spec = SuiteSpec(title="Selected cells", source="kd-harness", cells=cells)
     runs, notes = load_runs(tracking_uri, cells, include_smoke, departures, suite, all_configurations,
-                            suite_spec.protocol.train_on)
+                            suite_spec.protocol.train_on, suite_recipes(spec, suite, cells) if suite else None)
     if runs.empty:
         hint = f" ({notes[0]})" if notes else ""
         raise UserError(f"no finished runs for {'suite ' + suite if suite else 'these cells'} in {tracking_uri}"
