@@ -180,3 +180,33 @@ def test_history_keeps_every_step_and_single_points_stay_compact():
     assert ledger_format.history_of(record, "a") == [(0, 1.0), (1, 2.0)]
     assert ledger_format.history_of(record, "b") == [(0, 5.0)]
     assert ledger_format.history_of(record, "c") == []
+
+
+def test_a_suite_report_takes_the_configuration_at_its_own_recipe(trained, tmp_path, monkeypatch):
+    """Two configurations of a cell, each made for another suite: the suite's report shows the one at
+    the suite's recipe, not the newer one at another recipe (baselines2019_control showed the baseline
+    of dkd_mnist_settle_lr001, trained at lr 0.01, before this rule)."""
+    root, home, ledger = trained
+
+    def two_configurations(records):
+        for r in [r for r in records if r["tags"].get("cell") == A]:
+            r["tags"]["suite"] = "positive_control"
+            other = json.loads(json.dumps(r))
+            other["run_id"] = other["origin"]["run_id"] = r["run_id"][::-1]
+            other["tags"] |= {"suite": "nmt_table1", "config_key": "f" * 16, "run_key": r["tags"]["run_key"][::-1]}
+            other["params"]["recipe_name"] = "mnist_small_lr001"
+            other["metrics"]["test_top1_last"] = 11.0
+            other["start_time"] += 3600_000
+            records.append(other)
+
+    changed = rewrite(ledger, tmp_path / "two.jsonl", two_configurations)
+    from harness.results.configurations import load_runs, suite_recipes
+    from harness.spec.spec import load_spec
+    from harness.tracking.ledger import Ledgers
+
+    spec = load_spec(None)
+    runs, notes = load_runs(Ledgers([changed]), [A], include_smoke=True, suite="digits",
+                            recipes=suite_recipes(spec, "digits", [A]))
+    assert set(runs["params.recipe_name"]) == {"digits"} and 11.0 not in set(runs["metrics.test_top1_last"])
+    newest, _ = load_runs(Ledgers([changed]), [A], include_smoke=True, suite="digits")
+    assert set(newest["metrics.test_top1_last"]) == {11.0}  # without the rule: the newer configuration
