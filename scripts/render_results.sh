@@ -13,3 +13,6 @@ for ledger in "${ledgers[@]}"; do
   fi
 done
 harness audit --from "${ledgers[@]}" --out results/CLAIMS.md
+# issue 40's DKD question, on baselines2019_control's cell: beta 8 as it ran, beta 2, lr 0.01
+harness audit --from results/baselines2019_control/runs.jsonl \
+  --suite dkd_mnist_settle dkd_mnist_settle_beta2 dkd_mnist_settle_lr001 --out results/baselines2019_control/DKD-SETTLE.md

@@ -50,3 +50,13 @@ def test_committed_claims_are_what_the_ledgers_render(no_store):
     assert main(["audit", "--from", *map(str, LEDGERS), "--out", str(out)]) == 0
     assert same_but_commands(out.read_text()) == same_but_commands((RESULTS / "CLAIMS.md").read_text()), \
         "results/CLAIMS.md is not what results/*/runs.jsonl render: bash scripts/render_results.sh"
+
+
+DKD_SETTLE = ["dkd_mnist_settle", "dkd_mnist_settle_beta2", "dkd_mnist_settle_lr001"]
+
+
+def test_committed_dkd_settle_audit_is_what_its_ledger_renders(no_store):
+    ledger = RESULTS / "baselines2019_control" / "runs.jsonl"
+    out = no_store / "DKD-SETTLE.md"
+    assert main(["audit", "--from", str(ledger), "--suite", *DKD_SETTLE, "--out", str(out)]) == 0
+    assert same_but_commands(out.read_text()) == same_but_commands((ledger.parent / "DKD-SETTLE.md").read_text())
