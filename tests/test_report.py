@@ -188,7 +188,8 @@ def test_harness_ui_serves_runs_over_the_rest_api(store, home):
     proc = subprocess.Popen([sys.executable, "-m", "harness", "--home", str(home), "ui", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        assert f"http://127.0.0.1:{port}" in proc.stdout.readline()
+        assert proc.stdout.readline().startswith("starting the MLflow UI")  # at once: why it may wait
+        assert f"http://127.0.0.1:{port}" in proc.stdout.readline()  # once the server answers
         deadline = time.monotonic() + 90
         while True:
             try:
@@ -241,6 +242,7 @@ def test_mlflow_ui_opens_on_the_runs_table_with_readable_names(home, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs"
+        assert proc.stdout.readline().startswith("starting the MLflow UI")
         assert url in proc.stdout.readline()
         deadline = time.monotonic() + 120
         while True:
