@@ -8,12 +8,18 @@ on every listed cell, cached in the runs home (compat.json) by what decides each
   and code (its file in methods/ or outside, the files of methods/ it imports, the shared ones).
 
 So adding a method checks only that method's cells, from cached model signatures, without building
-a model; a warm cache lists without importing torch at all.
+a model; a warm cache lists without importing torch at all. A fresh runs home starts from the seed
+shipped with the package (harness/compat_seed.json: the built-in spec's answers at this commit, made by
+scripts/seed_compat.sh and checked against a fresh computation by tests/test_compat.py): only its
+entries whose keys match the code and spec in use are taken, so a stale seed costs time, never a
+wrong answer.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -23,6 +29,7 @@ from harness.spec.spec import Spec
 
 HERE = Path(__file__).parents[1]  # harness/
 METHODS = HERE.parent / "methods"
+SEED = HERE / "compat_seed.json"
 MODEL_CODE = [HERE / "running" / "probe.py", *sorted((HERE / "models").glob("*.py"))]
 SHARED_METHOD_CODE = [METHODS / "__init__.py", METHODS / "base.py", METHODS / "common.py"]
 IMPORT = re.compile(r"^\s*from methods\.(\w+) import", re.M)
@@ -47,12 +54,17 @@ def method_files(class_path: str) -> list[Path]:
     return sorted(files)
 
 
+def library_versions() -> dict[str, str]:
+    """The libraries that build the models, which decide their shapes too."""
+    return {name: importlib.metadata.version(name) for name in ("torch", "timm", "torchvision")}
+
+
 class Keys:
     """The cache keys of one spec's models and cells, each computed once."""
 
     def __init__(self, spec: Spec):
         self.spec = spec
-        self.model_code = file_digest(MODEL_CODE)
+        self.model_code = digest_of(file_digest(MODEL_CODE), library_versions())
         self.models: dict[tuple, str] = {}
         self.methods: dict[str, str] = {}
 
@@ -86,9 +98,8 @@ CACHE_FORMAT = 2  # HOME/compat.json's shape: models' signatures and per-cell [k
 
 
 def signatures_in(home: Path) -> dict:
-    """The models' cached signatures (what `harness list` has probed in this runs home)."""
-    stored = read_json(home / "compat.json")
-    return stored.get("models", {}) if stored.get("format") == CACHE_FORMAT else {}
+    """The models' cached signatures (what `harness list` has probed in this runs home, and the seed's)."""
+    return cache_of(SEED).get("models", {}) | cache_of(home / "compat.json").get("models", {})
 
 
 def pair_probe(spec: Spec, keys: Keys, signatures: dict, dataset: str, pair: str):
@@ -104,15 +115,23 @@ def pair_probe(spec: Spec, keys: Keys, signatures: dict, dataset: str, pair: str
     return signature_probe(spec, pair, members)
 
 
-def mismatches(spec: Spec, cells: list[Cell], home: Path | None) -> dict[str, str | None]:
-    """cell id -> why it cannot run (None: it can), cached in HOME/compat.json."""
+def cache_of(path: Path | None) -> dict:
+    """A compatibility cache's content; empty when missing, unreadable or of another format."""
+    stored = read_json(path) if path is not None else {}
+    return stored if stored.get("format") == CACHE_FORMAT else {}
+
+
+def mismatches(spec: Spec, cells: list[Cell], home: Path | None, seed: Path | None = SEED) -> dict[str, str | None]:
+    """cell id -> why it cannot run (None: it can), cached in HOME/compat.json; what the home lacks is
+    taken from `seed` where its keys match."""
     cache_path = home / "compat.json" if home is not None else None
-    stored = read_json(cache_path) if cache_path is not None else {}
-    if stored.get("format") != CACHE_FORMAT:  # a runs home from an older harness: its cache is another shape
-        stored = {}
-    signatures, verdicts = stored.get("models", {}), stored.get("verdicts", {})
+    stored, shipped = cache_of(cache_path), cache_of(seed)
+    signatures, verdicts = shipped.get("models", {}) | stored.get("models", {}), stored.get("verdicts", {})
     keys = Keys(spec)
     wanted = {cell.id: keys.cell(cell) for cell in cells}
+    for cell_id, key in wanted.items():  # signatures are keyed by content; a verdict names its key
+        if verdicts.get(cell_id, [None])[0] != key and shipped.get("verdicts", {}).get(cell_id, [None])[0] == key:
+            verdicts[cell_id] = shipped["verdicts"][cell_id]
     missing = [cell for cell in cells if verdicts.get(cell.id, [None])[0] != wanted[cell.id]]
     if missing:
         from harness.running.probe import cell_mismatch
@@ -126,3 +145,23 @@ def mismatches(spec: Spec, cells: list[Cell], home: Path | None) -> dict[str, st
         if cache_path is not None:
             write_json(cache_path, {"format": CACHE_FORMAT, "models": signatures, "verdicts": verdicts})
     return {cell.id: verdicts[cell.id][1] for cell in cells}
+
+
+def write_seed(spec: Spec, path: Path = SEED) -> None:
+    """The seed: every built-in cell of `spec` (none from an overlay or an installed package) computed
+    afresh in a throwaway runs home, its cache written to `path` (scripts/seed_compat.sh)."""
+    import tempfile
+
+    cells = [cell for cell in spec.cells()
+             if not any(spec.origin(section, name) for section, name in
+                        [("datasets", cell.dataset), ("pairs", cell.pair)]
+                        + [("methods", part) for part in method_parts(cell.method)])]
+    with tempfile.TemporaryDirectory() as home:
+        mismatches(spec, cells, Path(home), seed=None)
+        fresh = cache_of(Path(home) / "compat.json")
+    # one line per model and per cell, so that a change to the seed reads as the cells it changed
+    sections = [f'"{name}": {{\n' + ",\n".join(f"{json.dumps(k)}: {json.dumps(v, sort_keys=True)}"
+                                                for k, v in sorted(fresh[name].items())) + "\n}"
+                for name in ("models", "verdicts")]
+    head = f'"format": {CACHE_FORMAT},\n"versions": {json.dumps(library_versions(), sort_keys=True)}'
+    path.write_text("{\n" + ",\n".join([head, *sections]) + "\n}\n")
