@@ -13,6 +13,9 @@
 # (wheels in .whl/, MNIST in .carry/, COMMIT), then send exactly this (sized for 6 minutes on one H100, so
 # a rerun fits in the 15 minutes), and commit what comes back under results/perf/gpu/:
 #   run(command='bash scripts/gpu_acceptance.sh "$OUT"', carry=[".whl", ".carry", "COMMIT"], timeout_s=420)
+# Tried so on the CPU (session 14): `git archive HEAD` plus the carry, in a Python 3.12 venv holding only
+# torch 2.11, torchvision 0.26, timm, pandas, scipy and safetensors: --device cpu passed every section
+# (it had failed on tabulate and scikit-learn, which the carry now holds).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 1 ] || [[ ${!#} == -* ]]; then
@@ -28,7 +31,7 @@ for ((i = 0; i < ${#args[@]}; i++)); do
 done
 hard=$(( ${budget%.*} + ${KD_ACCEPTANCE_GRACE_S:-90} )); [ "$hard" -gt 540 ] && hard=540  # the lent machine stops a command at 600 s
 mkdir -p "$out"
-if ! python3 -c "import pydantic, platformdirs" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then  # carried wheels
+if ! python3 -c "import pydantic, platformdirs, tabulate, sklearn" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then  # carried wheels
   site=$(mktemp -d)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .whl/*.whl \
     && export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
