@@ -228,6 +228,16 @@ def test_a_nan_loss_fails_the_run_with_its_reason(home, monkeypatch, capsys):
     assert (run.data.tags["failure_term"], run.data.tags["failure_step"]) == ("kd", "2")
     assert "test_top1_last" not in run.data.metrics and "val/top1" not in run.data.metrics
 
+    # a diverged run is a result: run again, it is not retrained (one FAILED run), said in one line;
+    # --force trains it again
+    assert main(["run", "--cell", CELL, "--smoke", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "diverged before (loss term 'kd' became nan" in err and "--force trains it again" in err
+    assert len(err.strip().splitlines()) == 1 and len(student_runs(home)) == 1
+    calls["n"] = 0
+    assert main(["run", "--cell", CELL, "--smoke", "--no-progress", "--force"]) == 1
+    assert len(student_runs(home)) == 2
+
 
 def test_cpu_runs_are_deterministic_in_process(home):
     """Two in-process runs of the same cell and seed (--force) give identical metrics."""

@@ -2,8 +2,9 @@
 
 `execute(runner, job, force)`: a lock per run key, so that two processes of a machine never train
 the same thing, then a claim in the store shared with every other worker (harness/running/workshare.py);
-a FINISHED run is skipped (unless forced); an interrupted one is resumed in the same MLflow run
-from its last checkpoint; the run ends FINISHED, FAILED (with the reason as tags) or KILLED
+a FINISHED run is skipped and a diverged one (non-finite loss) is not trained again (unless forced);
+an interrupted one is resumed in the same MLflow run from its last checkpoint; the run ends FINISHED,
+FAILED (with the reason as tags) or KILLED
 (stopped by a signal, resumable). A sweep trial ends through the same `end_finished` and
 `end_failed`; it has no claim, skip or resume, since Optuna schedules its trials.
 """
@@ -124,6 +125,10 @@ def _decide(tracker, job: Job, force: bool, reuse_finished: bool, held: bool,
     latest = runs[0] if runs else None
     if latest is not None and latest.info.status == "FINISHED" and reuse_finished and not force:
         return Outcome(latest.info.run_id, "SKIPPED", latest.data.metrics)
+    if latest is not None and latest.data.tags.get("failure") == "non_finite_loss" and reuse_finished and not force:
+        # a seeded run diverges again where it diverged: a result (the audit's 'diverged'), not retried
+        raise TrainingFailed(f"{job.run_name}: diverged before ({latest.data.tags.get('failure_reason')}; MLflow run "
+                             f"{latest.info.run_id}), not trained again; --force trains it again")
     live = next((r for r in runs if is_live(r)), None)
     if live is not None:
         raise Claimed(job.run_key, live.data.tags["worker"])
