@@ -127,11 +127,12 @@ def mismatches(spec: Spec, cells: list[Cell], home: Path | None, seed: Path | No
     cache_path = home / "compat.json" if home is not None else None
     stored, shipped = cache_of(cache_path), cache_of(seed)
     signatures, verdicts = shipped.get("models", {}) | stored.get("models", {}), stored.get("verdicts", {})
+    seeded = shipped.get("verdicts", {})
     keys = Keys(spec)
     wanted = {cell.id: keys.cell(cell) for cell in cells}
     for cell_id, key in wanted.items():  # signatures are keyed by content; a verdict names its key
-        if verdicts.get(cell_id, [None])[0] != key and shipped.get("verdicts", {}).get(cell_id, [None])[0] == key:
-            verdicts[cell_id] = shipped["verdicts"][cell_id]
+        if verdicts.get(cell_id, [None])[0] != key and seeded.get(cell_id, [None])[0] == key:
+            verdicts[cell_id] = seeded[cell_id]
     missing = [cell for cell in cells if verdicts.get(cell.id, [None])[0] != wanted[cell.id]]
     if missing:
         from harness.running.probe import cell_mismatch

@@ -4,9 +4,9 @@
 the same thing, then a claim in the store shared with every other worker (harness/running/workshare.py);
 a FINISHED run is skipped and a diverged one (non-finite loss) is not trained again (unless forced);
 an interrupted one is resumed in the same MLflow run from its last checkpoint; the run ends FINISHED,
-FAILED (with the reason as tags) or KILLED
-(stopped by a signal, resumable). A sweep trial ends through the same `end_finished` and
-`end_failed`; it has no claim, skip or resume, since Optuna schedules its trials.
+FAILED (with the reason as tags) or KILLED (stopped by a signal, resumable). A sweep trial ends
+through the same `end_finished` and `end_failed`; it has no claim, skip or resume, since Optuna
+schedules its trials.
 """
 
 from __future__ import annotations
